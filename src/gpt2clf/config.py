@@ -1,0 +1,285 @@
+"""The single source of truth for a run's hyperparameters.
+
+A :class:`Config` is filled in a fixed order: the dataclass defaults, then a named preset
+(:data:`PRESETS`), then a YAML file, then command-line flags named after the fields
+(``--learning-rate`` sets ``learning_rate``). Every run saves the result as ``config.yaml``.
+
+Example::
+
+    >>> from gpt2clf.config import Config
+    >>> cfg = Config.from_preset("blog")
+    >>> cfg.n_heads, cfg.learning_rate
+    (2, 1e-05)
+    >>> cfg = cfg.updated(epochs=1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpt2clf.errors import ConfigError
+
+POOLING_CHOICES = ("last", "mean", "attention")
+FREEZE_CHOICES = ("none", "backbone")
+PADDING_SIDES = ("right", "left")
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+STRIP_CHOICES = ("headers", "footers", "quotes")
+
+
+@dataclass
+class Config:
+    """Every hyperparameter of a gpt2clf run.
+
+    The defaults suit fine-tuning a real pretrained GPT-2 small on a GPU. Field names map
+    one-to-one to command-line flags (underscores become dashes) and YAML keys.
+    """
+
+    # --- data -------------------------------------------------------------------------
+    data_dir: str | None = None
+    """20 Newsgroups archive (``20news-bydate.tar.gz``) or extracted folder; None: env
+    ``GPT2CLF_20NG`` or scikit-learn's download cache."""
+    strip: list[str] = field(default_factory=list)
+    """Parts of 20 Newsgroups posts to remove: any of headers, footers, quotes."""
+    train_file: str | None = None
+    """CSV, TSV or JSONL file of labelled text; None: 20 Newsgroups."""
+    test_file: str | None = None
+    """Test file for ``train_file``; None: a seeded stratified split of the train file."""
+    text_column: str = "text"
+    label_column: str = "label"
+    validation_ratio: float = 0.2
+    """Share of the training split held out (stratified, seeded) for validation."""
+    test_ratio: float = 0.2
+    """Share of ``train_file`` used as test set when no ``test_file`` is given."""
+    max_train_samples: int | None = None
+    """Use at most this many training documents (stratified subset) for quick runs."""
+    max_eval_samples: int | None = None
+    """Use at most this many validation and test documents for quick runs."""
+
+    # --- tokenization and batching ----------------------------------------------------
+    tokenizer: str | None = None
+    """Hub id or folder of the tokenizer; None: the backbone's."""
+    max_length: int = 512
+    padding_side: str = "right"
+    group_by_length: bool = True
+    """Batch documents of similar length together (still shuffled) to waste less on padding."""
+
+    # --- model ------------------------------------------------------------------------
+    backbone: str = "gpt2"
+    """Hub id or local folder of a pretrained GPT-2 (or any AutoModel backbone)."""
+    n_embed: int = 768
+    n_heads: int = 12
+    n_blocks: int = 2
+    dropout: float = 0.1
+    pooling: str = "last"
+    freeze: str = "none"
+    """``none``: fine-tune everything; ``backbone``: train only our blocks and head."""
+    train_top_layers: int | None = None
+    """Freeze the backbone except its top K layers."""
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    feature_cache: bool = True
+    """With a frozen backbone, compute its hidden states once and train from a disk cache."""
+    cache_dir: str | None = None
+    """Where the feature cache lives; None: ``~/.cache/gpt2clf/features``."""
+
+    # --- optimisation -----------------------------------------------------------------
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    """Batch size for validation, test and prediction; None: twice ``batch_size``."""
+    epochs: int = 5
+    learning_rate: float = 2e-5
+    """AdamW learning rate of the pretrained backbone."""
+    head_learning_rate: float | None = 1e-4
+    """Learning rate of our blocks and head; None: ``learning_rate``."""
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    lr_schedule: str = "linear"
+    gradient_clip: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    early_stopping_patience: int | None = None
+    """Stop after this many epochs without a better validation accuracy; None: never."""
+
+    # --- hardware and reproducibility -------------------------------------------------
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    num_workers: int = 0
+    seed: int = 42
+
+    # ----------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str) -> Config:
+        """The defaults overlaid with preset ``name`` (see :data:`PRESETS`)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls().updated(**PRESETS[name])
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: Config | None = None) -> Config:
+        """``base`` (default: the defaults) overlaid with the keys of a YAML file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from err
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        return (base or cls()).updated(**values)
+
+    def updated(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied, each checked for name and type, then validated."""
+        hints = typing.get_type_hints(Config)
+        known = {f.name for f in dataclasses.fields(self)}
+        coerced = {}
+        for key, value in changes.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown config key {key!r}{_suggest(name, known)}")
+            coerced[name] = _coerce(name, value, hints[name])
+        new = dataclasses.replace(self, **coerced)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first out-of-range value."""
+        positive_ints = ["max_length", "n_embed", "n_heads", "n_blocks", "batch_size", "epochs",
+                         "accumulate_grad_batches", "num_nodes"]
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ["max_train_samples", "max_eval_samples", "eval_batch_size", "early_stopping_patience"]:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.train_top_layers is not None and self.train_top_layers < 0:
+            raise ConfigError(f"train_top_layers must be 0 or more, got {self.train_top_layers}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
+            raise ConfigError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        if self.gradient_clip is not None and self.gradient_clip <= 0:
+            raise ConfigError(f"gradient_clip must be positive (or null for none), got {self.gradient_clip}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be 0 or more, got {self.num_workers}")
+        for name in ["dropout", "warmup_ratio"]:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ["validation_ratio", "test_ratio"]:
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
+        if self.n_embed % self.n_heads:
+            raise ConfigError(f"n_embed ({self.n_embed}) must be divisible by n_heads ({self.n_heads})")
+        choices = {"pooling": POOLING_CHOICES, "freeze": FREEZE_CHOICES, "padding_side": PADDING_SIDES,
+                   "lr_schedule": SCHEDULES, "precision": PRECISIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for part in self.strip:
+            if part not in STRIP_CHOICES:
+                raise ConfigError(f"strip accepts {', '.join(STRIP_CHOICES)}; got {part!r}")
+        if self.test_file and not self.train_file:
+            raise ConfigError("test_file needs train_file (without train_file the dataset is 20 Newsgroups)")
+
+    @property
+    def tokenizer_name(self) -> str:
+        """The tokenizer to load: ``tokenizer`` if set, else the backbone's."""
+        return self.tokenizer or self.backbone
+
+    @property
+    def effective_eval_batch_size(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``config.yaml`` atomically."""
+        from gpt2clf.files import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_yaml())
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published seed experiment: GPT-2 small, two custom 768-wide blocks with 2 heads,
+    # plain AdamW at one constant rate for every parameter.
+    "blog": dict(
+        backbone="gpt2", batch_size=16, max_length=512, learning_rate=1e-5, head_learning_rate=None,
+        n_embed=768, n_heads=2, n_blocks=2, dropout=0.2, epochs=5, validation_ratio=0.2,
+        warmup_ratio=0.0, lr_schedule="constant", weight_decay=0.01, gradient_clip=None,
+    ),
+    # Finishes in minutes on a 2-core CPU: the backbone is frozen and run once over the data
+    # (feature cache); only our blocks and head train, on short, subsampled documents.
+    "cpu-quick": dict(
+        freeze="backbone", feature_cache=True, max_length=128, max_train_samples=2000,
+        max_eval_samples=1000, n_embed=256, n_heads=4, n_blocks=1, dropout=0.1, batch_size=32,
+        epochs=5, learning_rate=1e-3, head_learning_rate=None, warmup_ratio=0.1, lr_schedule="cosine",
+    ),
+}
+
+
+def _suggest(name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` (from YAML or a flag string) to the field's declared type."""
+    args = typing.get_args(hint)
+    is_optional = (typing.get_origin(hint) in (typing.Union, types.UnionType)) and type(None) in args
+    if is_optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    try:
+        if origin is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return [str(v) for v in value]
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            raise TypeError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is str:
+            if isinstance(value, (dict, list)):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    readable = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{name} expects {readable}{' or null' if is_optional else ''}, got {value!r}")

@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad path, a malformed file, an out-of-range option, a
+broken model folder) raises a subclass of :class:`UserError` with a one-line message that
+names the problem and what to do. The command line turns these into a message on stderr
+and exit code 2; library users can catch them like any other exception.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input, not a bug in gpt2clf."""
+
+
+class ConfigError(UserError, ValueError):
+    """An unknown key, wrong type or out-of-range value in the configuration."""
+
+
+class DataError(UserError, ValueError):
+    """A dataset that is missing, malformed or unusable."""
+
+
+class ModelLoadError(UserError, OSError):
+    """A backbone, tokenizer or saved model folder that cannot be loaded."""
