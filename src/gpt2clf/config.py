@@ -53,7 +53,9 @@ class Config:
     test_file: str | None = None
     """Test file for ``train_file``; None: a seeded stratified split of the train file."""
     text_column: str = "text"
+    """Column (CSV/TSV header or JSONL key) holding the text."""
     label_column: str = "label"
+    """Column holding the label; label names are kept as written."""
     validation_ratio: float = 0.2
     """Share of the training split held out (stratified, seeded) for validation."""
     test_ratio: float = 0.2
@@ -67,7 +69,9 @@ class Config:
     tokenizer: str | None = None
     """Hub id or folder of the tokenizer; None: the backbone's."""
     max_length: int = 512
+    """Tokens kept per document (longer ones are truncated); at most the backbone's positions."""
     padding_side: str = "right"
+    """Where batches are padded: right or left (results are the same either way)."""
     group_by_length: bool = True
     """Batch documents of similar length together (still shuffled) to waste less on padding."""
 
@@ -75,16 +79,23 @@ class Config:
     backbone: str = "gpt2"
     """Hub id or local folder of a pretrained GPT-2 (or any AutoModel backbone)."""
     n_embed: int = 768
+    """Width of our transformer blocks (a projection maps the backbone width to it if they differ)."""
     n_heads: int = 12
+    """Attention heads per block; n_embed must be divisible by it."""
     n_blocks: int = 2
+    """Custom transformer blocks stacked on the backbone (0 for pooling + head only)."""
     dropout: float = 0.1
+    """Dropout in our blocks and before the head."""
     pooling: str = "last"
+    """One vector per document: last (last non-pad token), mean, or attention (learned weights)."""
     freeze: str = "none"
     """``none``: fine-tune everything; ``backbone``: train only our blocks and head."""
     train_top_layers: int | None = None
     """Freeze the backbone except its top K layers."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
     compile: bool = False
+    """torch.compile the model (faster steps after a warm-up compile)."""
     feature_cache: bool = True
     """With a frozen backbone, compute its hidden states once and train from a disk cache."""
     cache_dir: str | None = None
@@ -92,29 +103,43 @@ class Config:
 
     # --- optimisation -----------------------------------------------------------------
     batch_size: int = 16
+    """Training documents per step (per device)."""
     eval_batch_size: int | None = None
     """Batch size for validation, test and prediction; None: twice ``batch_size``."""
     epochs: int = 5
+    """Passes over the training data."""
     learning_rate: float = 2e-5
     """AdamW learning rate of the pretrained backbone."""
     head_learning_rate: float | None = 1e-4
     """Learning rate of our blocks and head; None: ``learning_rate``."""
     weight_decay: float = 0.01
+    """AdamW weight decay (never applied to biases and LayerNorm gains)."""
     warmup_ratio: float = 0.06
+    """Share of the optimiser steps spent warming the learning rate up linearly."""
     lr_schedule: str = "linear"
+    """Decay after warmup: linear, cosine or constant."""
     gradient_clip: float | None = 1.0
+    """Clip the gradient norm to this value; null: no clipping."""
     accumulate_grad_batches: int = 1
+    """Optimiser step every this many batches (a larger effective batch)."""
     early_stopping_patience: int | None = None
     """Stop after this many epochs without a better validation accuracy; None: never."""
 
     # --- hardware and reproducibility -------------------------------------------------
     precision: str = "32-true"
+    """Numeric precision: 32-true, bf16-mixed (CPU or recent GPU), 16-mixed (GPU)."""
     accelerator: str = "auto"
+    """cpu, gpu, or auto (passed to Lightning)."""
     devices: str = "auto"
+    """Devices per node: auto, a count such as 2, or a list such as 0,1 (passed to Lightning)."""
     strategy: str = "auto"
+    """Lightning strategy, e.g. ddp for multi-GPU or multi-process CPU training."""
     num_nodes: int = 1
+    """Machines in a multi-node DDP run."""
     num_workers: int = 0
+    """DataLoader worker processes (tokenization is done up front, so 0 is usually fine)."""
     seed: int = 42
+    """One seed for splits, sampling, initialisation and dropout: a CPU run with it repeats exactly."""
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -216,6 +241,23 @@ class Config:
         from gpt2clf.files import atomic_write_text
 
         atomic_write_text(Path(path), self.to_yaml())
+
+
+def field_help() -> dict[str, str]:
+    """Each field's documentation: the string literal written under it in :class:`Config`."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Config)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
 
 
 PRESETS: dict[str, dict[str, Any]] = {

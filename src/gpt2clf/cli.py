@@ -1,0 +1,425 @@
+"""The ``gpt2clf`` command line: parsing, messages and exit codes.
+
+Commands::
+
+    gpt2clf train     fine-tune a classifier and write a run folder
+    gpt2clf evaluate  score a saved model folder on a labelled split
+    gpt2clf predict   classify new text with a saved model folder
+    gpt2clf data stats  documents, classes and token lengths of a dataset
+
+Exit codes: 0 success, 2 a user error (one message on stderr, no traceback unless
+``--debug``), 130 interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import typing
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from gpt2clf.config import PRESETS, Config, field_help
+from gpt2clf.errors import DataError, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# Config fields that the data-reading commands (data stats, train, evaluate) share.
+DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "text_column", "label_column")
+# Fields that may change when a run is resumed: where and how it runs, not what it computes.
+RESUMABLE_FIELDS = ("accelerator", "devices", "strategy", "num_nodes", "num_workers")
+
+TRAIN_EXAMPLES = """\
+examples:
+  # fine-tune GPT-2 on 20 Newsgroups (downloads model and data on first use)
+  gpt2clf train --output runs/20ng
+  # the published seed recipe (GPU recommended)
+  gpt2clf train --preset blog --output runs/blog --precision bf16-mixed
+  # a few minutes on a CPU: frozen backbone, feature cache, subset
+  gpt2clf train --preset cpu-quick --output runs/quick
+  # offline, with local folders
+  gpt2clf train --backbone ./gpt2 --data-dir ./20news-bydate.tar.gz --output runs/offline
+  # your own data
+  gpt2clf train --train-file reviews.csv --text-column body --label-column stars --output runs/reviews
+  # the plan and parameter counts, without training
+  gpt2clf train --preset blog --dry-run --json
+  # continue an interrupted run
+  gpt2clf train --output runs/20ng --resume
+"""
+
+EVALUATE_EXAMPLES = """\
+examples:
+  gpt2clf evaluate runs/20ng/model
+  gpt2clf evaluate runs/20ng/model --split validation --json
+  gpt2clf evaluate runs/reviews/model --test-file holdout.csv --output reports/holdout
+"""
+
+PREDICT_EXAMPLES = """\
+examples:
+  gpt2clf predict runs/20ng/model "My X server crashes when I resize an xterm"
+  gpt2clf predict runs/20ng/model --file post.txt --top-k 5
+  gpt2clf predict runs/20ng/model --input corpus.jsonl --text-column body --json > predictions.jsonl
+"""
+
+STATS_EXAMPLES = """\
+examples:
+  gpt2clf data stats
+  GPT2CLF_20NG=./20news-bydate.tar.gz gpt2clf data stats --tokenizer ./gpt2-tokenizer --json
+  gpt2clf data stats --train-file reviews.csv --plot stats.png
+"""
+
+
+# ---------------------------------------------------------------------------------------
+# parsing
+# ---------------------------------------------------------------------------------------
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str], title: str) -> None:
+    """Add one flag per Config field in ``names``; unset flags stay None (not applied)."""
+    group = parser.add_argument_group(title)
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    helps = field_help()
+    defaults = Config()
+    for name in names:
+        default = getattr(defaults, name)
+        shown = ",".join(default) if isinstance(default, list) else default
+        text = f"{helps.get(name, '')} (default: {shown})"
+        if hints[name] is bool:
+            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
+                               help=text)
+        else:
+            metavar = name.upper() if fields[name].type not in ("float", "int") else None
+            group.add_argument(flag(name), dest=name, default=None, metavar=metavar, help=text)
+
+
+def training_field_groups() -> list[tuple[str, list[str]]]:
+    names = [f.name for f in dataclasses.fields(Config)]
+    sections = [
+        ("data", list(DATA_FIELDS) + ["validation_ratio", "test_ratio", "max_train_samples", "max_eval_samples"]),
+        ("tokenization and batching", ["tokenizer", "max_length", "padding_side", "group_by_length"]),
+        ("model", ["backbone", "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "train_top_layers",
+                   "gradient_checkpointing", "compile", "feature_cache", "cache_dir"]),
+        ("optimisation", ["batch_size", "eval_batch_size", "epochs", "learning_rate", "head_learning_rate",
+                          "weight_decay", "warmup_ratio", "lr_schedule", "gradient_clip", "accumulate_grad_batches",
+                          "early_stopping_patience"]),
+        ("hardware and reproducibility", ["precision", "accelerator", "devices", "strategy", "num_nodes",
+                                          "num_workers", "seed"]),
+    ]
+    covered = {n for _, group in sections for n in group}
+    missing = [n for n in names if n not in covered]
+    if missing:  # a new Config field always gets a flag
+        sections.append(("other", missing))
+    return sections
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2clf",
+        description="Fine-tune a pretrained GPT-2 with custom transformer blocks for text classification.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'gpt2clf COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser("train", help="fine-tune a classifier and write a run folder",
+                                description="Fine-tune a classifier. Settings are filled in this order: "
+                                "defaults, --preset, --config FILE.yaml, then the flags below.",
+                                epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    run = train.add_argument_group("run")
+    run.add_argument("--output", "-o", metavar="RUN_DIR", help="run folder to write (required unless --dry-run)")
+    run.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default: none)")
+    run.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (default: none)")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
+    run.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    run.add_argument("--dry-run", action="store_true", help="build data and model, print the plan, train nothing")
+    run.add_argument("--json", action="store_true", help="print the plan or final metrics as JSON")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    for title, names in training_field_groups():
+        add_config_flags(train, names, title)
+
+    evaluate = commands.add_parser("evaluate", help="score a saved model folder on a labelled split",
+                                   description="Accuracy, macro-F1, loss, a per-class table and a confusion "
+                                   "matrix. By default on the dataset recorded with the model.",
+                                   epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    evaluate.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    evaluate.add_argument("--split", choices=["test", "validation", "train"], default="test",
+                          help="which split to score (default: test)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, report.txt and confusion_matrix.png")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="documents per batch (default: training's)")
+    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_config_flags(evaluate, list(DATA_FIELDS) + ["max_eval_samples"], "data (default: as recorded with the model)")
+
+    predict = commands.add_parser("predict", help="classify new text with a saved model folder",
+                                  description="Label and top-k probabilities for each document.",
+                                  epilog=PREDICT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    predict.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="documents to classify")
+    predict.add_argument("--file", action="append", default=[], metavar="F",
+                         help="a text file to classify as one document (repeatable)")
+    predict.add_argument("--input", metavar="CORPUS", help="a .jsonl, .csv or .tsv file: one document per row, "
+                         "streamed in batches")
+    predict.add_argument("--text-column", default="text", help="column of --input holding the text (default: text)")
+    predict.add_argument("--top-k", type=int, default=3, help="how many top labels to show (default: 3)")
+    predict.add_argument("--json", action="store_true",
+                         help="one JSON object per line: label, probabilities, top_k, id")
+    predict.add_argument("--batch-size", type=int, default=32, help="documents per batch (default: 32)")
+    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+    data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
+                                                                               metavar="SUBCOMMAND", required=True)
+    stats = data.add_parser("stats", help="documents, classes and token lengths of a dataset",
+                            description="Statistics of the dataset's own splits (before any validation split).",
+                            epilog=STATS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stats.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    stats.add_argument("--plot", metavar="FILE.png", help="write class balance and token-length histogram")
+    stats.add_argument("--tokenizer", default="gpt2", help="hub id or folder of the tokenizer (default: gpt2)")
+    stats.add_argument("--max-length", default="512", help="length to report the share above (default: 512)")
+    add_config_flags(stats, list(DATA_FIELDS), "data")
+    return parser
+
+
+def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The Config fields set explicitly on the command line."""
+    names = names or [f.name for f in dataclasses.fields(Config)]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then --preset, then --config, then flags."""
+    config = Config.from_preset(args.preset) if args.preset else Config()
+    if args.config:
+        config = Config.from_yaml(args.config, base=config)
+    return config.updated(**config_overrides(args))
+
+
+# ---------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------
+def command_train(args: argparse.Namespace) -> int:
+    from gpt2clf.training import train
+
+    if args.resume:
+        config = resumed_config(args)
+    else:
+        config = config_from_args(args)
+    if not args.output and not args.dry_run:
+        raise UserError("train needs --output RUN_DIR (or --dry-run)")
+    result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume, dry_run=args.dry_run,
+                   enable_progress_bar=not args.no_progress)
+    if not result:  # a DDP worker process: rank 0 reports
+        return 0
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.dry_run:
+        print_plan(result)
+    else:
+        test = result["test"]
+        print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}  "
+              f"({test['documents']} documents)")
+        print(f"model saved to {Path(args.output) / 'model'}")
+    return 0
+
+
+def resumed_config(args: argparse.Namespace) -> Config:
+    """The run's own config.yaml; only where it runs may change on resume."""
+    if not args.output:
+        raise UserError("--resume needs --output RUN_DIR, the run folder to continue")
+    saved = Path(args.output) / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"nothing to resume: {saved} does not exist")
+    changed = sorted(set(config_overrides(args)) - set(RESUMABLE_FIELDS))
+    if changed or args.preset or args.config:
+        what = ", ".join(flag(n) for n in changed) or "--preset/--config"
+        raise UserError(f"--resume continues the run with its saved config.yaml; {what} cannot change it "
+                        "(start a new run instead)")
+    return Config.from_yaml(saved).updated(**config_overrides(args, RESUMABLE_FIELDS))
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    counts = plan["parameters"]
+    print(f"backbone   {plan['backbone']}")
+    print("parameters " + "  ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+    data = plan["data"]
+    if "error" in data:
+        print(f"data       not loaded: {data['error']}")
+    else:
+        print(f"data       {data['num_classes']} classes; train {data['train']}, validation {data['validation']}, "
+              f"test {data['test']} documents; {data['train_tokens']} training tokens")
+        steps = plan["optimizer_steps"]
+        print(f"steps      {steps['per_epoch']} per epoch, {steps['total']} in all")
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from gpt2clf.data import tokenize_texts
+    from gpt2clf.evaluation import evaluate_model, plot_confusion_matrix
+    from gpt2clf.files import atomic_write_json, atomic_write_text
+    from gpt2clf.prediction import Predictor, read_training_config
+    from gpt2clf.training import load_split
+
+    predictor = Predictor.from_folder(args.model_dir, device=args.device)
+    saved = read_training_config(args.model_dir)
+    known = {f.name for f in dataclasses.fields(Config)}
+    config = Config().updated(**{k: v for k, v in saved.items() if k in known})
+    overrides = config_overrides(args, list(DATA_FIELDS) + ["max_eval_samples"])
+    if "train_file" not in overrides and any(k in overrides for k in ("data_dir", "strip")):
+        overrides["train_file"] = None  # 20 Newsgroups options name 20 Newsgroups
+        overrides["test_file"] = None
+    config = config.updated(**overrides)
+    dataset = load_split(config, args.split)
+    labels = remap_labels(dataset.labels, dataset.label_names, predictor.label_names)
+    token_lists = tokenize_texts(dataset.texts, predictor.tokenizer, predictor.max_length)
+    result = evaluate_model(predictor.model, token_lists, labels,
+                            batch_size=args.batch_size or config.effective_eval_batch_size,
+                            pad_token_id=predictor.tokenizer.pad_token_id,
+                            padding_side=predictor.tokenizer.padding_side, device=predictor.device)
+    if args.output:
+        out = Path(args.output)
+        atomic_write_json(out / "metrics.json", result.to_dict())
+        atomic_write_text(out / "report.txt", result.report() + "\n")
+        plot_confusion_matrix(result, out / "confusion_matrix.png")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.report())
+        if args.output:
+            print(f"\nwrote {Path(args.output) / 'metrics.json'}, report.txt and confusion_matrix.png")
+    return 0
+
+
+def remap_labels(labels: Sequence[int], names: Sequence[str], model_names: Sequence[str]) -> list[int]:
+    """Express dataset labels as indices into the model's label names (matched by name)."""
+    if list(names) == list(model_names):
+        return list(labels)
+    index = {name: i for i, name in enumerate(model_names)}
+    unknown = sorted({names[y] for y in labels} - set(index))
+    if unknown:
+        raise DataError(f"labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}; "
+                        f"the model knows {len(model_names)} labels")
+    return [index[names[y]] for y in labels]
+
+
+def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(id, text) pairs from TEXT arguments, --file and --input, streamed."""
+    from gpt2clf.data import iter_text_column
+
+    for i, text in enumerate(args.texts):
+        yield f"arg:{i}", text
+    for path in args.file:
+        file = Path(path)
+        if not file.is_file():
+            raise DataError(f"--file {path}: no such file")
+        yield str(path), file.read_bytes().decode("utf-8", errors="replace")
+    if args.input:
+        for i, text in enumerate(iter_text_column(args.input, args.text_column)):
+            yield f"{args.input}:{i}", text
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    from gpt2clf.prediction import Predictor
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not (args.texts or args.file or args.input):
+        raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
+    predictor = Predictor.from_folder(args.model_dir, batch_size=args.batch_size, device=args.device)
+    pending: list[str] = []
+
+    def texts() -> Iterator[str]:
+        for doc_id, text in iter_predict_inputs(args):
+            pending.append(doc_id)
+            yield text
+
+    for prediction in predictor.predict(texts(), top_k=args.top_k):
+        doc_id = pending.pop(0)
+        if args.json:
+            print(json.dumps({"id": doc_id, **prediction.to_dict()}), flush=False)
+        else:
+            ranked = "  ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
+            print(f"{doc_id}\t{prediction.label}\t{ranked}")
+    return 0
+
+
+def command_data_stats(args: argparse.Namespace) -> int:
+    from gpt2clf.data import dataset_stats, load_dataset_splits, load_tokenizer, plot_dataset_stats
+
+    config = Config().updated(**config_overrides(args, DATA_FIELDS), max_length=args.max_length)
+    splits = load_dataset_splits(train_file=config.train_file, test_file=config.test_file,
+                                 text_column=config.text_column, label_column=config.label_column,
+                                 data_dir=config.data_dir, strip=config.strip, test_ratio=config.test_ratio,
+                                 seed=config.seed)
+    tokenizer = load_tokenizer(args.tokenizer)
+    stats = dataset_stats(splits, tokenizer, config.max_length)
+    if args.plot:
+        plot_dataset_stats(stats, args.plot)
+    printable = {k: v for k, v in stats.items() if not k.startswith("_")}
+    if args.json:
+        print(json.dumps(printable, indent=2))
+    else:
+        print(f"{printable['num_classes']} classes; token lengths under {args.tokenizer}, max_length "
+              f"{config.max_length}")
+        for name, split in printable["splits"].items():
+            tokens = split["tokens"]
+            print(f"{name:>5}: {split['documents']} documents; tokens p50 {tokens['p50']:.0f}, p90 "
+                  f"{tokens['p90']:.0f}, p99 {tokens['p99']:.0f}; {tokens['over_max_length']:.1%} over max_length")
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gpt2clf`` command; returns the exit code."""
+    warnings.filterwarnings("ignore", module="lightning")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = command_data_stats if args.command == "data" else COMMANDS[args.command]
+    debug = getattr(args, "debug", False) or os.environ.get("GPT2CLF_DEBUG") == "1"
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("gpt2clf: interrupted; a run continues from its last checkpoint with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # every user mistake becomes one line and exit code 2
+        message = user_error_message(err)
+        if message is None or debug:
+            raise
+        print(f"gpt2clf: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """One line for errors caused by the user's input; None for bugs (which keep their traceback)."""
+    if isinstance(err, UserError):
+        return str(err)
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover
+        MisconfigurationException = ()  # type: ignore[assignment]  # noqa: N806
+    if isinstance(err, MisconfigurationException):
+        return str(err).splitlines()[0] + " (check --accelerator, --devices, --strategy and --precision)"
+    if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)):
+        return f"cannot write or read {err.filename}: {err.strerror}"
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
