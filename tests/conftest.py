@@ -1,0 +1,86 @@
+"""Shared test fixtures: the real data and tokenizer in ``../shared`` beside the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# CI clones the repository into some folder beside shared/, so resolve from this file.
+REPO_ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` relative to the repository root."""
+    path = REPO_ROOT.parent / "shared"
+    if not path.is_dir():
+        pytest.fail(f"shared data folder not found at {path}; it must sit beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def archive_path(shared_dir: Path) -> Path:
+    """The real 20 Newsgroups bydate archive."""
+    return shared_dir / "data" / "20news-bydate.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(shared_dir: Path) -> Path:
+    """The real GPT-2 tokenizer folder (no pad token of its own)."""
+    return shared_dir / "gpt2-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_path: Path):
+    """The real GPT-2 tokenizer loaded through gpt2clf (pad token = eos, right padding)."""
+    from gpt2clf.data import load_tokenizer
+
+    return load_tokenizer(str(tokenizer_path))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_hub() -> None:
+    """Tests never reach a model hub: names that are not local folders fail at once."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-2 saved with save_pretrained: it loads through the same
+    ``from_pretrained`` path as a hub id such as ``gpt2``."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=256)
+    GPT2Model(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gpt2_small_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random GPT-2 with GPT-2 small's dimensions (124.4M parameters), saved to a folder."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpt2-small-random")
+    GPT2Model(GPT2Config()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_backbone: Path, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained but complete gpt2clf model folder over the tiny backbone, three labels."""
+    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+
+    spec = ClassifierSpec(num_labels=3, label_names=["a", "b", "c"], n_embed=32, n_heads=2, n_blocks=1)
+    folder = tmp_path_factory.mktemp("tiny-model") / "model"
+    GPT2Classifier.from_backbone(str(tiny_backbone), spec).save_pretrained(
+        folder, tokenizer=tokenizer, extra={"config": {"max_length": 64}})
+    return folder
