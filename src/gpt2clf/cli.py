@@ -104,7 +104,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str], titl
 def training_field_groups() -> list[tuple[str, list[str]]]:
     names = [f.name for f in dataclasses.fields(Config)]
     sections = [
-        ("data", list(DATA_FIELDS) + ["validation_ratio", "test_ratio", "max_train_samples", "max_eval_samples"]),
+        ("data", [*DATA_FIELDS, "validation_ratio", "test_ratio", "max_train_samples", "max_eval_samples"]),
         ("tokenization and batching", ["tokenizer", "max_length", "padding_side", "group_by_length"]),
         ("model", ["backbone", "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "train_top_layers",
                    "gradient_checkpointing", "compile", "feature_cache", "cache_dir"]),
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, report.txt and confusion_matrix.png")
     evaluate.add_argument("--batch-size", type=int, default=None, help="documents per batch (default: training's)")
     evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    add_config_flags(evaluate, list(DATA_FIELDS) + ["max_eval_samples"], "data (default: as recorded with the model)")
+    add_config_flags(evaluate, [*DATA_FIELDS, "max_eval_samples"], "data (default: as recorded with the model)")
 
     predict = commands.add_parser("predict", help="classify new text with a saved model folder",
                                   description="Label and top-k probabilities for each document.",
@@ -213,10 +213,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def command_train(args: argparse.Namespace) -> int:
     from gpt2clf.training import train
 
-    if args.resume:
-        config = resumed_config(args)
-    else:
-        config = config_from_args(args)
+    config = resumed_config(args) if args.resume else config_from_args(args)
     if not args.output and not args.dry_run:
         raise UserError("train needs --output RUN_DIR (or --dry-run)")
     result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume, dry_run=args.dry_run,
@@ -275,7 +272,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     saved = read_training_config(args.model_dir)
     known = {f.name for f in dataclasses.fields(Config)}
     config = Config().updated(**{k: v for k, v in saved.items() if k in known})
-    overrides = config_overrides(args, list(DATA_FIELDS) + ["max_eval_samples"])
+    overrides = config_overrides(args, [*DATA_FIELDS, "max_eval_samples"])
     if "train_file" not in overrides and any(k in overrides for k in ("data_dir", "strip")):
         overrides["train_file"] = None  # 20 Newsgroups options name 20 Newsgroups
         overrides["test_file"] = None
@@ -386,9 +383,27 @@ def command_data_stats(args: argparse.Namespace) -> int:
 COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict}
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for our own output: no library tips, banners or load bars."""
+    import logging
+
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gpt2clf`` command; returns the exit code."""
-    warnings.filterwarnings("ignore", module="lightning")
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = command_data_stats if args.command == "data" else COMMANDS[args.command]
@@ -413,7 +428,7 @@ def user_error_message(err: BaseException) -> str | None:
     try:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
     except ImportError:  # pragma: no cover
-        MisconfigurationException = ()  # type: ignore[assignment]  # noqa: N806
+        MisconfigurationException = ()  # type: ignore[assignment]
     if isinstance(err, MisconfigurationException):
         return str(err).splitlines()[0] + " (check --accelerator, --devices, --strategy and --precision)"
     if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)):

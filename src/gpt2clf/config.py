@@ -110,8 +110,8 @@ class Config:
     """Passes over the training data."""
     learning_rate: float = 2e-5
     """AdamW learning rate of the pretrained backbone."""
-    head_learning_rate: float | None = 1e-4
-    """Learning rate of our blocks and head; None: ``learning_rate``."""
+    head_learning_rate: float | None = None
+    """Learning rate of our blocks and head, which start from random weights; None: 5 x learning_rate."""
     weight_decay: float = 0.01
     """AdamW weight decay (never applied to biases and LayerNorm gains)."""
     warmup_ratio: float = 0.06
@@ -230,6 +230,10 @@ class Config:
     def effective_eval_batch_size(self) -> int:
         return self.eval_batch_size or 2 * self.batch_size
 
+    @property
+    def effective_head_learning_rate(self) -> float:
+        return self.head_learning_rate if self.head_learning_rate is not None else 5 * self.learning_rate
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -247,12 +251,13 @@ def field_help() -> dict[str, str]:
     """Each field's documentation: the string literal written under it in :class:`Config`."""
     import ast
     import inspect
+    import itertools
     import textwrap
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(Config)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
+    for node, following in itertools.pairwise(body):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
                 and isinstance(following.value.value, str)):
@@ -264,7 +269,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The published seed experiment: GPT-2 small, two custom 768-wide blocks with 2 heads,
     # plain AdamW at one constant rate for every parameter.
     "blog": dict(
-        backbone="gpt2", batch_size=16, max_length=512, learning_rate=1e-5, head_learning_rate=None,
+        backbone="gpt2", batch_size=16, max_length=512, learning_rate=1e-5, head_learning_rate=1e-5,
         n_embed=768, n_heads=2, n_blocks=2, dropout=0.2, epochs=5, validation_ratio=0.2,
         warmup_ratio=0.0, lr_schedule="constant", weight_decay=0.01, gradient_clip=None,
     ),
@@ -273,7 +278,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": dict(
         freeze="backbone", feature_cache=True, max_length=128, max_train_samples=2000,
         max_eval_samples=1000, n_embed=256, n_heads=4, n_blocks=1, dropout=0.1, batch_size=32,
-        epochs=5, learning_rate=1e-3, head_learning_rate=None, warmup_ratio=0.1, lr_schedule="cosine",
+        epochs=5, learning_rate=1e-3, head_learning_rate=1e-3, warmup_ratio=0.1, lr_schedule="cosine",
     ),
 }
 

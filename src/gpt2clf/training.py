@@ -51,7 +51,7 @@ from gpt2clf.data import (
     tokenize_texts,
 )
 from gpt2clf.errors import ConfigError, UserError
-from gpt2clf.evaluation import compute_metrics, evaluate_model
+from gpt2clf.evaluation import EvaluationResult, compute_metrics, evaluate_model
 from gpt2clf.files import atomic_write_json
 from gpt2clf.model import ClassifierSpec, GPT2Classifier
 
@@ -71,6 +71,43 @@ class PreparedData:
     train: TokenizedDataset
     validation: TokenizedDataset
     test: TokenizedDataset
+    features: dict[str, Any] | None = None
+    """Per split, the frozen backbone's cached hidden states (a FeatureDataset), when used."""
+
+
+def data_split(data: PreparedData, split: str):
+    """The dataset a split trains or evaluates on: cached features when present, else tokens."""
+    if data.features is not None:
+        return data.features[split]
+    return getattr(data, split)
+
+
+def uses_feature_cache(config: Config) -> bool:
+    """A frozen backbone gives the same hidden states every epoch: compute them once."""
+    return config.freeze == "backbone" and config.feature_cache and not config.train_top_layers
+
+
+def compute_device(config: Config) -> torch.device:
+    """Where to run the one-off backbone pass of the feature cache."""
+    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def attach_features(data: PreparedData, model: GPT2Classifier, config: Config) -> None:
+    """Run the frozen backbone over every split once (or load it from the disk cache)."""
+    from gpt2clf.features import cached_features
+
+    device = compute_device(config)
+    model.to(device)
+    data.features = {
+        split: cached_features(model, getattr(data, split).input_ids, getattr(data, split).labels,
+                               cache_root=config.cache_dir, tokenizer_name=config.tokenizer_name,
+                               batch_size=config.effective_eval_batch_size, device=device,
+                               precision=config.precision)
+        for split in ("train", "validation", "test")
+    }
+    model.to("cpu")
 
 
 def load_splits(config: Config) -> DatasetSplits:
@@ -121,9 +158,17 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         self.data = data
         self.config = config
-        self.collate = PaddingCollator(data.tokenizer.pad_token_id, config.padding_side)
+        if data.features is not None:
+            from gpt2clf.features import FeatureCollator
 
-    def _loader(self, dataset: TokenizedDataset, *, train: bool) -> DataLoader:
+            self.collate = FeatureCollator(config.padding_side)
+        else:
+            self.collate = PaddingCollator(data.tokenizer.pad_token_id, config.padding_side)
+
+    def _dataset(self, split: str):
+        return data_split(self.data, split)
+
+    def _loader(self, dataset, *, train: bool) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         batch_size = self.config.batch_size if train else self.config.effective_eval_batch_size
@@ -135,10 +180,10 @@ class ClassificationDataModule(pl.LightningDataModule):
                           num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data.train, train=True)
+        return self._loader(self._dataset("train"), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data.validation, train=False)
+        return self._loader(self._dataset("validation"), train=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,18 +260,20 @@ class ClassificationModule(pl.LightningModule):
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, attention_mask)
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "hidden_states" in batch:  # feature cache: the frozen backbone already ran
+            return self.model.classify_hidden_states(batch["hidden_states"], batch["attention_mask"])
+        return self.model(batch["input_ids"], batch["attention_mask"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch)
         loss = F.cross_entropy(logits.float(), batch["labels"])
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"]).float()
+        logits = self(batch).float()
         self._val_logits.append(logits)
         self._val_labels.append(batch["labels"])
 
@@ -258,7 +305,7 @@ class ClassificationModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.config
-        head_lr = cfg.head_learning_rate or cfg.learning_rate
+        head_lr = cfg.effective_head_learning_rate
         groups = []
         for params, lr in ((self.model.backbone_parameters(), cfg.learning_rate),
                            (self.model.head_parameters(), head_lr)):
@@ -337,9 +384,8 @@ def build_trainer(config: Config, run_dir: Path, *, enable_progress_bar: bool = 
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=config.early_stopping_patience))
     loggers: list[Any] = [CSVLogger(save_dir=run_dir, name="logs", version="")]
     try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(save_dir=run_dir, name="logs", version="tensorboard"))
     except ImportError:
@@ -378,6 +424,8 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     if not worker:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.yaml")
+    if uses_feature_cache(config):
+        attach_features(data, model, config)
     module = ClassificationModule(model, config)
     trainer = build_trainer(config, run_dir, enable_progress_bar=enable_progress_bar)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -392,6 +440,21 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     return finish_run(config, run_dir, model, data, trainer, train_seconds)
 
 
+def score_split(model: GPT2Classifier, data: PreparedData, config: Config, split: str,
+                device: torch.device) -> EvaluationResult:
+    """Evaluate ``model`` on one prepared split (from cached features when the run used them)."""
+    dataset = getattr(data, split)
+    if data.features is not None:
+        from gpt2clf.features import feature_logits
+
+        logits = feature_logits(model, data.features[split], batch_size=config.effective_eval_batch_size,
+                                device=device)
+        return compute_metrics(logits, dataset.labels, model.spec.label_names)
+    return evaluate_model(model, dataset.input_ids, dataset.labels, batch_size=config.effective_eval_batch_size,
+                          pad_token_id=data.tokenizer.pad_token_id, padding_side=config.padding_side,
+                          device=device, precision=config.precision)
+
+
 def finish_run(config: Config, run_dir: Path, model: GPT2Classifier, data: PreparedData, trainer: pl.Trainer,
                train_seconds: float) -> dict[str, Any]:
     """Load the best weights, score the test split, save the model folder and metrics.json."""
@@ -403,10 +466,7 @@ def finish_run(config: Config, run_dir: Path, model: GPT2Classifier, data: Prepa
     model = model.to(torch.device("cpu")).float()
     device = trainer.strategy.root_device
     model.to(device)
-    eval_kwargs = dict(batch_size=config.effective_eval_batch_size, pad_token_id=data.tokenizer.pad_token_id,
-                       padding_side=config.padding_side, device=device, precision=config.precision)
-    validation = evaluate_model(model, data.validation.input_ids, data.validation.labels, **eval_kwargs)
-    test = evaluate_model(model, data.test.input_ids, data.test.labels, **eval_kwargs)
+    validation, test = (score_split(model, data, config, split, device) for split in ("validation", "test"))
     model.to("cpu")
     best_score = checkpoint_cb.best_model_score if checkpoint_cb is not None else None
     metrics = {
