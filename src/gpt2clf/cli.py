@@ -233,18 +233,21 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def resumed_config(args: argparse.Namespace) -> Config:
-    """The run's own config.yaml; only where it runs may change on resume."""
+    """The run's own config.yaml. Flags may repeat it, or change only where it runs."""
     if not args.output:
         raise UserError("--resume needs --output RUN_DIR, the run folder to continue")
-    saved = Path(args.output) / "config.yaml"
-    if not saved.is_file():
-        raise UserError(f"nothing to resume: {saved} does not exist")
-    changed = sorted(set(config_overrides(args)) - set(RESUMABLE_FIELDS))
-    if changed or args.preset or args.config:
-        what = ", ".join(flag(n) for n in changed) or "--preset/--config"
-        raise UserError(f"--resume continues the run with its saved config.yaml; {what} cannot change it "
-                        "(start a new run instead)")
-    return Config.from_yaml(saved).updated(**config_overrides(args, RESUMABLE_FIELDS))
+    saved_path = Path(args.output) / "config.yaml"
+    if not saved_path.is_file():
+        raise UserError(f"nothing to resume: {saved_path} does not exist")
+    saved = Config.from_yaml(saved_path)
+    asked = config_from_args(args) if (args.preset or args.config) else saved.updated(**config_overrides(args))
+    changed = [name for name in saved.to_dict() if name not in RESUMABLE_FIELDS
+               and getattr(asked, name) != getattr(saved, name)]
+    if changed:
+        what = ", ".join(f"{flag(n)} ({getattr(saved, n)!r} -> {getattr(asked, n)!r})" for n in changed[:3])
+        raise UserError(f"--resume continues the run with its saved config.yaml, but these differ: {what}; "
+                        "drop them or start a new run")
+    return saved.updated(**config_overrides(args, RESUMABLE_FIELDS))
 
 
 def print_plan(plan: dict[str, Any]) -> None:
@@ -405,7 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gpt2clf`` command; returns the exit code."""
     quiet_libraries()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    # argparse stops filling TEXT ... at the first option, so `predict MODEL --json "text"`
+    # leaves "text" over; documents after options are still documents.
+    if extras and args.command == "predict" and not any(e.startswith("-") for e in extras):
+        args.texts = [*args.texts, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     handler = command_data_stats if args.command == "data" else COMMANDS[args.command]
     debug = getattr(args, "debug", False) or os.environ.get("GPT2CLF_DEBUG") == "1"
     try:

@@ -111,7 +111,8 @@ class Config:
     learning_rate: float = 2e-5
     """AdamW learning rate of the pretrained backbone."""
     head_learning_rate: float | None = None
-    """Learning rate of our blocks and head, which start from random weights; None: 5 x learning_rate."""
+    """Learning rate of our blocks and head, which start from random weights; None: the larger of
+    learning_rate and 1e-4."""
     weight_decay: float = 0.01
     """AdamW weight decay (never applied to biases and LayerNorm gains)."""
     warmup_ratio: float = 0.06
@@ -232,7 +233,7 @@ class Config:
 
     @property
     def effective_head_learning_rate(self) -> float:
-        return self.head_learning_rate if self.head_learning_rate is not None else 5 * self.learning_rate
+        return self.head_learning_rate if self.head_learning_rate is not None else max(self.learning_rate, 1e-4)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -291,10 +291,12 @@ class ClassificationModule(pl.LightningModule):
         self.log_dict({"val_acc": result.accuracy, "val_macro_f1": result.macro_f1, "val_loss": result.loss},
                       prog_bar=True, rank_zero_only=False, sync_dist=False)
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Dropout masks depend only on (seed, epoch, rank), never on what ran before, so a
-        # resumed run draws exactly what an uninterrupted one would.
-        seed_all(self.config.seed * 1_000_003 + self.current_epoch * 101 + self.global_rank)
+        # resumed run draws exactly what an uninterrupted one would. (Not on_train_epoch_start:
+        # Lightning skips that hook for the first epoch after resuming from an epoch-end checkpoint.)
+        if batch_idx == 0:
+            seed_all(self.config.seed * 1_000_003 + self.current_epoch * 101 + self.global_rank)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["gpt2clf_rng_states"] = rng_states()
@@ -430,8 +432,16 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     trainer = build_trainer(config, run_dir, enable_progress_bar=enable_progress_bar)
     last = run_dir / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
-    trainer.fit(module, datamodule=ClassificationDataModule(data, config),
-                ckpt_path=str(last) if resume else None, weights_only=True)
+    try:
+        # weights_only: resuming never unpickles anything but tensors and plain containers.
+        trainer.fit(module, datamodule=ClassificationDataModule(data, config),
+                    ckpt_path=str(last) if resume else None, weights_only=True)
+    except SystemExit:
+        # Lightning turns Ctrl-C into a graceful shutdown and SystemExit(1); the last
+        # epoch's checkpoint is complete and resumable, so report it as an interruption.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     train_seconds = time.perf_counter() - started
     if trainer.interrupted:
         raise KeyboardInterrupt

@@ -1,0 +1,200 @@
+"""The command line: help text, and one clear message with exit code 2 for every user error.
+
+Each bad input below is run through ``gpt2clf.cli.main`` as a user would type it. It must
+print ``gpt2clf: error: ...`` (or argparse's usage error) on stderr with no traceback, exit
+with code 2, and leave an existing run folder byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from gpt2clf.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ARCHIVE = SHARED / "data" / "20news-bydate.tar.gz"
+TOKENIZER = SHARED / "gpt2-tokenizer"
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, tiny_model_dir: Path):
+    """(name, argv, expected message fragment) for 40+ kinds of bad input."""
+    tmp = tmp_path_factory.mktemp("bad")
+    good_csv = write(tmp / "good.csv", "text,label\nhello there,a\nsomething else,b\nmore words,a\nfinal,b\n")
+    one_class = write(tmp / "one.csv", "text,label\nx,a\ny,a\n")
+    test_only = write(tmp / "test_only.csv", "text,label\nx,a\ny,zzz\n")
+    empty_texts = write(tmp / "blank.csv", "text,label\n  ,a\n\t,b\n")
+    malformed = write(tmp / "bad.jsonl", '{"text": "ok", "label": "a"}\n{"text": "broken\n')
+    ragged = write(tmp / "ragged.tsv", "text\tlabel\nx\ta\ty\tb\textra\n")
+    no_label = write(tmp / "nolabel.jsonl", '{"text": "x", "label": "a"}\n{"text": "y"}\n')
+    empty = write(tmp / "empty.csv", "")
+    header_only = write(tmp / "header.csv", "text,label\n")
+    not_tar = write(tmp / "not-an-archive.tar.gz", b"definitely not gzip")
+    not_20ng = tmp / "some-folder"
+    not_20ng.mkdir()
+    bad_yaml = write(tmp / "bad.yaml", "learning_rate: [1, 2\n")
+    unknown_key = write(tmp / "unknown.yaml", "learning_rat: 0.1\n")
+    wrong_type = write(tmp / "type.yaml", "batch_size: many\n")
+    list_yaml = write(tmp / "list.yaml", "- 1\n- 2\n")
+
+    # Broken copies of a good model folder.
+    def broken_model(name: str, edit) -> Path:
+        folder = tmp / name
+        folder.mkdir()
+        for file in tiny_model_dir.iterdir():
+            (folder / file.name).write_bytes(file.read_bytes())
+        edit(folder)
+        return folder
+
+    def truncate(folder: Path) -> None:
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+    def corrupt(folder: Path) -> None:
+        weights = folder / "model.safetensors"
+        weights.write_bytes(b"\x00" * 64 + weights.read_bytes()[64:])
+
+    def mismatch(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        config["spec"]["n_blocks"] += 1
+        (folder / "config.json").write_text(json.dumps(config))
+
+    truncated = broken_model("truncated", truncate)
+    corrupted = broken_model("corrupted", corrupt)
+    mismatched = broken_model("mismatched", mismatch)
+    no_weights = broken_model("no-weights", lambda f: (f / "model.safetensors").unlink())
+    bad_json = broken_model("bad-json", lambda f: (f / "config.json").write_text("{not json"))
+    no_config = broken_model("no-config", lambda f: (f / "config.json").unlink())
+
+    m = str(tiny_model_dir)
+    data = ["--data-dir", str(ARCHIVE)]
+    quick = ["--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--dry-run", *data]
+    return [
+        # data paths and files
+        ("missing data dir", ["data", "stats", "--data-dir", str(tmp / "nope")], "not found"),
+        ("folder that is not 20NG", ["data", "stats", "--data-dir", str(not_20ng)], "20news"),
+        ("file that is not an archive", ["data", "stats", "--data-dir", str(not_tar)], ""),
+        ("missing train file", ["data", "stats", "--train-file", str(tmp / "none.csv")], "not found"),
+        ("empty csv", ["data", "stats", "--train-file", str(empty)], "empty"),
+        ("header-only csv", ["data", "stats", "--train-file", str(header_only)], ""),
+        ("malformed jsonl", ["data", "stats", "--train-file", str(malformed)], "line 2"),
+        ("ragged tsv", ["data", "stats", "--train-file", str(ragged)], ""),
+        ("missing text column", ["data", "stats", "--train-file", str(good_csv), "--text-column", "body"], "text"),
+        ("missing label column", ["data", "stats", "--train-file", str(good_csv), "--label-column", "y"], "label"),
+        ("missing label value", ["data", "stats", "--train-file", str(no_label)], ""),
+        ("one class", ["data", "stats", "--train-file", str(one_class)], "at least 2"),
+        ("label only in test", ["data", "stats", "--train-file", str(good_csv), "--test-file", str(test_only)],
+         "zzz"),
+        ("all texts blank", ["data", "stats", "--train-file", str(empty_texts)], ""),
+        ("unknown extension", ["data", "stats", "--train-file", str(write(tmp / "x.xlsx", "a"))], ".csv"),
+        ("test file without train file", ["data", "stats", "--test-file", str(good_csv)], "train_file"),
+        ("bad strip part", ["data", "stats", "--strip", "signatures", *data], "strip"),
+        ("missing tokenizer", ["data", "stats", "--train-file", str(good_csv), "--tokenizer", str(tmp / "tok")],
+         "tokenizer"),
+        # configuration
+        ("unknown preset", ["train", "--preset", "nope", *quick], "preset"),
+        ("missing config file", ["train", "--config", str(tmp / "none.yaml"), *quick], "not found"),
+        ("invalid yaml", ["train", "--config", str(bad_yaml), *quick], "YAML"),
+        ("unknown config key", ["train", "--config", str(unknown_key), *quick], "learning_rat"),
+        ("wrong type in yaml", ["train", "--config", str(wrong_type), *quick], "batch_size"),
+        ("yaml not a mapping", ["train", "--config", str(list_yaml), *quick], "mapping"),
+        ("negative learning rate", ["train", "--learning-rate", "-1e-3", *quick], "learning_rate"),
+        ("batch size 0", ["train", "--batch-size", "0", *quick], "batch_size"),
+        ("batch size not a number", ["train", "--batch-size", "abc", *quick], "batch_size"),
+        ("dropout above 1", ["train", "--dropout", "1.5", *quick], "dropout"),
+        ("width not divisible by heads", ["train", "--n-embed", "65", "--n-heads", "2", *quick], "divisible"),
+        ("unknown pooling", ["train", "--pooling", "max", *quick], "pooling"),
+        ("unknown precision", ["train", "--precision", "8", *quick], "precision"),
+        ("unknown flag", ["train", "--learning-rat", "1", *quick], ""),
+        ("max length above positions", ["train", "--max-length", "4096", *quick], "positions"),
+        ("missing backbone", ["train", "--backbone", str(tmp / "no-model"), "--dry-run", *data], "backbone"),
+        ("gpu on a cpu machine", ["train", "--accelerator", "gpu", "--output", str(tmp / "gpu"),
+                                  "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER),
+                                  "--train-file", str(good_csv), "--test-file", str(good_csv)], ""),
+        ("train without output", ["train", "--backbone", str(tiny_backbone)], "--output"),
+        ("resume with nothing to resume", ["train", "--output", str(tmp / "fresh"), "--resume"], "resume"),
+        # model folders
+        ("missing model folder", ["predict", str(tmp / "no-such-model"), "hi"], "not found"),
+        ("model without weights", ["predict", str(no_weights), "hi"], "model.safetensors"),
+        ("model without config", ["predict", str(no_config), "hi"], "config.json"),
+        ("model config not json", ["predict", str(bad_json), "hi"], "config.json"),
+        ("truncated weights", ["predict", str(truncated), "hi"], "model.safetensors"),
+        ("corrupted weights", ["predict", str(corrupted), "hi"], "model.safetensors"),
+        ("config not matching weights", ["predict", str(mismatched), "hi"], ""),
+        ("evaluate a missing model", ["evaluate", str(tmp / "no-such-model")], "not found"),
+        # prediction inputs
+        ("nothing to predict", ["predict", m], "nothing to classify"),
+        ("top-k 0", ["predict", m, "--top-k", "0", "hi"], "top-k"),
+        ("missing --file", ["predict", m, "--file", str(tmp / "nope.txt")], "nope.txt"),
+        ("missing --input", ["predict", m, "--input", str(tmp / "nope.jsonl")], "not found"),
+        ("--input without the column", ["predict", m, "--input", str(good_csv), "--text-column", "body"], "body"),
+        ("evaluate on labels the model lacks", ["evaluate", m, "--train-file", str(test_only)], ""),
+    ]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_bad_input_gives_one_message_and_exit_2(bad_inputs, capsys, tmp_path: Path,
+                                                      tiny_backbone: Path) -> None:
+    # An existing run folder that every command below is also pointed at must not change.
+    run_dir = tmp_path / "existing-run"
+    write(run_dir / "config.yaml", "seed: 1\n")
+    write(run_dir / "metrics.json", "{}\n")
+    before = snapshot(run_dir)
+    assert len(bad_inputs) >= 40
+    failures = []
+    for name, argv, fragment in bad_inputs:
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's own usage errors
+            code = exit_.code
+        err = capsys.readouterr().err
+        if code != 2 or "Traceback" in err or not err.strip() or fragment.lower() not in err.lower():
+            failures.append(f"{name}: exit {code}, stderr: {err.strip()[-400:]!r}")
+        elif "usage:" not in err:
+            assert err.count("gpt2clf: error:") == 1, (name, err)
+    # The same run folder as an --output is refused, then checked unchanged.
+    code = main(["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+                 "--output", str(run_dir)])
+    if code != 2:
+        failures.append(f"existing run: exit {code}")
+    assert not failures, "\n".join(failures)
+    assert snapshot(run_dir) == before
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="not found"):
+        main(["--debug", "data", "stats", "--data-dir", str(tmp_path / "nope")])
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_help_lists_options_with_defaults_and_examples(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    if command == "train":
+        for option in ("--backbone", "--tokenizer", "--batch-size", "--max-length", "--learning-rate", "--epochs",
+                       "--n-embed", "--n-heads", "--n-blocks", "--dropout", "--pooling", "--warmup-ratio",
+                       "--weight-decay", "--seed", "--precision", "--devices", "--strategy", "--num-nodes",
+                       "--resume", "--dry-run", "--max-train-samples", "--data-dir", "--train-file"):
+            assert option in out, option
+        assert "(default: 1e-05)" not in out and "(default: 2e-05)" in out

@@ -1,0 +1,190 @@
+"""End-to-end training, evaluation and prediction on the real 20 Newsgroups archive.
+
+A tiny random GPT-2 (built from a GPT2Config and saved with save_pretrained, so it loads
+through the same from_pretrained path as a hub id) stands in for the pretrained one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2clf.cli import main
+from gpt2clf.prediction import Predictor
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ARCHIVE = SHARED / "data" / "20news-bydate.tar.gz"
+TOKENIZER = SHARED / "gpt2-tokenizer"
+
+
+def quick_train_args(backbone: Path, output: Path, *extra: str, documents: int = 2000, max_length: int = 128,
+                     epochs: int = 3) -> list[str]:
+    """A small but real 20 Newsgroups run: a tiny random GPT-2 learns from the first tokens of each post.
+
+    A random backbone has to learn its token embeddings from scratch, hence the high learning
+    rates (pretrained GPT-2 wants the defaults)."""
+    return [
+        "train", "--backbone", str(backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+        "--max-train-samples", str(documents), "--max-eval-samples", "300", "--max-length", str(max_length),
+        "--epochs", str(epochs), "--learning-rate", "1e-3", "--head-learning-rate", "3e-3", "--n-embed", "64",
+        "--n-heads", "2", "--n-blocks", "1", "--batch-size", "16", "--pooling", "mean", "--no-progress",
+        "--output", str(output), *extra,
+    ]
+
+
+def small_train_args(backbone: Path, output: Path, *extra: str) -> list[str]:
+    """Smaller still, for the checks that compare runs with each other rather than with chance."""
+    return quick_train_args(backbone, output, *extra, documents=600, max_length=64, epochs=2)
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpt2clf.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "t"
+    assert main(quick_train_args(tiny_backbone, run_dir)) == 0
+    return run_dir
+
+
+def test_training_beats_chance_and_writes_a_complete_run_folder(trained_run: Path) -> None:
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    # 20 classes: chance is 0.05.
+    assert metrics["test"]["accuracy"] >= 0.20, metrics
+    assert metrics["test"]["documents"] == 300
+    assert (trained_run / "config.yaml").is_file()
+    assert (trained_run / "logs" / "metrics.csv").is_file()
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (trained_run / "model" / name).is_file(), name
+
+
+def test_evaluate_reproduces_the_runs_test_metrics(trained_run: Path, capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:
+    assert main(["evaluate", str(trained_run / "model"), "--json", "--output", str(tmp_path / "eval")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert result["num_documents"] == 300
+    assert result["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
+    assert result["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-4)
+    assert set(result["per_class"]) == set(result["label_names"])
+    png = (tmp_path / "eval" / "confusion_matrix.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_predict_json_probabilities_sum_to_one(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", str(trained_run / "model"), "--json", "some text", "Windows 3.1 driver crash"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        row = json.loads(line)
+        assert row["label"] in row["probabilities"]
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+
+
+def test_probabilities_do_not_depend_on_batch_neighbours(trained_run: Path) -> None:
+    predictor = Predictor.from_folder(trained_run / "model", batch_size=4, device="cpu")
+    docs = ["short one", "a much longer document " * 30, "graphics card and monitor", "hockey playoffs tonight"]
+    together = predictor.predict_proba(docs)
+    for i, doc in enumerate(docs):
+        torch.testing.assert_close(predictor.predict_proba([doc])[0], together[i], atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "small"
+    assert main(small_train_args(tiny_backbone, run_dir)) == 0
+    return run_dir
+
+
+def test_same_seed_gives_same_metrics(tiny_backbone: Path, small_run: Path, tmp_path: Path) -> None:
+    assert main(small_train_args(tiny_backbone, tmp_path / "again")) == 0
+    first = json.loads((small_run / "metrics.json").read_text())
+    second = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert first["test"] == second["test"]
+    assert first["validation"] == second["validation"]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_backbone: Path, small_run: Path,
+                                                          tmp_path: Path) -> None:
+    run_dir = tmp_path / "killed"
+    args = small_train_args(tiny_backbone, run_dir)
+    process = subprocess.Popen([sys.executable, "-m", "gpt2clf.cli", *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)  # mid-way through epoch 2
+    process.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_cli(*args[:-2], "--output", str(run_dir), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = json.loads((small_run / "metrics.json").read_text())
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert got["test"] == expected["test"]
+    assert got["validation"] == expected["validation"]
+
+
+def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(tiny_backbone: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "gpt2clf.cli", *small_train_args(tiny_backbone, run_dir)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a background shell may have left SIGINT ignored; a terminal would not
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    state = torch.load(last, map_location="cpu", weights_only=True)  # complete and free of pickled code
+    assert state["epoch"] >= 0 and "gpt2clf_rng_states" in state
+
+
+def test_two_process_ddp_on_cpu_writes_one_model(tiny_backbone: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "ddp"
+    args = quick_train_args(tiny_backbone, run_dir, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+                            "--max-eval-samples", "100", documents=200, max_length=64, epochs=1)
+    result = run_cli(*args, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    models = [p for p in run_dir.rglob("model.safetensors")]
+    assert models == [run_dir / "model" / "model.safetensors"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["documents"] == 100
+
+
+def test_dry_run_blog_counts_the_seed_parameters(gpt2_small_backbone: Path, capsys) -> None:
+    code = main(["train", "--preset", "blog", "--backbone", str(gpt2_small_backbone), "--tokenizer", str(TOKENIZER),
+                 "--data-dir", str(ARCHIVE), "--max-train-samples", "200", "--max-eval-samples", "100",
+                 "--dry-run", "--json"])
+    assert code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["parameters"]["total"] == pytest.approx(138.6e6, abs=0.5e6)
+    assert plan["parameters"]["trainable"] == plan["parameters"]["total"]
+    assert plan["data"]["num_classes"] == 20
+    assert plan["config"]["n_heads"] == 2 and plan["config"]["learning_rate"] == 1e-5
+
+
+def test_existing_run_is_refused_without_overwrite(trained_run: Path, tiny_backbone: Path, capsys) -> None:
+    before = (trained_run / "metrics.json").read_bytes()
+    assert main(quick_train_args(tiny_backbone, trained_run)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (trained_run / "metrics.json").read_bytes() == before
