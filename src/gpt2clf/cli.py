@@ -92,7 +92,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str], titl
     for name in names:
         default = getattr(defaults, name)
         shown = ",".join(default) if isinstance(default, list) else default
-        text = f"{helps.get(name, '')} (default: {shown})"
+        text = f"{helps.get(name, '')} (default: {shown})".replace("%", "%%")  # argparse formats help with %
         if hints[name] is bool:
             group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
                                help=text)
