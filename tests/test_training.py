@@ -188,3 +188,19 @@ def test_existing_run_is_refused_without_overwrite(trained_run: Path, tiny_backb
     assert main(quick_train_args(tiny_backbone, trained_run)) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (trained_run / "metrics.json").read_bytes() == before
+
+
+def test_frozen_backbone_trains_from_the_feature_cache(tiny_backbone: Path, tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "frozen"
+    args = small_train_args(tiny_backbone, run_dir, "--freeze", "backbone", "--cache-dir", str(tmp_path / "cache"))
+    assert main(args) == 0
+    capsys.readouterr()
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # train, validation and test features
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # The saved model runs the whole network from tokens; it agrees with the cached path
+    # up to the fp16 storage of the features.
+    assert main(["evaluate", str(run_dir / "model"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_documents"] == metrics["test"]["documents"] == 300
+    assert abs(result["accuracy"] - metrics["test"]["accuracy"]) <= 0.02
+    assert result["loss"] == pytest.approx(metrics["test"]["loss"], abs=0.02)

@@ -29,6 +29,7 @@ so loading one never unpickles anything and works offline.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -365,15 +366,75 @@ class GPT2Classifier(nn.Module):
         hidden = self.backbone_hidden_states(input_ids, attention_mask)
         return self.classify_hidden_states(hidden, attention_mask)
 
-    def backbone_hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """The backbone's last hidden state (B, T, backbone_width)."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    def backbone_hidden_states(
+        self, input_ids: Tensor, attention_mask: Tensor, *, num_layers: int | None = None
+    ) -> Tensor:
+        """The backbone's last hidden state (B, T, backbone_width).
+
+        ``num_layers=L`` (``1 <= L <`` the number of layers): the output of the first ``L``
+        transformer layers instead, before the others and the final norm run (only the
+        first ``L`` layers are computed). :meth:`backbone_from_layer` finishes the pass, so a
+        feature cache can store the frozen lower layers' output and train the top ones.
+        """
+        kwargs = self._backbone_kwargs(attention_mask)
+        if num_layers is None:
+            output = self.backbone(input_ids=input_ids, **kwargs)
+            return output[0] if isinstance(output, tuple) else output.last_hidden_state
+        layers = self._split_layers(num_layers)
+        captured: list[Tensor] = []
+
+        def keep(module: nn.Module, args: Any, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+
+        handle = layers[num_layers - 1].register_forward_hook(keep)
+        try:
+            with _only_layers(layers, 0, num_layers):
+                self.backbone(input_ids=input_ids, **kwargs)
+        finally:
+            handle.remove()
+        return captured[-1]
+
+    def backbone_from_layer(self, hidden: Tensor, attention_mask: Tensor, start_layer: int) -> Tensor:
+        """Finish a backbone pass from layer ``start_layer`` on: (B, T, W) -> last hidden state.
+
+        ``hidden`` is what :meth:`backbone_hidden_states` returned with ``num_layers=start_layer``
+        (e.g. read from a feature cache). The backbone's own forward runs with only layers
+        ``start_layer:`` left in its layer list, so it builds its attention mask and position
+        ids exactly as in a full pass; ``hidden`` replaces the input of layer ``start_layer``.
+        Not re-entrant: the layer list is swapped for the duration of the call.
+        """
+        layers = self._split_layers(start_layer)
+        dtype = next(self.backbone.parameters()).dtype
+        hidden = hidden.to(dtype)
+
+        def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        handle = layers[start_layer].register_forward_pre_hook(inject, with_kwargs=True)
+        # Token id 0 everywhere: the embeddings are computed (cheap) and then discarded.
+        placeholder = torch.zeros(attention_mask.shape, dtype=torch.long, device=attention_mask.device)
+        try:
+            with _only_layers(layers, start_layer, len(layers)):
+                output = self.backbone(input_ids=placeholder, **self._backbone_kwargs(attention_mask))
+        finally:
+            handle.remove()
+        return output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    def _backbone_kwargs(self, attention_mask: Tensor) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
         if self._pass_position_ids:
             kwargs["position_ids"] = position_ids_from_mask(attention_mask)
         if self._pass_use_cache:
             kwargs["use_cache"] = False
-        output = self.backbone(**kwargs)
-        return output[0] if isinstance(output, tuple) else output.last_hidden_state
+        return kwargs
+
+    def _split_layers(self, layer: int) -> nn.ModuleList:
+        layers = self.backbone_layers()
+        if not isinstance(layer, int) or not 1 <= layer < len(layers):
+            raise ConfigError(f"a backbone split point must be between 1 and {len(layers) - 1}, got {layer!r}")
+        return layers
 
     def classify_hidden_states(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """Logits from backbone hidden states: projection, blocks, ln_f, pooling, head.
@@ -622,6 +683,18 @@ def _is_decoder_only(config: Any) -> bool:
     model_type = getattr(config, "model_type", None)
     return (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
             and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+@contextlib.contextmanager
+def _only_layers(layers: nn.ModuleList, start: int, stop: int) -> Iterator[None]:
+    """Temporarily leave only ``layers[start:stop]`` in a layer list (its owner's loop runs just those)."""
+    saved = layers._modules
+    kept = list(saved.items())[start:stop]
+    layers._modules = dict(kept)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        layers._modules = saved
 
 
 def _forward_parameters(module: nn.Module) -> set[str]:
