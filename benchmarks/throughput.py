@@ -23,7 +23,7 @@ the matmul peak is measured in the same run (largest of several ``torch.matmul``
 
 Usage::
 
-    python benchmarks/throughput.py --json            # CPU, GPT-2 small dims (~8 minutes on 2 cores)
+    python benchmarks/throughput.py --json            # CPU, GPT-2 small dims (~7 minutes on 2 cores)
     python benchmarks/throughput.py --tiny             # smoke run, tiny model (~1 minute)
     python benchmarks/throughput.py --device cuda --json
 """
@@ -764,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-frozen", action="store_true", help="skip (d)")
     parser.add_argument("--memory", action="store_true",
                         help="also measure the peak memory of a training step at batch x max_length: plain, "
-                             "with gradient checkpointing, and with micro-batches (adds ~8 minutes on CPU)")
+                             "with gradient checkpointing, and with micro-batches (adds ~6 minutes on CPU)")
     parser.add_argument("--seed-micro-batch", action="store_true",
                         help="also time (a) with gpt2clf's micro-batching added (where the training speedup "
                              "comes from; adds ~2 minutes on CPU)")
