@@ -61,6 +61,7 @@ __all__ = [
     "DatasetStats",
     "LengthGroupedSampler",
     "PaddingCollator",
+    "index_and_labels",
     "TextDataset",
     "TokenizedDataset",
     "dataset_stats",
@@ -825,11 +826,15 @@ class PaddingCollator:
             cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
             input_ids[row, cols] = seq
             attention_mask[row, cols] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "index": torch.tensor([int(f["index"]) for f in features], dtype=torch.long)}
-        if features and "labels" in features[0]:
-            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **index_and_labels(features)}
+
+
+def index_and_labels(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The ``index`` (and, when present, ``labels``) tensors that every collator carries along."""
+    batch = {"index": torch.tensor([int(f["index"]) for f in features], dtype=torch.long)}
+    if features and "labels" in features[0]:
+        batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+    return batch
 
 
 class LengthGroupedSampler(Sampler[int]):

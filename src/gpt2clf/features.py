@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from gpt2clf.data import length_sorted_batches
+from gpt2clf.data import index_and_labels, length_sorted_batches
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_json
 from gpt2clf.model import GPT2Classifier
@@ -151,11 +151,7 @@ class FeatureCollator:
             cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
             hidden[row, cols] = s.float()
             mask[row, cols] = 1
-        batch = {"hidden_states": hidden, "attention_mask": mask,
-                 "index": torch.tensor([int(f["index"]) for f in features], dtype=torch.long)}
-        if features and "labels" in features[0]:
-            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
-        return batch
+        return {"hidden_states": hidden, "attention_mask": mask, **index_and_labels(features)}
 
 
 # ------------------------------------------------------------------------------------------
