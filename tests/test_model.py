@@ -482,3 +482,19 @@ def test_bert_backbone(bert_dir: Path, tmp_path: Path) -> None:
     loaded = GPT2Classifier.from_pretrained(tmp_path / "bert-clf")
     with torch.no_grad():
         assert torch.equal(loaded(ids, mask), model(ids, mask))
+
+
+def test_blocks_take_the_backbones_shape_by_default(gpt2_dir: Path, bert_dir: Path, tmp_path: Path) -> None:
+    # gpt2_dir is 32 wide with 2 heads; bert_dir 48 wide with 2 heads.
+    model = make_model(gpt2_dir, n_embed=None, n_heads=None)
+    assert (model.spec.n_embed, model.spec.n_heads) == (32, 2)
+    assert isinstance(model.input_projection, torch.nn.Identity)
+    assert make_model(bert_dir, n_embed=None, n_heads=None).spec.n_embed == 48
+    # An explicit width keeps the backbone's heads when they divide it, else one head per 64.
+    assert make_model(gpt2_dir, n_embed=96, n_heads=None).spec.n_heads == 2
+    assert make_model(gpt2_dir, n_embed=129, n_heads=None).spec.n_heads == 1
+    assert make_model(gpt2_dir, n_embed=192, n_heads=None, n_blocks=0).spec.n_heads == 2
+    # The resolved shape is what a saved folder records, so it reloads without the backbone.
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = GPT2Classifier.from_pretrained(tmp_path / "saved")
+    assert (reloaded.spec.n_embed, reloaded.spec.n_heads) == (32, 2)

@@ -78,10 +78,12 @@ class Config:
     # --- model ------------------------------------------------------------------------
     backbone: str = "gpt2"
     """Hub id or local folder of a pretrained GPT-2 (or any AutoModel backbone)."""
-    n_embed: int = 768
-    """Width of our transformer blocks (a projection maps the backbone width to it if they differ)."""
-    n_heads: int = 12
-    """Attention heads per block; n_embed must be divisible by it."""
+    n_embed: int | None = None
+    """Width of our transformer blocks; None: the backbone's (768 for GPT-2 small). Another width
+    adds a linear projection from the backbone's."""
+    n_heads: int | None = None
+    """Attention heads per block (n_embed must be divisible by it); None: the backbone's count
+    (12 for GPT-2 small)."""
     n_blocks: int = 2
     """Custom transformer blocks stacked on the backbone (0 for pooling + head only)."""
     dropout: float = 0.1
@@ -182,15 +184,17 @@ class Config:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first out-of-range value."""
-        positive_ints = ["max_length", "n_embed", "n_heads", "n_blocks", "batch_size", "epochs",
-                         "accumulate_grad_batches", "num_nodes"]
+        positive_ints = ["max_length", "batch_size", "epochs", "accumulate_grad_batches", "num_nodes"]
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ["max_train_samples", "max_eval_samples", "eval_batch_size", "early_stopping_patience"]:
+        for name in ["n_embed", "n_heads", "max_train_samples", "max_eval_samples", "eval_batch_size",
+                     "early_stopping_patience"]:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.n_blocks < 0:
+            raise ConfigError(f"n_blocks must be 0 or more, got {self.n_blocks}")
         if self.train_top_layers is not None and self.train_top_layers < 0:
             raise ConfigError(f"train_top_layers must be 0 or more, got {self.train_top_layers}")
         if self.learning_rate <= 0:
@@ -209,7 +213,7 @@ class Config:
         for name in ["validation_ratio", "test_ratio"]:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
-        if self.n_embed % self.n_heads:
+        if self.n_embed is not None and self.n_heads is not None and self.n_embed % self.n_heads:
             raise ConfigError(f"n_embed ({self.n_embed}) must be divisible by n_heads ({self.n_heads})")
         choices = {"pooling": POOLING_CHOICES, "freeze": FREEZE_CHOICES, "padding_side": PADDING_SIDES,
                    "lr_schedule": SCHEDULES, "precision": PRECISIONS}

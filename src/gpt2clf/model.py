@@ -30,6 +30,7 @@ so loading one never unpickles anything and works offline.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -213,8 +214,10 @@ class ClassifierSpec:
     num_labels: int
     label_names: list[str] = field(default_factory=list)
     """One name per label id; empty: ``"0"``, ``"1"``, ..."""
-    n_embed: int = 768
-    n_heads: int = 12
+    n_embed: int | None = None
+    """Width of our blocks; None: the backbone's width (then no input projection)."""
+    n_heads: int | None = None
+    """Heads per block; None: the backbone's head count if it divides ``n_embed``, else ``n_embed / 64``."""
     n_blocks: int = 2
     dropout: float = 0.1
     pooling: str = "last"
@@ -230,22 +233,41 @@ class ClassifierSpec:
         """Raise :class:`ConfigError` naming the first out-of-range value."""
         for name in ("num_labels", "n_embed", "n_heads", "n_blocks"):
             value = getattr(self, name)
+            if value is None and name in ("n_embed", "n_heads"):
+                continue  # filled in from the backbone by resolved_for()
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
         if self.num_labels < 1:
             raise ConfigError(f"num_labels must be at least 1, got {self.num_labels}")
         if len(self.label_names) != self.num_labels:
             raise ConfigError(f"label_names has {len(self.label_names)} names for {self.num_labels} labels")
-        if self.n_embed < 1 or self.n_heads < 1:
-            raise ConfigError(f"n_embed and n_heads must be at least 1, got {self.n_embed}, {self.n_heads}")
+        for name in ("n_embed", "n_heads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_blocks < 0:
             raise ConfigError(f"n_blocks must be 0 or more, got {self.n_blocks}")
-        if self.n_embed % self.n_heads:
+        if self.n_embed is not None and self.n_heads is not None and self.n_embed % self.n_heads:
             raise ConfigError(f"n_embed ({self.n_embed}) must be divisible by n_heads ({self.n_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pooling not in POOLING_CHOICES:
             raise ConfigError(f"pooling must be one of {', '.join(POOLING_CHOICES)}; got {self.pooling!r}")
+
+    def resolved_for(self, backbone_config: Any) -> ClassifierSpec:
+        """A copy with ``n_embed`` and ``n_heads`` filled in from the backbone where they are None.
+
+        By default our blocks have the backbone's own shape (GPT-2 small: 768 wide, 12
+        heads), so its hidden states enter them unchanged. A random down- or up-projection
+        in between measurably slowed learning: on 2,000 20 Newsgroups posts, a small random
+        GPT-2 (width 128) reached 41% validation accuracy in 2 epochs with 128-wide blocks,
+        18% with 64-wide and 5% (chance) with 768-wide ones (README, "Training").
+        """
+        width = self.n_embed or backbone_width(backbone_config)
+        heads = self.n_heads
+        if heads is None:
+            candidates = (backbone_heads(backbone_config), width // 64)
+            heads = next((h for h in candidates if h and width % h == 0), 1)
+        return dataclasses.replace(self, n_embed=width, n_heads=heads)
 
 
 class GPT2Classifier(nn.Module):
@@ -267,7 +289,7 @@ class GPT2Classifier(nn.Module):
         # An LM-head model (GPT2LMHeadModel) wraps the transformer we want; take that.
         base = getattr(backbone, "base_model", backbone)
         self.backbone = base if isinstance(base, nn.Module) else backbone
-        self._spec = spec
+        self._spec = spec = spec.resolved_for(self.backbone.config)
         self.backbone_name = backbone_name or getattr(self.backbone.config, "_name_or_path", "") or None
         width = backbone_width(self.backbone.config)
         self.input_projection: nn.Module = (
@@ -664,6 +686,15 @@ def backbone_width(config: Any) -> int:
         if isinstance(value, int):
             return value
     raise ConfigError(f"cannot tell the hidden size of backbone {type(config).__name__}")
+
+
+def backbone_heads(config: Any) -> int | None:
+    """The backbone's attention heads per layer (GPT-2's ``n_head``), if its config says."""
+    for name in ("num_attention_heads", "n_head", "num_heads", "n_heads"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _is_decoder_only(config: Any) -> bool:
