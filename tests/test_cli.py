@@ -198,3 +198,16 @@ def test_help_lists_options_with_defaults_and_examples(command: str, capsys) -> 
                        "--resume", "--dry-run", "--max-train-samples", "--data-dir", "--train-file"):
             assert option in out, option
         assert "(default: 1e-05)" not in out and "(default: 2e-05)" in out
+
+
+def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path, capsys) -> None:
+    from gpt2clf.training import cpu_has_native_bf16
+
+    args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+            "--max-train-samples", "40", "--max-eval-samples", "20", "--max-length", "64", "--accelerator", "cpu",
+            "--dry-run", "--json"]
+    for precision in ("32-true", "bf16-mixed"):
+        assert main([*args, "--precision", precision]) == 0
+        err = capsys.readouterr().err
+        expected = precision == "bf16-mixed" and not cpu_has_native_bf16()
+        assert ("gpt2clf: warning: --precision bf16-mixed on a CPU without native bf16" in err) == expected, err

@@ -102,6 +102,33 @@ def test_probabilities_do_not_depend_on_batch_neighbours(trained_run: Path) -> N
         torch.testing.assert_close(predictor.predict_proba([doc])[0], together[i], atol=1e-5, rtol=1e-4)
 
 
+def test_training_uses_fused_adamw(trained_run: Path) -> None:
+    # One kernel per optimiser step instead of a Python loop over tensors (BENCHMARKS.md).
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert groups and all(group["fused"] for group in groups)
+
+
+def test_int8_inference_agrees_with_float32(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(trained_run / "model")
+    scores = {}
+    for extra in ([], ["--int8"]):
+        assert main(["evaluate", model, "--json", "--device", "cpu", *extra]) == 0
+        scores[bool(extra)] = json.loads(capsys.readouterr().out)
+    assert scores[True]["num_documents"] == 300
+    assert abs(scores[True]["accuracy"] - scores[False]["accuracy"]) <= 0.03, scores
+    assert scores[True]["loss"] == pytest.approx(scores[False]["loss"], abs=0.05)
+    assert scores[True]["loss"] != scores[False]["loss"]  # the int8 copy really ran
+    assert main(["predict", model, "--json", "--int8", "--device", "cpu", "hockey playoffs tonight"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_int8_is_refused_off_the_cpu(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", str(trained_run / "model"), "--int8", "--device", "cuda", "text"]) == 2
+    assert "int8 inference runs on the CPU" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def small_run(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "small"
@@ -202,5 +229,33 @@ def test_frozen_backbone_trains_from_the_feature_cache(tiny_backbone: Path, tmp_
     assert main(["evaluate", str(run_dir / "model"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["num_documents"] == metrics["test"]["documents"] == 300
+    assert abs(result["accuracy"] - metrics["test"]["accuracy"]) <= 0.02
+    assert result["loss"] == pytest.approx(metrics["test"]["loss"], abs=0.02)
+
+
+def test_top_layers_train_from_the_cache_of_the_frozen_ones(tiny_backbone: Path, tmp_path: Path, capsys) -> None:
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "top1"
+    args = small_train_args(tiny_backbone, run_dir, "--train-top-layers", "1", "--cache-dir", str(tmp_path / "cache"))
+    assert main([*args, "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["feature_cache"] is True
+    assert main(args) == 0
+    capsys.readouterr()
+    caches = [json.loads((folder / "meta.json").read_text()) for folder in (tmp_path / "cache").iterdir()]
+    assert len(caches) == 3 and all(meta["start_layer"] == 1 for meta in caches)  # layer 0's output, cached
+    before = load_file(tiny_backbone / "model.safetensors")
+    after = {k.removeprefix("backbone."): v for k, v in load_file(run_dir / "model" / "model.safetensors").items()
+             if k.startswith("backbone.")}
+    frozen = [k for k in before if k.startswith("h.0.") or k.startswith("wte") or k.startswith("wpe")]
+    trained = [k for k in before if k.startswith("h.1.") and k.endswith("weight")]
+    assert frozen and trained
+    for key in frozen:
+        torch.testing.assert_close(after[key], before[key], atol=0, rtol=0, msg=key)
+    assert all(not torch.equal(after[key], before[key]) for key in trained)
+    # From tokens, the saved model agrees with the cached path up to the fp16 storage.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert main(["evaluate", str(run_dir / "model"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert abs(result["accuracy"] - metrics["test"]["accuracy"]) <= 0.02
     assert result["loss"] == pytest.approx(metrics["test"]["loss"], abs=0.02)

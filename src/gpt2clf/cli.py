@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2clf.config import PRESETS, Config, field_help
-from gpt2clf.errors import DataError, UserError
+from gpt2clf.errors import DataError, PerformanceWarning, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -43,6 +43,10 @@ examples:
   gpt2clf train --preset blog --output runs/blog --precision bf16-mixed
   # a few minutes on a CPU: frozen backbone, feature cache, subset
   gpt2clf train --preset cpu-quick --output runs/quick
+  # full fine-tuning on a CPU: micro-batches of 4 make the same batch of 16 faster and 3x smaller
+  gpt2clf train --batch-size 4 --accumulate-grad-batches 4 --output runs/cpu
+  # train GPT-2's top 2 layers; the 10 frozen ones run once into the feature cache
+  gpt2clf train --train-top-layers 2 --output runs/top2
   # offline, with local folders
   gpt2clf train --backbone ./gpt2 --data-dir ./20news-bydate.tar.gz --output runs/offline
   # your own data
@@ -65,7 +69,12 @@ examples:
   gpt2clf predict runs/20ng/model "My X server crashes when I resize an xterm"
   gpt2clf predict runs/20ng/model --file post.txt --top-k 5
   gpt2clf predict runs/20ng/model --input corpus.jsonl --text-column body --json > predictions.jsonl
+  # faster on a CPU: an int8 copy of the model (probabilities move by about 0.01)
+  gpt2clf predict runs/20ng/model --input corpus.jsonl --int8 --json > predictions.jsonl
 """
+
+INT8_HELP = ("CPU only: run an int8 copy of the model (dynamic quantization), about 1.4x faster; "
+             "probabilities move by about 0.01")
 
 STATS_EXAMPLES = """\
 examples:
@@ -160,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, report.txt and confusion_matrix.png")
     evaluate.add_argument("--batch-size", type=int, default=None, help="documents per batch (default: training's)")
     evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    evaluate.add_argument("--int8", action="store_true", help=INT8_HELP)
     add_config_flags(evaluate, [*DATA_FIELDS, "max_eval_samples"], "data (default: as recorded with the model)")
 
     predict = commands.add_parser("predict", help="classify new text with a saved model folder",
@@ -178,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="one JSON object per line: label, probabilities, top_k, id")
     predict.add_argument("--batch-size", type=int, default=32, help="documents per batch (default: 32)")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    predict.add_argument("--int8", action="store_true", help=INT8_HELP)
 
     data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
                                                                                metavar="SUBCOMMAND", required=True)
@@ -271,7 +282,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from gpt2clf.prediction import Predictor, read_training_config
     from gpt2clf.training import load_split
 
-    predictor = Predictor.from_folder(args.model_dir, device=args.device)
+    predictor = Predictor.from_folder(args.model_dir, device=args.device, int8=args.int8)
     saved = read_training_config(args.model_dir)
     known = {f.name for f in dataclasses.fields(Config)}
     config = Config().updated(**{k: v for k, v in saved.items() if k in known})
@@ -338,7 +349,8 @@ def command_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
-    predictor = Predictor.from_folder(args.model_dir, batch_size=args.batch_size, device=args.device)
+    predictor = Predictor.from_folder(args.model_dir, batch_size=args.batch_size, device=args.device,
+                                      int8=args.int8)
     pending: list[str] = []
 
     def texts() -> Iterator[str]:
@@ -404,9 +416,24 @@ def quiet_libraries() -> None:
         pass
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+    """Our own warnings as one ``gpt2clf: warning:`` line; others as Python shows them."""
+    from gpt2clf.data import DataWarning
+
+    if issubclass(category, (DataWarning, PerformanceWarning)):
+        print(f"gpt2clf: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gpt2clf`` command; returns the exit code."""
     quiet_libraries()
+    warnings.showwarning = show_warning
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     # argparse stops filling TEXT ... at the first option, so `predict MODEL --json "text"`

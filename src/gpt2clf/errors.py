@@ -23,3 +23,7 @@ class DataError(UserError, ValueError):
 
 class ModelLoadError(UserError, OSError):
     """A backbone, tokenizer or saved model folder that cannot be loaded."""
+
+
+class PerformanceWarning(UserWarning):
+    """A setting that works, but runs far slower on this machine than another would."""

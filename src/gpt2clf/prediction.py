@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from gpt2clf.data import PaddingCollator, length_sorted_batches, load_tokenizer, tokenize_texts
-from gpt2clf.errors import ModelLoadError
+from gpt2clf.errors import ConfigError, ModelLoadError
 from gpt2clf.model import GPT2Classifier
 
 
@@ -104,12 +104,23 @@ class Predictor:
         Tokens kept per document (the length the model was trained with).
     batch_size, device, precision:
         How inference runs; ``precision`` is ``32-true`` or a ``*-mixed`` autocast mode.
+    int8:
+        Run an int8 copy of the model (:func:`gpt2clf.features.quantize_for_cpu_inference`):
+        CPU and ``32-true`` only; about 1.4x faster on an AVX2 CPU, probabilities move by ~0.01.
     """
 
     def __init__(self, model: GPT2Classifier, tokenizer, *, max_length: int = 512, batch_size: int = 32,
-                 device: torch.device | str | None = None, precision: str = "32-true") -> None:
-        self.device = torch.device(device) if device is not None else best_device()
-        self.model = model.to(self.device).eval()
+                 device: torch.device | str | None = None, precision: str = "32-true", int8: bool = False) -> None:
+        from gpt2clf.features import quantize_for_cpu_inference, use_fused_gelu
+
+        if device is None:
+            device = "cpu" if int8 else best_device()
+        self.device = torch.device(device)
+        if int8 and (self.device.type != "cpu" or precision not in ("32-true", "32")):
+            raise ConfigError(f"int8 inference runs on the CPU in float32 only, not on {self.device.type} "
+                              f"with precision {precision}; drop --int8 or use --device cpu")
+        use_fused_gelu(model)  # the same function as GPT-2's Python GELU, in one kernel
+        self.model = (quantize_for_cpu_inference(model) if int8 else model).to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size

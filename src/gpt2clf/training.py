@@ -27,6 +27,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ from gpt2clf.data import (
     stratified_subset,
     tokenize_texts,
 )
-from gpt2clf.errors import ConfigError, UserError
+from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
 from gpt2clf.evaluation import EvaluationResult, compute_metrics, evaluate_model
+from gpt2clf.features import FeatureCollator, cached_features, feature_logits, logits_from_features, use_fused_gelu
 from gpt2clf.files import atomic_write_json
 from gpt2clf.model import ClassifierSpec, GPT2Classifier
 
@@ -82,9 +84,17 @@ def data_split(data: PreparedData, split: str):
     return getattr(data, split)
 
 
-def uses_feature_cache(config: Config) -> bool:
-    """A frozen backbone gives the same hidden states every epoch: compute them once."""
-    return config.freeze == "backbone" and config.feature_cache and not config.train_top_layers
+def uses_feature_cache(config: Config, model: GPT2Classifier) -> bool:
+    """Whether the frozen part of the backbone runs once into a disk cache instead of every step.
+
+    It gives the same hidden states every epoch: the whole backbone with ``freeze=backbone``,
+    the layers below the top ``K`` with ``train_top_layers=K`` (when at least one layer is frozen).
+    """
+    if not config.feature_cache:
+        return False
+    if config.train_top_layers:
+        return config.train_top_layers < len(model.backbone_layers())
+    return config.freeze == "backbone" or config.train_top_layers == 0
 
 
 def compute_device(config: Config) -> torch.device:
@@ -94,19 +104,42 @@ def compute_device(config: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def attach_features(data: PreparedData, model: GPT2Classifier, config: Config) -> None:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); True when unknown."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def warn_about_slow_settings(config: Config) -> None:
+    """bf16 autocast on a CPU without bf16 hardware emulates it: ~30x slower than float32 (BENCHMARKS.md)."""
+    if config.precision.startswith("bf16") and compute_device(config).type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(PerformanceWarning(
+            f"--precision {config.precision} on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and "
+            "runs many times slower than --precision 32-true"), stacklevel=2)
+
+
+def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *,
+                    show_progress: bool = False) -> None:
     """Run the frozen backbone over every split once (or load it from the disk cache)."""
-    from gpt2clf.features import cached_features
+    from tqdm.auto import tqdm
 
     device = compute_device(config)
     model.to(device)
-    data.features = {
-        split: cached_features(model, getattr(data, split).input_ids, getattr(data, split).labels,
-                               cache_root=config.cache_dir, tokenizer_name=config.tokenizer_name,
-                               batch_size=config.effective_eval_batch_size, device=device,
-                               precision=config.precision)
-        for split in ("train", "validation", "test")
-    }
+    data.features = {}
+    for split in ("train", "validation", "test"):
+        with tqdm(desc=f"feature cache, {split}", unit="batch", disable=not show_progress, leave=False) as bar:
+
+            def progress(done: int, total: int, bar=bar) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            data.features[split] = cached_features(
+                model, getattr(data, split).input_ids, getattr(data, split).labels, cache_root=config.cache_dir,
+                tokenizer_name=config.tokenizer_name, batch_size=config.effective_eval_batch_size, device=device,
+                precision=config.precision, max_length=config.max_length, train_top_layers=config.train_top_layers,
+                progress=progress)
     model.to("cpu")
 
 
@@ -159,8 +192,6 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.data = data
         self.config = config
         if data.features is not None:
-            from gpt2clf.features import FeatureCollator
-
             self.collate = FeatureCollator(config.padding_side)
         else:
             self.collate = PaddingCollator(data.tokenizer.pad_token_id, config.padding_side)
@@ -200,6 +231,7 @@ def build_model(config: Config, label_names: list[str]) -> GPT2Classifier:
         raise ConfigError(f"max_length {config.max_length} is more than the backbone's {positions} positions; "
                           f"use --max-length {positions} or less")
     model.set_trainable(config.freeze, config.train_top_layers)
+    use_fused_gelu(model)  # the same function as GPT-2's Python GELU, one kernel, less memory
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
@@ -250,6 +282,16 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
 
 
+def fused_adamw_supported(groups: list[dict[str, Any]]) -> bool:
+    """Whether ``AdamW(fused=True)`` takes these parameters: one kernel per step instead of a loop
+    over tensors (on CPU the optimiser step took 0.15 s instead of 0.55-3.8 s for GPT-2 small)."""
+    params = [p for group in groups for p in group["params"]]
+    cpu_fused = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4)
+    return bool(params) and all(
+        p.is_floating_point() and (p.device.type == "cuda" or (p.device.type == "cpu" and cpu_fused))
+        for p in params)
+
+
 class ClassificationModule(pl.LightningModule):
     """Cross-entropy fine-tuning of a :class:`GPT2Classifier` with AdamW."""
 
@@ -259,10 +301,13 @@ class ClassificationModule(pl.LightningModule):
         self.config = config
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
+        self.feature_start_layer: int | None = None
+        """With a feature cache of the layers below the top K: the first backbone layer to run."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "hidden_states" in batch:  # feature cache: the frozen backbone already ran
-            return self.model.classify_hidden_states(batch["hidden_states"], batch["attention_mask"])
+        if "hidden_states" in batch:  # feature cache: the frozen (part of the) backbone already ran
+            return logits_from_features(self.model, batch["hidden_states"], batch["attention_mask"],
+                                        self.feature_start_layer)
         return self.model(batch["input_ids"], batch["attention_mask"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -318,7 +363,7 @@ class ClassificationModule(pl.LightningModule):
             groups += [{"params": decay, "lr": lr, "weight_decay": cfg.weight_decay},
                        {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused_adamw_supported(groups))
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(cfg.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, warmup, total_steps))
@@ -353,9 +398,10 @@ def make_plan(config: Config, model: GPT2Classifier, data: PreparedData | None,
     """A JSON-able summary of what a run will do (printed by ``--dry-run``)."""
     plan: dict[str, Any] = {
         "backbone": config.backbone,
-        "model": {"n_embed": config.n_embed, "n_heads": config.n_heads, "n_blocks": config.n_blocks,
+        "model": {"n_embed": model.spec.n_embed, "n_heads": model.spec.n_heads, "n_blocks": config.n_blocks,
                   "pooling": config.pooling, "dropout": config.dropout, "freeze": config.freeze,
                   "train_top_layers": config.train_top_layers},
+        "feature_cache": uses_feature_cache(config, model),
         "parameters": model.parameter_counts(),
     }
     if data is not None:
@@ -410,6 +456,7 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     if not dry_run and not worker:
         check_run_dir(run_dir, overwrite=overwrite, resume=resume)
     seed_all(config.seed)
+    warn_about_slow_settings(config)
     if dry_run:
         # A dry run reports what it can: a dataset or tokenizer that cannot be loaded is
         # noted in the plan, and the model is still built (20 Newsgroups has 20 classes).
@@ -426,9 +473,10 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     if not worker:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.yaml")
-    if uses_feature_cache(config):
-        attach_features(data, model, config)
     module = ClassificationModule(model, config)
+    if uses_feature_cache(config, model):
+        attach_features(data, model, config, show_progress=enable_progress_bar)
+        module.feature_start_layer = data.features["train"].start_layer
     trainer = build_trainer(config, run_dir, enable_progress_bar=enable_progress_bar)
     last = run_dir / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
@@ -455,10 +503,8 @@ def score_split(model: GPT2Classifier, data: PreparedData, config: Config, split
     """Evaluate ``model`` on one prepared split (from cached features when the run used them)."""
     dataset = getattr(data, split)
     if data.features is not None:
-        from gpt2clf.features import feature_logits
-
         logits = feature_logits(model, data.features[split], batch_size=config.effective_eval_batch_size,
-                                device=device)
+                                device=device, precision=config.precision)
         return compute_metrics(logits, dataset.labels, model.spec.label_names)
     return evaluate_model(model, dataset.input_ids, dataset.labels, batch_size=config.effective_eval_batch_size,
                           pad_token_id=data.tokenizer.pad_token_id, padding_side=config.padding_side,
