@@ -14,6 +14,7 @@ Exit codes: 0 success, 2 a user error (one message on stderr, no traceback unles
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -351,7 +352,7 @@ def command_predict(args: argparse.Namespace) -> int:
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
     predictor = Predictor.from_folder(args.model_dir, batch_size=args.batch_size, device=args.device,
                                       int8=args.int8)
-    pending: list[str] = []
+    pending: collections.deque[str] = collections.deque()  # ids of documents read but not yet printed
 
     def texts() -> Iterator[str]:
         for doc_id, text in iter_predict_inputs(args):
@@ -359,7 +360,7 @@ def command_predict(args: argparse.Namespace) -> int:
             yield text
 
     for prediction in predictor.predict(texts(), top_k=args.top_k):
-        doc_id = pending.pop(0)
+        doc_id = pending.popleft()
         if args.json:
             print(json.dumps({"id": doc_id, **prediction.to_dict()}), flush=False)
         else:

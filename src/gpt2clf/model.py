@@ -217,7 +217,8 @@ class ClassifierSpec:
     n_embed: int | None = None
     """Width of our blocks; None: the backbone's width (then no input projection)."""
     n_heads: int | None = None
-    """Heads per block; None: the backbone's head count if it divides ``n_embed``, else ``n_embed / 64``."""
+    """Heads per block; None: the backbone's head count if it divides ``n_embed``, else ``n_embed // 64``
+    if that does, else 1."""
     n_blocks: int = 2
     dropout: float = 0.1
     pooling: str = "last"
@@ -260,7 +261,7 @@ class ClassifierSpec:
         heads), so its hidden states enter them unchanged. A random down- or up-projection
         in between measurably slowed learning: on 2,000 20 Newsgroups posts, a small random
         GPT-2 (width 128) reached 41% validation accuracy in 2 epochs with 128-wide blocks,
-        18% with 64-wide and 5% (chance) with 768-wide ones (README, "Training").
+        18% with 64-wide and 5% (chance) with 768-wide ones (README, "Model").
         """
         width = self.n_embed or backbone_width(backbone_config)
         heads = self.n_heads

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -129,7 +130,8 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
     model.to(device)
     data.features = {}
     for split in ("train", "validation", "test"):
-        with tqdm(desc=f"feature cache, {split}", unit="batch", disable=not show_progress, leave=False) as bar:
+        with tqdm(desc=f"feature cache, {split}", unit="batch", disable=not show_progress, leave=False,
+                  mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
 
             def progress(done: int, total: int, bar=bar) -> None:
                 bar.total = total
@@ -425,8 +427,6 @@ def build_trainer(config: Config, run_dir: Path, *, enable_progress_bar: bool = 
                         save_top_k=1, save_last=True, enable_version_counter=False),
     ]
     if enable_progress_bar:
-        import sys
-
         callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 50))
     if config.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=config.early_stopping_patience))
