@@ -498,3 +498,15 @@ def test_blocks_take_the_backbones_shape_by_default(gpt2_dir: Path, bert_dir: Pa
     model.save_pretrained(tmp_path / "saved")
     reloaded = GPT2Classifier.from_pretrained(tmp_path / "saved")
     assert (reloaded.spec.n_embed, reloaded.spec.n_heads) == (32, 2)
+
+
+def test_input_projection_preserves_the_feature_scale(bert_dir: Path) -> None:
+    # A 48-wide backbone into 32-wide blocks: the projection starts variance-preserving, so
+    # the backbone's features are not shrunk before the blocks add their random updates.
+    model = make_model(bert_dir)
+    weight = model.input_projection.weight.detach()
+    assert weight.shape == (32, 48)
+    assert float(weight.std()) == pytest.approx(48 ** -0.5, rel=0.15)
+    x = torch.randn(64, 48)
+    with torch.no_grad():
+        assert float(model.input_projection(x).std()) == pytest.approx(1.0, rel=0.25)
