@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from gpt2clf.data import index_and_labels, length_sorted_batches
+from gpt2clf.data import PaddingCollator, index_and_labels, length_sorted_batches
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_json
 from gpt2clf.model import GPT2Classifier
@@ -314,37 +314,29 @@ def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | N
 def _compute_into(folder: Path, model: GPT2Classifier, token_lists: Sequence[Sequence[int]], lengths: list[int],
                   width: int, *, batch_size: int, device: torch.device, precision: str,
                   start_layer: int | None, progress: Callable[[int, int], None] | None) -> None:
-    from gpt2clf.prediction import autocast_context  # imported here: prediction imports data, model
+    from gpt2clf.prediction import inference_context  # imported here: prediction imports data, model
 
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     offsets.tofile(folder / OFFSETS_FILE)
     hidden = np.memmap(folder / HIDDEN_FILE, dtype=STORAGE_DTYPE, mode="w+", shape=(int(offsets[-1]), width))
     batches = length_sorted_batches(lengths, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), autocast_context(device, precision):
-            for done, indices in enumerate(batches, start=1):
-                longest = lengths[indices[0]]  # longest first: right-pad to it
-                ids = torch.zeros((len(indices), longest), dtype=torch.long)
-                mask = torch.zeros((len(indices), longest), dtype=torch.long)
-                for row, i in enumerate(indices):
-                    ids[row, :lengths[i]] = torch.as_tensor(token_lists[i], dtype=torch.long)
-                    mask[row, :lengths[i]] = 1
-                states = model.backbone_hidden_states(ids.to(device), mask.to(device), num_layers=start_layer)
-                states = states.float().cpu()
-                peak = float(states.abs().max()) if states.numel() else 0.0
-                if not peak <= _FP16_MAX:  # also catches NaN
-                    raise DataError(f"backbone hidden states reach {peak:g}, beyond float16's range; "
-                                    "the feature cache cannot store them (train without feature_cache)")
-                states = states.numpy().astype(STORAGE_DTYPE)
-                for row, i in enumerate(indices):
-                    hidden[offsets[i]:offsets[i + 1]] = states[row, :lengths[i]]
-                if progress is not None:
-                    progress(done, len(batches))
-    finally:
-        model.train(was_training)
+    collate = PaddingCollator(pad_token_id=0, padding_side="right")  # the pad id is masked: any id will do
+    with inference_context(model, device, precision):
+        for done, indices in enumerate(batches, start=1):
+            batch = collate([{"input_ids": token_lists[i], "index": i} for i in indices])
+            states = model.backbone_hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                                  num_layers=start_layer)
+            states = states.float().cpu()
+            peak = float(states.abs().max()) if states.numel() else 0.0
+            if not peak <= _FP16_MAX:  # also catches NaN
+                raise DataError(f"backbone hidden states reach {peak:g}, beyond float16's range; "
+                                "the feature cache cannot store them (train without feature_cache)")
+            states = states.numpy().astype(STORAGE_DTYPE)
+            for row, i in enumerate(indices):
+                hidden[offsets[i]:offsets[i + 1]] = states[row, :lengths[i]]
+            if progress is not None:
+                progress(done, len(batches))
     hidden.flush()
     del hidden
     for name in (HIDDEN_FILE, OFFSETS_FILE):
@@ -406,22 +398,17 @@ def logits_from_features(model: GPT2Classifier, hidden_states: Tensor, attention
 def feature_logits(model: GPT2Classifier, dataset: FeatureDataset, *, batch_size: int,
                    device: torch.device | str = "cpu", precision: str = "32-true") -> Tensor:
     """Float32 logits (N, num_labels) of a cached dataset, in dataset order (eval mode, length-sorted batches)."""
-    from gpt2clf.prediction import autocast_context
+    from gpt2clf.prediction import inference_context
 
     device = torch.device(device)
     collate = FeatureCollator()
     out = torch.empty(len(dataset), model.num_labels, dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), autocast_context(device, precision):
-            for indices in length_sorted_batches(dataset.lengths, batch_size):
-                batch = collate([dataset[i] for i in indices])
-                logits = logits_from_features(model, batch["hidden_states"].to(device),
-                                              batch["attention_mask"].to(device), dataset.start_layer)
-                out[batch["index"]] = logits.float().cpu()
-    finally:
-        model.train(was_training)
+    with inference_context(model, device, precision):
+        for indices in length_sorted_batches(dataset.lengths, batch_size):
+            batch = collate([dataset[i] for i in indices])
+            logits = logits_from_features(model, batch["hidden_states"].to(device),
+                                          batch["attention_mask"].to(device), dataset.start_layer)
+            out[batch["index"]] = logits.float().cpu()
     return out
 
 

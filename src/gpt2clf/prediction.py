@@ -36,6 +36,18 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def inference_context(model: torch.nn.Module, device: torch.device, precision: str) -> Iterator[None]:
+    """Eval mode (restored afterwards), ``torch.inference_mode`` and the autocast of ``precision``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast_context(device, precision):
+            yield
+    finally:
+        model.train(was_training)
+
+
 def batched_logits(
     model: GPT2Classifier,
     token_lists: Sequence[list[int]],
@@ -54,16 +66,11 @@ def batched_logits(
     device = torch.device(device)
     collate = PaddingCollator(pad_token_id, padding_side)
     out = torch.empty(len(token_lists), model.spec.num_labels, dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), autocast_context(device, precision):
-            for batch_indices in length_sorted_batches([len(t) for t in token_lists], batch_size):
-                batch = collate([{"input_ids": token_lists[i], "index": i} for i in batch_indices])
-                logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                out[batch["index"]] = logits.float().cpu()
-    finally:
-        model.train(was_training)
+    with inference_context(model, device, precision):
+        for batch_indices in length_sorted_batches([len(t) for t in token_lists], batch_size):
+            batch = collate([{"input_ids": token_lists[i], "index": i} for i in batch_indices])
+            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            out[batch["index"]] = logits.float().cpu()
     return out
 
 
