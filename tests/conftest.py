@@ -84,3 +84,33 @@ def tiny_model_dir(tiny_backbone: Path, tokenizer, tmp_path_factory: pytest.Temp
     GPT2Classifier.from_backbone(str(tiny_backbone), spec).save_pretrained(
         folder, tokenizer=tokenizer, extra={"config": {"max_length": 64}})
     return folder
+
+
+# --- a real headless browser (Debian's chromium, driven by Playwright) ------------------------
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/lib/chromium/chromium")
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """The system Chromium (``.ci/run`` installs Debian's ``chromium`` package when it is missing)."""
+    import os
+    import shutil
+
+    for candidate in (os.environ.get("GPT2CLF_CHROMIUM"), *CHROMIUM_CANDIDATES, shutil.which("chromium")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.fail("no chromium found: install Debian's 'chromium' package (apt-get install chromium) "
+                "or set GPT2CLF_CHROMIUM to its executable")
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path: str):
+    """A headless Chromium through Playwright, pointed at the system executable (no downloads)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
+        try:
+            yield instance
+        finally:
+            instance.close()
