@@ -12,9 +12,9 @@ of the 20 Newsgroups training posts, tokenized with the real GPT-2 tokenizer):
     fine-tuning at its best settings: dynamic padding, length-grouped batches of 16, SDPA,
     the faster of fp32 and bf16 autocast on this device (probed), fused AdamW; inference
     through :func:`gpt2clf.prediction.batched_logits` (length-sorted, inference mode), and
-    on CPU also through the int8 copy of :func:`gpt2clf.features.quantize_for_cpu_inference`.
+    on CPU also through the int8 copy of :func:`gpt2clf.inference.quantize_for_cpu_inference`.
 (d) ``frozen``: gpt2clf with a frozen backbone: one backbone pass into the feature cache
-    (:func:`gpt2clf.features.cached_features`), then training blocks + head from the cache.
+    (:func:`gpt2clf.feature_cache.cached_features`), then training blocks + head from the cache.
 
 Each pipeline runs in its own subprocess (same environment, one after the other), so each
 reports its own peak resident memory (``ru_maxrss``; on CUDA ``max_memory_allocated``).
@@ -329,17 +329,12 @@ def worker(name: str, payload: dict[str, Any]) -> dict[str, Any]:
     elif name in ("gpt2clf", "frozen"):
         from transformers import GPT2Model
 
-        from gpt2clf.data import PaddingCollator, TokenizedDataset
-        from gpt2clf.features import (
-            FeatureCollator,
-            cached_features,
-            feature_logits,
-            logits_from_features,
-            quantize_for_cpu_inference,
-            use_fused_gelu,
-        )
+        from gpt2clf.backbone import use_fused_gelu
+        from gpt2clf.batching import PaddingCollator, TokenizedDataset
+        from gpt2clf.feature_cache import FeatureCollator, cached_features, feature_logits, logits_from_features
+        from gpt2clf.inference import autocast_context, quantize_for_cpu_inference
         from gpt2clf.model import ClassifierSpec, GPT2Classifier
-        from gpt2clf.prediction import autocast_context, batched_logits
+        from gpt2clf.prediction import batched_logits
 
         # Length-grouped batches as training's LengthGroupedSampler made them (chosen in the parent).
         groups: list[list[list[int]]] = payload["grouped_docs"]
@@ -456,7 +451,7 @@ def memory_worker(payload: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from transformers import GPT2Model
 
-    from gpt2clf.features import use_fused_gelu
+    from gpt2clf.backbone import use_fused_gelu
     from gpt2clf.model import ClassifierSpec, GPT2Classifier
 
     device = torch.device(payload["device"])
@@ -500,13 +495,14 @@ def load_sample(args) -> dict[str, Any]:
     * (a) and (b) take the pool's first ``seed_steps x batch_size`` posts (their padded steps
       cost the same whatever the content);
     * (c) and (d) take ``--grouped-batches`` of the batches that training's
-      :class:`~gpt2clf.data.LengthGroupedSampler` makes from the pool (epoch 0, seed 0): the
+      :class:`~gpt2clf.batching.LengthGroupedSampler` makes from the pool (epoch 0, seed 0): the
       batches at evenly spaced quantiles of the token count, so that the timed lengths
       represent where the corpus's tokens are (long posts carry most of them).
     """
     import numpy as np
 
-    from gpt2clf.data import LengthGroupedSampler, load_20newsgroups, load_tokenizer, tokenize_texts
+    from gpt2clf.batching import LengthGroupedSampler, load_tokenizer, tokenize_texts
+    from gpt2clf.corpora import load_20newsgroups
 
     tokenizer = load_tokenizer(str(args.tokenizer))
     train = load_20newsgroups("train", args.data)
@@ -571,8 +567,8 @@ def probe_precision(device, tiny: bool) -> dict[str, Any]:
     import torch
     from transformers import GPT2Model
 
+    from gpt2clf.inference import autocast_context
     from gpt2clf.model import Block
-    from gpt2clf.prediction import autocast_context
 
     config = gpt2_config(tiny)
     config.n_layer = 1

@@ -34,18 +34,20 @@ def tokenizer_path(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_path: Path):
     """The real GPT-2 tokenizer loaded through gpt2clf (pad token = eos, right padding)."""
-    from gpt2clf.data import load_tokenizer
+    from gpt2clf.batching import load_tokenizer
 
     return load_tokenizer(str(tokenizer_path))
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _offline_hub() -> None:
-    """Tests never reach a model hub: names that are not local folders fail at once."""
+def _offline_hub(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never reach a model hub (names that are not local folders fail at once), and feature
+    caches go to a temporary folder, never the user's ~/.cache."""
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["GPT2CLF_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
 
 
 @pytest.fixture(scope="session")

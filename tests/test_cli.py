@@ -143,6 +143,28 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, ti
         ("missing --input", ["predict", m, "--input", str(tmp / "nope.jsonl")], "not found"),
         ("--input without the column", ["predict", m, "--input", str(good_csv), "--text-column", "body"], "body"),
         ("evaluate on labels the model lacks", ["evaluate", m, "--train-file", str(test_only)], ""),
+        # devices, accelerators, strategies and precisions this (GPU-less) machine cannot run
+        ("predict on cuda", ["predict", m, "--device", "cuda", "hi"], "no CUDA device here"),
+        ("predict on cuda:7", ["predict", m, "--device", "cuda:7", "hi"], "--device cpu"),
+        ("evaluate on cuda", ["evaluate", m, "--device", "cuda", "--train-file", str(good_csv)], "no CUDA device"),
+        ("predict on a tpu", ["predict", m, "--device", "tpu", "hi"], "unknown device 'tpu'"),
+        ("predict on a made-up device", ["predict", m, "--device", "banana", "hi"], "cpu, cuda"),
+        ("predict in float16 on a cpu", ["predict", m, "--precision", "16-mixed", "hi"], "needs a GPU"),
+        ("predict with an unknown precision", ["predict", m, "--precision", "fp8", "hi"], "precision"),
+        ("int8 with bf16", ["predict", m, "--int8", "--precision", "bf16-mixed", "hi"], "int8"),
+        ("predict batch size 0", ["predict", m, "--batch-size", "0", "hi"], "--batch-size"),
+        ("evaluate batch size 0", ["evaluate", m, "--batch-size", "0", "--train-file", str(good_csv)],
+         "--batch-size"),
+        ("unknown strategy", ["train", "--strategy", "banana", *quick], "unknown strategy 'banana'"),
+        ("unknown accelerator", ["train", "--accelerator", "quantum", *quick], "accelerator"),
+        ("tpu accelerator", ["train", "--accelerator", "tpu", *quick], "not available"),
+        ("cuda accelerator", ["train", "--accelerator", "cuda", *quick], "no CUDA GPU"),
+        ("float16 training on a cpu", ["train", "--precision", "16-mixed", "--accelerator", "cpu", *quick],
+         "needs a GPU"),
+        ("a device list on the cpu", ["train", "--devices", "0,1", "--accelerator", "cpu", *quick], "devices"),
+        ("devices not a number", ["train", "--devices", "many", *quick], "devices"),
+        ("zero nodes", ["train", "--num-nodes", "0", *quick], "num_nodes"),
+        ("unknown split", ["evaluate", m, "--split", "dev"], ""),
     ]
 
 
@@ -201,7 +223,7 @@ def test_help_lists_options_with_defaults_and_examples(command: str, capsys) -> 
 
 
 def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path, capsys) -> None:
-    from gpt2clf.training import cpu_has_native_bf16
+    from gpt2clf.inference import cpu_has_native_bf16
 
     args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
             "--max-train-samples", "40", "--max-eval-samples", "20", "--max-length", "64", "--accelerator", "cpu",

@@ -1,4 +1,4 @@
-"""Tests of gpt2clf.data: 20 Newsgroups, labelled files, splits, tokenization, batching, stats."""
+"""Tests of the data stages (corpora, batching, stats): 20 Newsgroups, files, splits, tokens, batches."""
 
 from __future__ import annotations
 
@@ -16,28 +16,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from gpt2clf.data import (
-    DatasetSplits,
-    DatasetStats,
-    DataWarning,
+from gpt2clf.batching import (
     LengthGroupedSampler,
     PaddingCollator,
-    TextDataset,
     TokenizedDataset,
-    dataset_stats,
-    iter_text_column,
     length_sorted_batches,
+    load_tokenizer,
+    tokenize_texts,
+)
+from gpt2clf.corpora import (
+    DatasetSplits,
+    DataWarning,
+    TextDataset,
+    iter_text_column,
     load_20newsgroups,
     load_dataset_splits,
     load_labelled_file,
-    load_tokenizer,
-    plot_dataset_stats,
     splits_from_source,
     stratified_split,
     stratified_subset,
-    tokenize_texts,
 )
 from gpt2clf.errors import DataError, ModelLoadError
+from gpt2clf.plots import plot_dataset_stats
+from gpt2clf.stats import DatasetStats, dataset_stats
 
 # scikit-learn's target_names: the newsgroup folders in sorted order.
 NEWSGROUPS = [

@@ -24,8 +24,10 @@ from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2Model
 from transformers.pytorch_utils import Conv1D
 
-from gpt2clf.data import LengthGroupedSampler, PaddingCollator, TokenizedDataset
-from gpt2clf.features import _conv1d_to_linear, quantize_for_cpu_inference, use_fused_gelu
+from gpt2clf.backbone import conv1d_to_linear as _conv1d_to_linear
+from gpt2clf.backbone import use_fused_gelu
+from gpt2clf.batching import LengthGroupedSampler, PaddingCollator, TokenizedDataset
+from gpt2clf.inference import quantize_for_cpu_inference
 from gpt2clf.model import ClassifierSpec, GPT2Classifier, SelfAttention
 from gpt2clf.prediction import batched_logits
 

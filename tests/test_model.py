@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+import transformers
+from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, RobertaConfig, RobertaModel
 
-import gpt2clf.model as model_module
 from gpt2clf.errors import ConfigError, ModelLoadError
 from gpt2clf.model import (
     AttentionPooling,
@@ -50,6 +50,21 @@ def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("bert")
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny RoBERTa: its learned positions start at pad id + 1 (padding_idx), unlike BERT's."""
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                           eos_token_id=2)
+    folder = tmp_path_factory.mktemp("roberta")
+    RobertaModel(config).save_pretrained(folder)
+    return folder
+
+
+FAMILIES = ["gpt2", "bert", "roberta"]
 
 
 def make_spec(**changes) -> ClassifierSpec:
@@ -153,9 +168,10 @@ def test_output_shape(gpt2_dir: Path, pooling: str) -> None:
     assert model(ids).shape == (3, 3)  # no mask: every token is real
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_logits_do_not_depend_on_padding(gpt2_dir: Path, pooling: str) -> None:
-    model = make_model(gpt2_dir, pooling=pooling)
+def test_logits_do_not_depend_on_padding(request: pytest.FixtureRequest, family: str, pooling: str) -> None:
+    model = make_model(request.getfixturevalue(f"{family}_dir"), pooling=pooling)
     with torch.no_grad():
         alone = model(torch.tensor([SHORT]), torch.ones(1, len(SHORT), dtype=torch.long))[0]
         long_alone = model(torch.tensor([LONG]), torch.ones(1, len(LONG), dtype=torch.long))[0]
@@ -167,9 +183,10 @@ def test_logits_do_not_depend_on_padding(gpt2_dir: Path, pooling: str) -> None:
                 assert torch.allclose(logits[1], long_alone, atol=1e-5), (side, pad_id)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("pooling", POOLINGS)
-def test_padded_positions_change_nothing(gpt2_dir: Path, pooling: str) -> None:
-    model = make_model(gpt2_dir, pooling=pooling)
+def test_padded_positions_change_nothing(request: pytest.FixtureRequest, family: str, pooling: str) -> None:
+    model = make_model(request.getfixturevalue(f"{family}_dir"), pooling=pooling)
     for side in ("right", "left"):
         ids, mask = pad_batch([SHORT, LONG], side)
         with torch.no_grad():
@@ -186,9 +203,10 @@ def test_padded_positions_change_nothing(gpt2_dir: Path, pooling: str) -> None:
             assert torch.allclose(model.classify_hidden_states(poisoned, mask), reference, atol=1e-5)
 
 
-def test_left_padding_needs_position_ids(gpt2_dir: Path) -> None:
-    """Guard: the backbone really is position-sensitive, so the invariance above is earned."""
-    model = make_model(gpt2_dir)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padding_needs_position_ids(request: pytest.FixtureRequest, family: str) -> None:
+    """Guard: each backbone really is position-sensitive, so the invariance above is earned."""
+    model = make_model(request.getfixturevalue(f"{family}_dir"))
     ids, mask = pad_batch([SHORT, LONG], "left")
     with torch.no_grad():
         ours = model.backbone_hidden_states(ids, mask)
@@ -428,7 +446,7 @@ def test_backbone_not_found(tmp_path: Path) -> None:
 
 
 def test_falls_back_when_sdpa_is_unsupported(gpt2_dir: Path, monkeypatch) -> None:
-    real = model_module.AutoModel.from_pretrained
+    real = transformers.AutoModel.from_pretrained
     asked = []
 
     def no_sdpa(name, **kwargs):
@@ -438,7 +456,7 @@ def test_falls_back_when_sdpa_is_unsupported(gpt2_dir: Path, monkeypatch) -> Non
                              "torch.nn.functional.scaled_dot_product_attention yet.")
         return real(name, **kwargs)
 
-    monkeypatch.setattr(model_module.AutoModel, "from_pretrained", no_sdpa)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_sdpa)
     model = GPT2Classifier.from_backbone(str(gpt2_dir), make_spec())
     assert asked == ["sdpa", None] and isinstance(model.backbone, GPT2Model)
 
@@ -465,7 +483,7 @@ def test_bert_backbone(bert_dir: Path, tmp_path: Path) -> None:
     assert isinstance(model.backbone, BertModel)
     assert isinstance(model.input_projection, torch.nn.Linear)
     assert tuple(model.input_projection.weight.shape) == (32, 48)
-    assert not model._pass_position_ids  # encoders compute their own positions
+    assert model.adapter.position_offset == 0  # BERT numbers real tokens from 0: positions come from the mask
     assert len(model.backbone_layers()) == 2  # found at .encoder.layer
     ids, mask = pad_batch([SHORT, LONG], "right")
     with torch.no_grad():

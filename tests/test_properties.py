@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt2clf.data import PaddingCollator, load_tokenizer, tokenize_texts
+from gpt2clf.batching import PaddingCollator, load_tokenizer, tokenize_texts
 from gpt2clf.model import ClassifierSpec, GPT2Classifier
 
 MAX_LENGTH = 48

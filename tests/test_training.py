@@ -95,11 +95,33 @@ def test_predict_json_probabilities_sum_to_one(trained_run: Path, capsys: pytest
 
 
 def test_probabilities_do_not_depend_on_batch_neighbours(trained_run: Path) -> None:
-    predictor = Predictor.from_folder(trained_run / "model", batch_size=4, device="cpu")
+    # In float32 the masking makes neighbours irrelevant to rounding level; under bf16 autocast
+    # other batch shapes round differently (about 1e-3, see the next test).
+    predictor = Predictor.from_folder(trained_run / "model", batch_size=4, device="cpu", precision="32-true")
     docs = ["short one", "a much longer document " * 30, "graphics card and monitor", "hockey playoffs tonight"]
     together = predictor.predict_proba(docs)
     for i, doc in enumerate(docs):
         torch.testing.assert_close(predictor.predict_proba([doc])[0], together[i], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("native_bf16", ["0", "1"])
+def test_auto_precision_stays_close_to_float32(trained_run: Path, monkeypatch, native_bf16: str) -> None:
+    """``auto`` picks bf16 autocast only where the CPU has bf16 hardware; either way probabilities
+    stay within 0.01 of float32 and the top label does not change."""
+    from gpt2clf.corpora import load_20newsgroups
+
+    monkeypatch.setenv("GPT2CLF_CPU_BF16", native_bf16)
+    auto = Predictor.from_folder(trained_run / "model", device="cpu")
+    assert auto.precision == ("bf16-mixed" if native_bf16 == "1" else "32-true")
+    reference = Predictor.from_folder(trained_run / "model", device="cpu", precision="32-true")
+    texts = load_20newsgroups("test", ARCHIVE).texts[:48]
+    fast, exact = auto.predict_proba(texts), reference.predict_proba(texts)
+    assert float((fast - exact).abs().max()) <= 0.01
+    # The top label is the same wherever float32 itself is not (nearly) tied between two labels.
+    top2 = exact.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.02
+    assert clear.sum() >= 30  # most of them (38 of 48 here): the check has teeth
+    assert torch.equal(fast.argmax(-1)[clear], exact.argmax(-1)[clear])
 
 
 def test_training_uses_fused_adamw(trained_run: Path) -> None:
@@ -259,3 +281,148 @@ def test_top_layers_train_from_the_cache_of_the_frozen_ones(tiny_backbone: Path,
     result = json.loads(capsys.readouterr().out)
     assert abs(result["accuracy"] - metrics["test"]["accuracy"]) <= 0.02
     assert result["loss"] == pytest.approx(metrics["test"]["loss"], abs=0.02)
+
+
+def keyword_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Texts whose class is written in them: one of three keywords among filler words."""
+    import random
+
+    rng = random.Random(seed)
+    keywords = {"space": "rocket", "sport": "football", "music": "guitar"}
+    filler = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at",
+              "by", "this"]
+    texts, labels = [], []
+    for i in range(n):
+        label = list(keywords)[i % 3]
+        words = rng.choices(filler, k=8)
+        words.insert(rng.randrange(len(words) + 1), keywords[label])
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def test_fit_trains_in_memory_from_python_lists(tiny_backbone: Path, tmp_path: Path, monkeypatch) -> None:
+    from gpt2clf import Config, fit
+    from gpt2clf.corpora import labelled_texts
+
+    monkeypatch.chdir(tmp_path)  # nothing may be written to the working folder either
+    texts, labels = keyword_texts(240)
+    test_texts, test_labels = keyword_texts(60, seed=1)
+    data = labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels)
+    # Frozen: a random tiny GPT-2's token states already differ per token, and our block learns fast.
+    config = Config(backbone=str(tiny_backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=8, batch_size=16,
+                    freeze="backbone", head_learning_rate=1e-2, n_embed=32, n_heads=2, n_blocks=1,
+                    pooling="attention", precision="32-true", warmup_ratio=0.0)
+    result = fit(config, data)
+    assert result.model.label_names == ["music", "space", "sport"]
+    assert result.metrics["test"]["documents"] == 60
+    assert result.metrics["test"]["accuracy"] >= 0.9, result.metrics  # chance: 1/3
+    assert result.test_probabilities is not None and result.test_probabilities.shape == (60, 3)
+    assert list(tmp_path.iterdir()) == []
+    result.save(tmp_path / "model")
+    predictor = Predictor.from_folder(tmp_path / "model", precision="32-true")
+    assert [p.label for p in predictor.predict(["a rocket to the moon", "he plays the guitar"])] == [
+        "space", "music"]
+
+
+def test_model_folders_record_absolute_data_paths(tiny_backbone: Path, tmp_path: Path, monkeypatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    texts, labels = keyword_texts(90)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "short_train.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels,
+                                                                                              strict=True)))
+    monkeypatch.chdir(work)
+    args = ["train", "--train-file", "short_train.csv", "--backbone", str(tiny_backbone), "--tokenizer",
+            str(TOKENIZER), "--max-length", "16", "--epochs", "1", "--n-embed", "32", "--n-heads", "2",
+            "--n-blocks", "1", "--no-progress", "--output", "run"]
+    assert main(args) == 0
+    recorded = json.loads((work / "run" / "model" / "config.json").read_text())["extra"]["config"]
+    assert recorded["train_file"] == str(work / "short_train.csv")
+    assert Path(recorded["backbone"]).is_absolute()
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", str(work / "run" / "model"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_documents"] == 18  # the 20% test split of 90
+    (work / "short_train.csv").rename(work / "moved.csv")
+    assert main(["evaluate", str(work / "run" / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "trained on " + str(work / "short_train.csv") in err and "--train-file" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+def test_gradients_are_clipped_in_every_cpu_precision(tiny_backbone: Path, precision: str, monkeypatch) -> None:
+    """Clipping works with the fused AdamW under autocast (Lightning's AMP plugin refuses it there)."""
+    from gpt2clf import Config, fit
+    from gpt2clf.corpora import labelled_texts
+    from gpt2clf.training import ClassificationModule
+
+    limit = 0.05
+    seen: list[tuple[float, float, bool]] = []  # (norm before, norm after, fused optimizer)
+    first_head: list[torch.Tensor] = []
+    original = ClassificationModule.configure_gradient_clipping
+
+    def grad_norm(module: ClassificationModule) -> float:
+        grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    def recording(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if not first_head:
+            first_head.append(self.model.head[1].weight.detach().float().clone())
+        before = grad_norm(self)
+        original(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+        seen.append((before, grad_norm(self), bool(optimizer.defaults.get("fused"))))
+
+    monkeypatch.setattr(ClassificationModule, "configure_gradient_clipping", recording)
+    texts, labels = keyword_texts(60)
+    config = Config(backbone=str(tiny_backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=1, batch_size=8,
+                    n_embed=32, n_heads=2, n_blocks=1, precision=precision, gradient_clip=limit,
+                    learning_rate=1e-3)
+    result = fit(config, labelled_texts(texts, labels))
+    assert result.config.precision == precision
+    assert len(seen) == 6  # 48 training texts in batches of 8: every step clipped
+    assert all(fused for _, _, fused in seen)  # the fast optimizer stayed
+    assert any(norm_before > limit for norm_before, _, _ in seen)  # clipping had work to do
+    assert all(after <= limit * 1.01 for _, after, _ in seen), seen
+    assert not torch.equal(result.model.head[1].weight.detach().float(), first_head[0])  # the steps ran
+
+
+def test_the_reported_bf16_command_trains_with_default_clipping(tiny_backbone: Path, tmp_path: Path) -> None:
+    """Issue 16's command, shrunk: frozen backbone, attention pooling, bf16-mixed, default clipping (1.0)."""
+    args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+            "--freeze", "backbone", "--max-train-samples", "48", "--max-eval-samples", "24", "--max-length", "32",
+            "--pooling", "attention", "--n-blocks", "1", "--learning-rate", "5e-4", "--epochs", "2",
+            "--precision", "bf16-mixed", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+            "--output", str(tmp_path / "x")]
+    assert main(args) == 0
+    saved = (tmp_path / "x" / "config.yaml").read_text()
+    assert "gradient_clip: 1.0" in saved and "precision: bf16-mixed" in saved
+
+
+def readme_gpu_commands() -> list[list[str]]:
+    """The ``gpt2clf train ... --precision bf16-mixed`` commands of the README's code blocks."""
+    import shlex
+
+    commands, inside = [], False
+    for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            continue
+        line = line.strip().removeprefix("$ ")
+        if inside and line.startswith("gpt2clf train") and "--precision bf16-mixed" in line:
+            commands.append(shlex.split(line.split("#")[0])[1:])
+    return commands
+
+
+def test_the_readmes_gpu_commands_run_on_a_cpu(tiny_backbone: Path, tmp_path: Path) -> None:
+    commands = readme_gpu_commands()
+    assert commands, "the README names GPU training commands"
+    shrink = ["--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+              "--max-train-samples", "40", "--max-eval-samples", "20", "--max-length", "32", "--epochs", "1",
+              "--no-progress"]
+    for i, command in enumerate(commands):
+        command = [str(tmp_path / f"run{i}") if part.startswith("runs/") else part for part in command]
+        assert main([*command, *shrink]) == 0, command

@@ -32,7 +32,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # Config fields that the data-reading commands (data stats, train, evaluate) share.
-DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "text_column", "label_column")
+DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "text_column", "label_column")  # = evaluation's
 # Fields that may change when a run is resumed: where and how it runs, not what it computes.
 RESUMABLE_FIELDS = ("accelerator", "devices", "strategy", "num_nodes", "num_workers")
 
@@ -48,6 +48,8 @@ examples:
   gpt2clf train --batch-size 4 --accumulate-grad-batches 4 --output runs/cpu
   # train GPT-2's top 2 layers; the 10 frozen ones run once into the feature cache
   gpt2clf train --train-top-layers 2 --output runs/top2
+  # read whole posts in overlapping 512-token windows, and mix in a TF-IDF model
+  gpt2clf train --long-documents chunks --max-chunks 8 --fusion tfidf --output runs/chunks
   # offline, with local folders
   gpt2clf train --backbone ./gpt2 --data-dir ./20news-bydate.tar.gz --output runs/offline
   # your own data
@@ -76,6 +78,10 @@ examples:
 
 INT8_HELP = ("CPU only: run an int8 copy of the model (dynamic quantization), about 1.4x faster; "
              "probabilities move by about 0.01")
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (default: auto: cuda if available, else cpu)"
+PRECISION_HELP = ("auto, 32-true, bf16-mixed or 16-mixed (default: auto: bf16 autocast where the GPU or CPU has "
+                  "native bf16, else float32)")
 
 STATS_EXAMPLES = """\
 examples:
@@ -115,12 +121,13 @@ def training_field_groups() -> list[tuple[str, list[str]]]:
     names = [f.name for f in dataclasses.fields(Config)]
     sections = [
         ("data", [*DATA_FIELDS, "validation_ratio", "test_ratio", "max_train_samples", "max_eval_samples"]),
-        ("tokenization and batching", ["tokenizer", "max_length", "padding_side", "group_by_length"]),
+        ("tokenization and batching", ["tokenizer", "max_length", "padding_side", "group_by_length",
+                                       "long_documents", "chunk_stride", "max_chunks", "chunk_aggregation"]),
         ("model", ["backbone", "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "train_top_layers",
-                   "gradient_checkpointing", "compile", "feature_cache", "cache_dir"]),
+                   "gradient_checkpointing", "compile", "feature_cache", "cache_dir", "fusion"]),
         ("optimisation", ["batch_size", "eval_batch_size", "epochs", "learning_rate", "head_learning_rate",
                           "weight_decay", "warmup_ratio", "lr_schedule", "gradient_clip", "accumulate_grad_batches",
-                          "early_stopping_patience"]),
+                          "early_stopping_patience", "layerwise_lr_decay"]),
         ("hardware and reproducibility", ["precision", "accelerator", "devices", "strategy", "num_nodes",
                                           "num_workers", "seed"]),
     ]
@@ -169,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, report.txt and confusion_matrix.png")
     evaluate.add_argument("--batch-size", type=int, default=None, help="documents per batch (default: training's)")
-    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    evaluate.add_argument("--device", default=None, help=DEVICE_HELP)
+    evaluate.add_argument("--precision", default="auto", help=PRECISION_HELP)
     evaluate.add_argument("--int8", action="store_true", help=INT8_HELP)
     add_config_flags(evaluate, [*DATA_FIELDS, "max_eval_samples"], "data (default: as recorded with the model)")
 
@@ -187,8 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=3, help="how many top labels to show (default: 3)")
     predict.add_argument("--json", action="store_true",
                          help="one JSON object per line: label, probabilities, top_k, id")
-    predict.add_argument("--batch-size", type=int, default=32, help="documents per batch (default: 32)")
-    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    predict.add_argument("--batch-size", type=int, default=64,
+                         help="at most this many documents per batch (default: 64; batches are also bounded "
+                         "by a padded-token budget)")
+    predict.add_argument("--device", default=None, help=DEVICE_HELP)
+    predict.add_argument("--precision", default="auto", help=PRECISION_HELP)
     predict.add_argument("--int8", action="store_true", help=INT8_HELP)
 
     data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
@@ -229,7 +240,7 @@ def command_train(args: argparse.Namespace) -> int:
     if not args.output and not args.dry_run:
         raise UserError("train needs --output RUN_DIR (or --dry-run)")
     result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume, dry_run=args.dry_run,
-                   enable_progress_bar=not args.no_progress)
+                   enable_progress_bar=not args.no_progress, notify=lambda line: print(line, file=sys.stderr))
     if not result:  # a DDP worker process: rank 0 reports
         return 0
     if args.json:
@@ -253,6 +264,10 @@ def resumed_config(args: argparse.Namespace) -> Config:
         raise UserError(f"nothing to resume: {saved_path} does not exist")
     saved = Config.from_yaml(saved_path)
     asked = config_from_args(args) if (args.preset or args.config) else saved.updated(**config_overrides(args))
+    # The saved config is resolved (absolute paths, concrete precision); compare like with like.
+    asked = asked.with_absolute_paths()
+    if asked.precision == "auto":
+        asked = asked.updated(precision=saved.precision)
     changed = [name for name in saved.to_dict() if name not in RESUMABLE_FIELDS
                and getattr(asked, name) != getattr(saved, name)]
     if changed:
@@ -263,8 +278,11 @@ def resumed_config(args: argparse.Namespace) -> Config:
 
 
 def print_plan(plan: dict[str, Any]) -> None:
+    from gpt2clf.training import describe_estimate
+
     counts = plan["parameters"]
     print(f"backbone   {plan['backbone']}")
+    print(f"precision  {plan['precision']}")
     print("parameters " + "  ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
     data = plan["data"]
     if "error" in data:
@@ -274,60 +292,31 @@ def print_plan(plan: dict[str, Any]) -> None:
               f"test {data['test']} documents; {data['train_tokens']} training tokens")
         steps = plan["optimizer_steps"]
         print(f"steps      {steps['per_epoch']} per epoch, {steps['total']} in all")
+        print(f"time       {describe_estimate(plan['estimated_seconds'])}")
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from gpt2clf.data import tokenize_texts
-    from gpt2clf.evaluation import evaluate_model, plot_confusion_matrix
-    from gpt2clf.files import atomic_write_json, atomic_write_text
-    from gpt2clf.prediction import Predictor, read_training_config
-    from gpt2clf.training import load_split
+    from gpt2clf.evaluation import evaluate_folder
 
-    predictor = Predictor.from_folder(args.model_dir, device=args.device, int8=args.int8)
-    saved = read_training_config(args.model_dir)
-    known = {f.name for f in dataclasses.fields(Config)}
-    config = Config().updated(**{k: v for k, v in saved.items() if k in known})
-    overrides = config_overrides(args, [*DATA_FIELDS, "max_eval_samples"])
-    if "train_file" not in overrides and any(k in overrides for k in ("data_dir", "strip")):
-        overrides["train_file"] = None  # 20 Newsgroups options name 20 Newsgroups
-        overrides["test_file"] = None
-    config = config.updated(**overrides)
-    dataset = load_split(config, args.split)
-    labels = remap_labels(dataset.labels, dataset.label_names, predictor.label_names)
-    token_lists = tokenize_texts(dataset.texts, predictor.tokenizer, predictor.max_length)
-    result = evaluate_model(predictor.model, token_lists, labels,
-                            batch_size=args.batch_size or config.effective_eval_batch_size,
-                            pad_token_id=predictor.tokenizer.pad_token_id,
-                            padding_side=predictor.tokenizer.padding_side, device=predictor.device)
-    if args.output:
-        out = Path(args.output)
-        atomic_write_json(out / "metrics.json", result.to_dict())
-        atomic_write_text(out / "report.txt", result.report() + "\n")
-        plot_confusion_matrix(result, out / "confusion_matrix.png")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    result = evaluate_folder(args.model_dir, split=args.split,
+                             data_overrides=config_overrides(args, [*DATA_FIELDS, "max_eval_samples"]),
+                             device=args.device, precision=args.precision, int8=args.int8,
+                             batch_size=args.batch_size)
+    written = result.save(args.output) if args.output else []
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(result.report())
-        if args.output:
-            print(f"\nwrote {Path(args.output) / 'metrics.json'}, report.txt and confusion_matrix.png")
+        if written:
+            print(f"\nwrote {written[0]}, {written[1].name} and {written[2].name}")
     return 0
-
-
-def remap_labels(labels: Sequence[int], names: Sequence[str], model_names: Sequence[str]) -> list[int]:
-    """Express dataset labels as indices into the model's label names (matched by name)."""
-    if list(names) == list(model_names):
-        return list(labels)
-    index = {name: i for i, name in enumerate(model_names)}
-    unknown = sorted({names[y] for y in labels} - set(index))
-    if unknown:
-        raise DataError(f"labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}; "
-                        f"the model knows {len(model_names)} labels")
-    return [index[names[y]] for y in labels]
 
 
 def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     """(id, text) pairs from TEXT arguments, --file and --input, streamed."""
-    from gpt2clf.data import iter_text_column
+    from gpt2clf.corpora import iter_text_column
 
     for i, text in enumerate(args.texts):
         yield f"arg:{i}", text
@@ -351,7 +340,7 @@ def command_predict(args: argparse.Namespace) -> int:
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
     predictor = Predictor.from_folder(args.model_dir, batch_size=args.batch_size, device=args.device,
-                                      int8=args.int8)
+                                      precision=args.precision, int8=args.int8)
     pending: collections.deque[str] = collections.deque()  # ids of documents read but not yet printed
 
     def texts() -> Iterator[str]:
@@ -370,24 +359,19 @@ def command_predict(args: argparse.Namespace) -> int:
 
 
 def command_data_stats(args: argparse.Namespace) -> int:
-    from gpt2clf.data import dataset_stats, load_dataset_splits, load_tokenizer, plot_dataset_stats
+    from gpt2clf.plots import plot_dataset_stats
+    from gpt2clf.stats import describe_dataset
 
     config = Config().updated(**config_overrides(args, DATA_FIELDS), max_length=args.max_length)
-    splits = load_dataset_splits(train_file=config.train_file, test_file=config.test_file,
-                                 text_column=config.text_column, label_column=config.label_column,
-                                 data_dir=config.data_dir, strip=config.strip, test_ratio=config.test_ratio,
-                                 seed=config.seed)
-    tokenizer = load_tokenizer(args.tokenizer)
-    stats = dataset_stats(splits, tokenizer, config.max_length)
+    stats = describe_dataset(config, args.tokenizer, config.max_length)
     if args.plot:
         plot_dataset_stats(stats, args.plot)
-    printable = {k: v for k, v in stats.items() if not k.startswith("_")}
     if args.json:
-        print(json.dumps(printable, indent=2))
+        print(json.dumps(stats, indent=2))
     else:
-        print(f"{printable['num_classes']} classes; token lengths under {args.tokenizer}, max_length "
+        print(f"{stats['num_classes']} classes; token lengths under {args.tokenizer}, max_length "
               f"{config.max_length}")
-        for name, split in printable["splits"].items():
+        for name, split in stats["splits"].items():
             tokens = split["tokens"]
             print(f"{name:>5}: {split['documents']} documents; tokens p50 {tokens['p50']:.0f}, p90 "
                   f"{tokens['p90']:.0f}, p99 {tokens['p99']:.0f}; {tokens['over_max_length']:.1%} over max_length")
@@ -420,7 +404,7 @@ def quiet_libraries() -> None:
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
                  line: str | None = None) -> None:
     """Our own warnings as one ``gpt2clf: warning:`` line; others as Python shows them."""
-    from gpt2clf.data import DataWarning
+    from gpt2clf.corpora import DataWarning
 
     if issubclass(category, (DataWarning, PerformanceWarning)):
         print(f"gpt2clf: warning: {message}", file=file or sys.stderr)

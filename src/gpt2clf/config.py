@@ -30,8 +30,11 @@ POOLING_CHOICES = ("last", "mean", "attention")
 FREEZE_CHOICES = ("none", "backbone")
 PADDING_SIDES = ("right", "left")
 SCHEDULES = ("linear", "cosine", "constant")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
-STRIP_CHOICES = ("headers", "footers", "quotes")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+LONG_DOCUMENT_CHOICES = ("truncate", "head-tail", "chunks")
+CHUNK_AGGREGATIONS = ("mean", "attention")
+FUSION_CHOICES = ("none", "tfidf")
+STRIP_CHOICES = ("headers", "footers", "quotes")  # the order in which scikit-learn applies them
 
 
 @dataclass
@@ -74,6 +77,16 @@ class Config:
     """Where batches are padded: right or left (results are the same either way)."""
     group_by_length: bool = True
     """Batch documents of similar length together (still shuffled) to waste less on padding."""
+    long_documents: str = "truncate"
+    """Documents longer than max_length: truncate (keep the start), head-tail (the first quarter and last
+    three quarters of max_length), or chunks (overlapping windows, each read by the model, aggregated)."""
+    chunk_stride: int | None = None
+    """With chunks: tokens from one window's start to the next; None: 7/8 of max_length."""
+    max_chunks: int = 8
+    """With chunks: at most this many windows per document (spread evenly over longer ones)."""
+    chunk_aggregation: str = "mean"
+    """With chunks: one prediction per document from its windows' mean logits, or learned attention
+    over the window embeddings."""
 
     # --- model ------------------------------------------------------------------------
     backbone: str = "gpt2"
@@ -127,10 +140,18 @@ class Config:
     """Optimiser step every this many batches (a larger effective batch)."""
     early_stopping_patience: int | None = None
     """Stop after this many epochs without a better validation accuracy; None: never."""
+    layerwise_lr_decay: float | None = None
+    """Multiply the backbone's learning rate by this per layer going down (e.g. 0.9; the top layer keeps
+    learning_rate, the embeddings get the smallest); None: one rate for the whole backbone."""
+    fusion: str = "none"
+    """tfidf: also fit a TF-IDF (word 1-2 grams) linear model on the training split and mix its
+    probabilities with the network's, the weight chosen on the validation split; none: the network alone."""
 
     # --- hardware and reproducibility -------------------------------------------------
-    precision: str = "32-true"
-    """Numeric precision: 32-true, bf16-mixed (CPU or recent GPU), 16-mixed (GPU)."""
+    precision: str = "auto"
+    """Numeric precision: auto (bf16-mixed where the GPU or CPU computes bf16 natively, detected at run
+    time; else 32-true), 32-true, bf16-mixed, bf16-true, or 16-mixed (GPU only). The resolved value is
+    recorded with the run."""
     accelerator: str = "auto"
     """cpu, gpu, or auto (passed to Lightning)."""
     devices: str = "auto"
@@ -189,7 +210,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ["n_embed", "n_heads", "max_train_samples", "max_eval_samples", "eval_batch_size",
-                     "early_stopping_patience"]:
+                     "early_stopping_patience", "chunk_stride", "max_chunks"]:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -205,6 +226,11 @@ class Config:
             raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
         if self.gradient_clip is not None and self.gradient_clip <= 0:
             raise ConfigError(f"gradient_clip must be positive (or null for none), got {self.gradient_clip}")
+        if self.layerwise_lr_decay is not None and not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+        if self.chunk_stride is not None and self.chunk_stride > self.max_length:
+            raise ConfigError(f"chunk_stride ({self.chunk_stride}) must be at most max_length ({self.max_length}), "
+                              "or windows would skip tokens")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be 0 or more, got {self.num_workers}")
         for name in ["dropout", "warmup_ratio"]:
@@ -216,7 +242,8 @@ class Config:
         if self.n_embed is not None and self.n_heads is not None and self.n_embed % self.n_heads:
             raise ConfigError(f"n_embed ({self.n_embed}) must be divisible by n_heads ({self.n_heads})")
         choices = {"pooling": POOLING_CHOICES, "freeze": FREEZE_CHOICES, "padding_side": PADDING_SIDES,
-                   "lr_schedule": SCHEDULES, "precision": PRECISIONS}
+                   "lr_schedule": SCHEDULES, "precision": PRECISIONS, "long_documents": LONG_DOCUMENT_CHOICES,
+                   "chunk_aggregation": CHUNK_AGGREGATIONS, "fusion": FUSION_CHOICES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -225,6 +252,21 @@ class Config:
                 raise ConfigError(f"strip accepts {', '.join(STRIP_CHOICES)}; got {part!r}")
         if self.test_file and not self.train_file:
             raise ConfigError("test_file needs train_file (without train_file the dataset is 20 Newsgroups)")
+
+    def with_absolute_paths(self) -> Config:
+        """A copy whose local paths (data files and folders, cache folder, local backbone and
+        tokenizer folders) are absolute, so a saved config reads the same files from anywhere.
+        Hub ids such as ``gpt2`` are left alone."""
+        changes: dict[str, Any] = {}
+        for name in ("data_dir", "train_file", "test_file", "cache_dir"):
+            value = getattr(self, name)
+            if value:
+                changes[name] = str(Path(value).expanduser().resolve())
+        for name in ("backbone", "tokenizer"):
+            value = getattr(self, name)
+            if value and Path(value).expanduser().exists():
+                changes[name] = str(Path(value).expanduser().resolve())
+        return dataclasses.replace(self, **changes)
 
     @property
     def tokenizer_name(self) -> str:
@@ -277,6 +319,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         backbone="gpt2", batch_size=16, max_length=512, learning_rate=1e-5, head_learning_rate=1e-5,
         n_embed=768, n_heads=2, n_blocks=2, dropout=0.2, epochs=5, validation_ratio=0.2,
         warmup_ratio=0.0, lr_schedule="constant", weight_decay=0.01, gradient_clip=None,
+        long_documents="truncate", fusion="none",
     ),
     # Finishes in minutes on a 2-core CPU: the backbone is frozen and run once over the data
     # (feature cache); only our blocks and head train, on short, subsampled documents.

@@ -27,3 +27,9 @@ class ModelLoadError(UserError, OSError):
 
 class PerformanceWarning(UserWarning):
     """A setting that works, but runs far slower on this machine than another would."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one short line, for embedding in one-line error messages."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:200]

@@ -1,25 +1,37 @@
 """Metrics and reports: accuracy, macro-F1, cross-entropy, per-class table, confusion matrix.
 
-:func:`compute_metrics` turns logits and gold labels into an :class:`EvaluationResult`;
-:func:`evaluate_model` runs a model over tokenized documents first. scikit-learn computes
-every metric so the figures match what users get from its own functions.
+Logits and gold labels become an :class:`EvaluationResult` (:func:`compute_metrics`);
+:func:`evaluate_model` runs a model over tokenized documents first, and
+:func:`evaluate_folder` scores a saved model folder on a split of the data it was trained on
+(or any other). scikit-learn computes every metric, so the figures match what users get
+from its own functions. Nothing here imports Lightning.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from gpt2clf.files import atomic_write_bytes
+from gpt2clf.config import Config
+from gpt2clf.corpora import splits_for
+from gpt2clf.errors import DataError
+from gpt2clf.files import atomic_write_json, atomic_write_text
 from gpt2clf.model import GPT2Classifier
-from gpt2clf.prediction import batched_logits
+from gpt2clf.model_io import recorded_config
+from gpt2clf.prediction import Predictor, batched_logits
+
+__all__ = ["EvaluationResult", "compute_metrics", "evaluate_folder", "evaluate_model", "remap_labels",
+           "score_probabilities"]
+
+# The Config fields that name a dataset (evaluate takes them to point a model at other data).
+DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "text_column", "label_column")
 
 
 @dataclass
@@ -33,9 +45,23 @@ class EvaluationResult:
     label_names: list[str]
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     confusion_matrix: list[list[int]] = field(default_factory=list)
+    components: dict[str, dict[str, float]] = field(default_factory=dict)
+    """With TF-IDF fusion: accuracy, macro_f1 and loss of each part alone (``network``, ``tfidf``);
+    the figures above are the fused model's."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``metrics.json``, ``report.txt`` and ``confusion_matrix.png`` into ``folder``; return their paths."""
+        from gpt2clf.plots import plot_confusion_matrix
+
+        folder = Path(folder)
+        paths = [folder / "metrics.json", folder / "report.txt", folder / "confusion_matrix.png"]
+        atomic_write_json(paths[0], self.to_dict())
+        atomic_write_text(paths[1], self.report() + "\n")
+        plot_confusion_matrix(self, paths[2])
+        return paths
 
     def report(self) -> str:
         """A plain-text per-class table followed by the headline figures."""
@@ -48,6 +74,9 @@ class EvaluationResult:
         lines.append("")
         lines.append(f"accuracy {self.accuracy:.4f}   macro-F1 {self.macro_f1:.4f}   loss {self.loss:.4f}"
                      f"   documents {self.num_documents}")
+        for name, figures in self.components.items():
+            lines.append(f"  {name + ' alone':<14} accuracy {figures['accuracy']:.4f}   macro-F1 "
+                         f"{figures['macro_f1']:.4f}   loss {figures['loss']:.4f}")
         return "\n".join(lines)
 
 
@@ -94,34 +123,72 @@ def evaluate_model(
     return compute_metrics(logits, labels, model.spec.label_names)
 
 
-def plot_confusion_matrix(result: EvaluationResult, path: str | Path, normalize: bool = True) -> None:
-    """Write a confusion-matrix PNG with class names on both axes (rows: true, columns: predicted)."""
-    import matplotlib
+def remap_labels(labels: Sequence[int], names: Sequence[str], model_names: Sequence[str]) -> list[int]:
+    """Express dataset labels as indices into the model's label names (matched by name).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises:
+        DataError: the data has labels the model was not trained on.
+    """
+    if list(names) == list(model_names):
+        return list(labels)
+    index = {name: i for i, name in enumerate(model_names)}
+    unknown = sorted({names[y] for y in labels} - set(index))
+    if unknown:
+        raise DataError(f"labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}; "
+                        f"the model knows {len(model_names)} labels")
+    return [index[names[y]] for y in labels]
 
-    counts = np.asarray(result.confusion_matrix, dtype=float)
-    values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
-    n = len(result.label_names)
-    size = max(6.0, 0.45 * n + 3)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    ax.set_xticks(range(n), result.label_names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), result.label_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix (row-normalised)   accuracy {result.accuracy:.3f}"
-                 if normalize else f"Confusion matrix   accuracy {result.accuracy:.3f}")
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if counts[i, j]:
-                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=6,
-                            color="white" if values[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+
+def evaluation_config(model_dir: str | Path, data_overrides: dict[str, Any] | None = None) -> Config:
+    """The config that names the data to evaluate a model folder on: the recorded one, with overrides.
+
+    20 Newsgroups options (``data_dir``, ``strip``) without ``train_file`` name 20 Newsgroups
+    even for a model trained on a file. A recorded data file that is gone is refused with a
+    message that says how to point evaluate at data.
+    """
+    overrides = dict(data_overrides or {})
+    if "train_file" not in overrides and any(k in overrides for k in ("data_dir", "strip")):
+        overrides["train_file"] = None
+        overrides["test_file"] = None
+    config = recorded_config(model_dir).updated(**overrides)
+    if not any(k in overrides for k in ("train_file", "test_file")):
+        for name in ("train_file", "test_file"):
+            path = getattr(config, name)
+            if path and not Path(path).is_file():
+                raise DataError(f"the model was trained on {path}, which no longer exists; point evaluate at data "
+                                "with --train-file/--test-file (or --data-dir for 20 Newsgroups)")
+    return config
+
+
+def evaluate_folder(model_dir: str | Path, *, split: str = "test", data_overrides: dict[str, Any] | None = None,
+                    **predictor_options: Any) -> EvaluationResult:
+    """Score a saved model folder on ``split`` (train, validation or test) of its recorded dataset.
+
+    ``data_overrides`` (Config data fields, e.g. ``{"test_file": "holdout.csv"}``) point it at
+    other data; ``predictor_options`` go to :class:`~gpt2clf.prediction.Predictor`
+    (``device``, ``precision``, ``int8``, ``batch_size``). The validation and test sets are
+    carved exactly as the training run did.
+
+    Example::
+
+        >>> evaluate_folder("runs/20ng/model").accuracy  # doctest: +SKIP
+        0.87
+    """
+    predictor = Predictor.from_folder(model_dir, **{k: v for k, v in predictor_options.items() if v is not None})
+    config = evaluation_config(model_dir, data_overrides)
+    dataset = splits_for(config).split(split)
+    labels = remap_labels(dataset.labels, dataset.label_names, predictor.label_names)
+    return score_probabilities(predictor.component_probabilities(dataset.texts), labels, predictor.label_names)
+
+
+def score_probabilities(parts: dict[str, torch.Tensor], labels: Sequence[int],
+                        label_names: Sequence[str]) -> EvaluationResult:
+    """Metrics of a model's probabilities; with fusion (``fused`` among ``parts``) of the fused ones,
+    with each part's headline figures in :attr:`EvaluationResult.components`."""
+    main = parts.get("fused", parts["network"])
+    result = compute_metrics(torch.log(main.clamp_min(1e-12)), labels, label_names)
+    if "fused" in parts:
+        for name in ("network", "tfidf"):
+            alone = compute_metrics(torch.log(parts[name].clamp_min(1e-12)), labels, label_names)
+            result.components[name] = {"accuracy": alone.accuracy, "macro_f1": alone.macro_f1, "loss": alone.loss}
+    return result

@@ -13,65 +13,59 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from gpt2clf.data import PaddingCollator, length_sorted_batches, load_tokenizer, tokenize_texts
+from gpt2clf.backbone import use_fused_gelu
+from gpt2clf.batching import PaddingCollator, Windowing, encode_documents, load_tokenizer, token_count
 from gpt2clf.errors import ConfigError, ModelLoadError
+from gpt2clf.fusion import Fusion, mix_probabilities
+from gpt2clf.inference import (
+    DEFAULT_BATCH_TOKENS,
+    logits_in_input_order,
+    quantize_for_cpu_inference,
+    resolve_device,
+    resolve_precision,
+)
 from gpt2clf.model import GPT2Classifier
+from gpt2clf.model_io import read_training_config
 
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast for ``*-mixed`` precisions, a no-op for full precision."""
-    if precision.startswith("bf16"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision.startswith("16"):
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def inference_context(model: torch.nn.Module, device: torch.device, precision: str) -> Iterator[None]:
-    """Eval mode (restored afterwards), ``torch.inference_mode`` and the autocast of ``precision``."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), autocast_context(device, precision):
-            yield
-    finally:
-        model.train(was_training)
+__all__ = ["Prediction", "Predictor", "batched_logits"]
 
 
 def batched_logits(
     model: GPT2Classifier,
-    token_lists: Sequence[list[int]],
+    token_lists: Sequence[list[int]] | Sequence[list[list[int]]],
     *,
     batch_size: int,
     pad_token_id: int,
     padding_side: str = "right",
     device: torch.device | str = "cpu",
     precision: str = "32-true",
+    max_batch_tokens: int | None = None,
 ) -> torch.Tensor:
     """Float32 logits (N, num_labels) for tokenized documents, returned in input order.
 
-    Batches are formed from length-sorted documents; padding and batch neighbours do not
+    A document is a token list, or a list of windows (long documents cut into chunks; the
+    model aggregates them). Batches are formed from length-sorted documents; padding and batch neighbours do not
     change a document's logits (the model masks padding), only the speed.
     """
     device = torch.device(device)
     collate = PaddingCollator(pad_token_id, padding_side)
-    out = torch.empty(len(token_lists), model.spec.num_labels, dtype=torch.float32)
-    with inference_context(model, device, precision):
-        for batch_indices in length_sorted_batches([len(t) for t in token_lists], batch_size):
-            batch = collate([{"input_ids": token_lists[i], "index": i} for i in batch_indices])
-            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            out[batch["index"]] = logits.float().cpu()
-    return out
+
+    def run_batch(indices: list[int]) -> torch.Tensor:
+        batch = collate([{"input_ids": token_lists[i], "index": i} for i in indices])
+        document_index = batch.get("document_index")
+        return model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                     None if document_index is None else document_index.to(device))
+
+    return logits_in_input_order(model, [token_count(t) for t in token_lists], run_batch, device=device,
+                                 precision=precision, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
 
 
 @dataclass
@@ -87,19 +81,6 @@ class Prediction:
                 "top_k": [{"label": name, "probability": p} for name, p in self.top_k]}
 
 
-def read_training_config(folder: str | Path) -> dict:
-    """The training :class:`~gpt2clf.config.Config` (as a dict) recorded in a model folder."""
-    try:
-        meta = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return dict(meta.get("extra", {}).get("config", {}))
-
-
-def best_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Predictor:
     """Classifies raw text with a saved gpt2clf model folder.
 
@@ -109,40 +90,65 @@ class Predictor:
         A :class:`GPT2Classifier` and its tokenizer (with a pad token).
     max_length:
         Tokens kept per document (the length the model was trained with).
-    batch_size, device, precision:
-        How inference runs; ``precision`` is ``32-true`` or a ``*-mixed`` autocast mode.
+    batch_size, max_batch_tokens:
+        At most this many documents, and padded tokens, per batch (default budget: 4,096 tokens
+        on a CPU, 65,536 on a GPU; measured in BENCHMARKS.md).
+    device, precision:
+        Where and how inference runs: ``device`` is ``auto`` (None), ``cpu``, ``cuda`` or
+        ``cuda:N``; ``precision`` is ``auto`` (bf16 autocast where the hardware has native
+        bf16, else float32), ``32-true`` or a ``*-mixed`` autocast mode.
     int8:
-        Run an int8 copy of the model (:func:`gpt2clf.features.quantize_for_cpu_inference`):
+        Run an int8 copy of the model (:func:`gpt2clf.inference.quantize_for_cpu_inference`):
         CPU and ``32-true`` only; about 1.4x faster on an AVX2 CPU, probabilities move by ~0.01.
+    windowing:
+        How long documents are read (truncated, head and tail, or in chunks); default: the
+        first ``max_length`` tokens. A model folder records it.
+    fusion:
+        A TF-IDF model whose probabilities are mixed with the network's (recorded in the folder).
     """
 
-    def __init__(self, model: GPT2Classifier, tokenizer, *, max_length: int = 512, batch_size: int = 32,
-                 device: torch.device | str | None = None, precision: str = "32-true", int8: bool = False) -> None:
-        from gpt2clf.features import quantize_for_cpu_inference, use_fused_gelu
-
-        if device is None:
-            device = "cpu" if int8 else best_device()
-        self.device = torch.device(device)
-        if int8 and (self.device.type != "cpu" or precision not in ("32-true", "32")):
-            raise ConfigError(f"int8 inference runs on the CPU in float32 only, not on {self.device.type} "
-                              f"with precision {precision}; drop --int8 or use --device cpu")
+    def __init__(self, model: GPT2Classifier, tokenizer: Any, *, max_length: int = 512, batch_size: int = 64,
+                 max_batch_tokens: int | None = None, device: torch.device | str | None = None,
+                 precision: str = "auto", int8: bool = False, windowing: Windowing | None = None,
+                 fusion: Fusion | None = None) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ConfigError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
+        if int8 and device is not None and str(device) not in ("cpu", "auto"):
+            raise ConfigError(f"int8 inference runs on the CPU in float32 only, not on {device}; drop --int8 or "
+                              "use --device cpu")
+        self.device = resolve_device("cpu" if int8 else device)
+        if int8:
+            if precision not in ("auto", "32-true", "32"):
+                raise ConfigError(f"int8 inference runs on the CPU in float32 only, not on {self.device.type} "
+                                  f"with precision {precision}; drop --int8 or use --device cpu")
+            precision = "32-true"
+        self.precision = resolve_precision(precision, self.device)
         use_fused_gelu(model)  # the same function as GPT-2's Python GELU, in one kernel
         self.model = (quantize_for_cpu_inference(model) if int8 else model).to(self.device).eval()
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.windowing = windowing or Windowing(max_length)
+        self.max_length = self.windowing.max_length
+        self.fusion = fusion
         self.batch_size = batch_size
-        self.precision = precision
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type,
+                                                                             DEFAULT_BATCH_TOKENS["cpu"])
 
     @classmethod
-    def from_folder(cls, folder: str | Path, **kwargs) -> Predictor:
-        """Load a model folder written by training (weights, tokenizer and max length)."""
+    def from_folder(cls, folder: str | Path, **kwargs: Any) -> Predictor:
+        """Load a model folder written by training (weights, tokenizer and max length).
+
+        Keyword arguments are those of :class:`Predictor` (``device``, ``precision``, ...).
+        """
         model = GPT2Classifier.from_pretrained(folder)
         training = read_training_config(folder)
         try:
             tokenizer = load_tokenizer(str(folder), padding_side=training.get("padding_side", "right"))
         except ModelLoadError as err:
             raise ModelLoadError(f"model folder {folder} has no usable tokenizer files: {err}") from err
-        kwargs.setdefault("max_length", int(training.get("max_length", 512)))
+        kwargs.setdefault("windowing", Windowing.of(training))
+        kwargs.setdefault("fusion", Fusion.load(Path(folder)))
         return cls(model, tokenizer, **kwargs)
 
     @property
@@ -150,16 +156,26 @@ class Predictor:
         return list(self.model.spec.label_names)
 
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        """Float32 logits (N, num_labels) for ``texts``, in input order."""
-        token_lists = tokenize_texts(list(texts), self.tokenizer, self.max_length)
+        """The network's float32 logits (N, num_labels) for ``texts``, in input order (before any fusion)."""
+        token_lists = encode_documents(list(texts), self.tokenizer, self.windowing)
         return batched_logits(self.model, token_lists, batch_size=self.batch_size,
                               pad_token_id=self.tokenizer.pad_token_id,
                               padding_side=self.tokenizer.padding_side, device=self.device,
-                              precision=self.precision)
+                              precision=self.precision, max_batch_tokens=self.max_batch_tokens)
 
     def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
-        """Class probabilities (N, num_labels), rows summing to 1."""
-        return torch.softmax(self.logits(texts), dim=-1)
+        """Class probabilities (N, num_labels), rows summing to 1 (fused with TF-IDF when the model has it)."""
+        return self.component_probabilities(texts)["fused" if self.fusion is not None else "network"]
+
+    def component_probabilities(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``network`` probabilities, and with fusion also ``tfidf`` and ``fused`` ones (N, num_labels)."""
+        texts = list(texts)
+        network = torch.softmax(self.logits(texts), dim=-1)
+        if self.fusion is None:
+            return {"network": network}
+        tfidf = self.fusion.tfidf.predict_proba(texts)
+        fused = mix_probabilities(network.numpy(), tfidf, self.fusion.weight, self.fusion.mode)
+        return {"network": network, "tfidf": torch.from_numpy(tfidf), "fused": torch.from_numpy(fused).float()}
 
     def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per text, streaming ``chunk_size`` texts at a time."""

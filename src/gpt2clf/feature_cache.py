@@ -1,4 +1,4 @@
-"""Feature cache for a frozen backbone, and CPU inference helpers.
+"""Feature cache for a frozen backbone: run it once over a dataset, train many epochs from disk.
 
 With ``freeze="backbone"`` the backbone maps a document to the same hidden states in every
 epoch, so running it every step wastes most of each step (two thirds with the ``blog`` preset's
@@ -20,8 +20,9 @@ On-disk layout (one folder per cache key, under the cache root)::
     ROOT/<key>/offsets.bin   int64 (num_documents + 1,): document i is rows offsets[i]:offsets[i+1]
 
 A cache is written into ``ROOT/.<key>.<host>.<pid>.tmp`` and renamed into place only when
-complete, so a crash leaves a temporary folder that is never read (and is removed by a later
-run on the same host once its writer process is gone). The key hashes everything the stored
+complete, under a lock on the cache root (a second run computing the same cache waits for the
+first, then reads its result), so a crash leaves a temporary folder that is never read (and
+is removed by a later run on the same host once its writer process is gone). The key hashes everything the stored
 values depend on: the backbone's weights and config (only the frozen part), the tokenizer
 name, the exact token ids (which also capture ``max_length`` truncation), ``max_length``,
 the compute precision, the storage dtype, the split layer and :data:`FORMAT_VERSION`; so a
@@ -36,7 +37,7 @@ corpus at 512 tokens (6.8 M tokens) takes about 10 GB.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
 import json
 import logging
@@ -44,18 +45,20 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from gpt2clf.data import PaddingCollator, index_and_labels, length_sorted_batches
+from gpt2clf.batching import PaddingCollator, flatten_windows, index_and_labels, length_sorted_batches
+from gpt2clf.config import PADDING_SIDES
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_json
+from gpt2clf.inference import batched_inference, logits_in_input_order
 from gpt2clf.model import GPT2Classifier
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,35 @@ class FeatureDataset(Dataset):
         return state
 
 
+class WindowedFeatures(Dataset):
+    """Cached windows grouped back into documents (long documents cut into chunks).
+
+    ``windows`` is a :class:`FeatureDataset` with one entry per window, in document order;
+    ``window_counts[i]`` windows belong to document ``i``. Item ``i`` is
+    ``{"hidden_states": [float16 Tensor (T_w, width), ...], "labels": int, "index": i}``.
+    """
+
+    def __init__(self, windows: FeatureDataset, window_counts: Sequence[int], labels: Sequence[int] | None = None):
+        if sum(window_counts) != len(windows):
+            raise ValueError(f"{len(windows)} cached windows but the counts add up to {sum(window_counts)}")
+        self.windows = windows
+        self.starts = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
+        self.lengths = [sum(windows.lengths[self.starts[i]:self.starts[i + 1]]) for i in range(len(window_counts))]
+        self.labels = None if labels is None else [int(label) for label in labels]
+        self.start_layer = windows.start_layer
+        self.key = windows.key
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rows = range(int(self.starts[i]), int(self.starts[i + 1]))
+        item: dict[str, Any] = {"hidden_states": [self.windows[r]["hidden_states"] for r in rows], "index": i}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
 class FeatureCollator:
     """Pads :class:`FeatureDataset` items to the longest in the batch.
 
@@ -136,12 +168,13 @@ class FeatureCollator:
     """
 
     def __init__(self, padding_side: str = "right") -> None:
-        if padding_side not in ("right", "left"):
+        if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         self.padding_side = padding_side
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
-        states = [torch.as_tensor(f["hidden_states"]) for f in features]
+        rows, document_index = flatten_windows([f["hidden_states"] for f in features])
+        states = [torch.as_tensor(s) for s in rows]
         width = max((s.shape[0] for s in states), default=0)
         dim = states[0].shape[-1] if states else 0
         hidden = torch.zeros((len(states), width, dim), dtype=torch.float32)
@@ -151,7 +184,10 @@ class FeatureCollator:
             cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
             hidden[row, cols] = s.float()
             mask[row, cols] = 1
-        return {"hidden_states": hidden, "attention_mask": mask, **index_and_labels(features)}
+        batch = {"hidden_states": hidden, "attention_mask": mask, **index_and_labels(features)}
+        if document_index is not None:
+            batch["document_index"] = document_index
+        return batch
 
 
 # ------------------------------------------------------------------------------------------
@@ -182,10 +218,10 @@ def backbone_fingerprint(model: GPT2Classifier, start_layer: int | None = None) 
     digest = hashlib.sha256()
     digest.update(type(backbone).__name__.encode())
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    digest.update(f"position_ids_from_mask={model._pass_position_ids}".encode())
+    digest.update(model.adapter.describe_positions().encode())
     skipped: set[int] = set()
     if start_layer is not None:
-        top = list(model.backbone_layers())[start_layer:] + model._backbone_final_norms()
+        top = list(model.adapter.layers())[start_layer:] + model.adapter.final_norms()
         skipped = {id(t) for module in top for t in (*module.parameters(), *module.buffers())}
     seen: set[int] = set()
     for name, tensor in sorted(backbone.state_dict(keep_vars=True).items()):
@@ -246,6 +282,7 @@ def cached_features(
     max_length: int | None = None,
     train_top_layers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_batch_tokens: int | None = None,
 ) -> FeatureDataset:
     """The frozen backbone's hidden states for ``token_lists``: loaded from the cache, or computed once.
 
@@ -272,31 +309,35 @@ def cached_features(
         log.info("feature cache hit: %s", folder)
         return FeatureDataset(folder, labels)
     root.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_temporaries(root)
-    lengths = [len(tokens) for tokens in token_lists]
-    width = model.backbone_width
-    needed = 2 * width * sum(lengths) + 8 * (len(lengths) + 1)
-    free = shutil.disk_usage(root).free
-    if needed > free:
-        raise DataError(f"the feature cache needs {needed / 2**30:.1f} GiB but {root} has {free / 2**30:.1f} GiB "
-                        "free; set --cache-dir (or GPT2CLF_CACHE) elsewhere or train without feature_cache")
-    tmp = root / f".{key}.{socket.gethostname()}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        _compute_into(tmp, model, token_lists, lengths, width, batch_size=batch_size, device=torch.device(device),
-                      precision=precision, start_layer=start_layer, progress=progress)
-        meta = {**fields, "key": key, "width": width, "num_documents": len(lengths),
-                "num_tokens": int(sum(lengths)), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write_json(tmp / META_FILE, meta)  # last: a folder without it is incomplete
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if _read_meta(folder) is None:  # not another process having finished first
-                shutil.rmtree(folder, ignore_errors=True)
-                os.rename(tmp, folder)
-    finally:
+    # One writer at a time per cache root: a second run computing the same cache waits, then finds it complete.
+    with _exclusive_lock(root):
+        if _read_meta(folder) is not None:
+            log.info("feature cache hit (written by another run): %s", folder)
+            return FeatureDataset(folder, labels)
+        _remove_abandoned_temporaries(root)
+        lengths = [len(tokens) for tokens in token_lists]
+        width = model.backbone_width
+        needed = 2 * width * sum(lengths) + 8 * (len(lengths) + 1)
+        free = shutil.disk_usage(root).free
+        if needed > free:
+            raise DataError(f"the feature cache needs {needed / 2**30:.1f} GiB but {root} has "
+                            f"{free / 2**30:.1f} GiB free; set --cache-dir (or GPT2CLF_CACHE) elsewhere or "
+                            "train without feature_cache")
+        tmp = root / f".{key}.{socket.gethostname()}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            _compute_into(tmp, model, token_lists, lengths, width, batch_size=batch_size,
+                          device=torch.device(device), precision=precision, start_layer=start_layer,
+                          progress=progress, max_batch_tokens=max_batch_tokens)
+            meta = {**fields, "key": key, "width": width, "num_documents": len(lengths),
+                    "num_tokens": int(sum(lengths)), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            atomic_write_json(tmp / META_FILE, meta)  # last: a folder without it is incomplete
+            if folder.exists():  # an incomplete leftover (no writer holds the lock): never read, replace it
+                shutil.rmtree(folder, ignore_errors=True)
+            os.rename(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info("feature cache written: %s", folder)
     return FeatureDataset(folder, labels)
 
@@ -313,30 +354,33 @@ def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | N
 
 def _compute_into(folder: Path, model: GPT2Classifier, token_lists: Sequence[Sequence[int]], lengths: list[int],
                   width: int, *, batch_size: int, device: torch.device, precision: str,
-                  start_layer: int | None, progress: Callable[[int, int], None] | None) -> None:
-    from gpt2clf.prediction import inference_context  # imported here: prediction imports data, model
-
+                  start_layer: int | None, progress: Callable[[int, int], None] | None,
+                  max_batch_tokens: int | None = None) -> None:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     offsets.tofile(folder / OFFSETS_FILE)
     hidden = np.memmap(folder / HIDDEN_FILE, dtype=STORAGE_DTYPE, mode="w+", shape=(int(offsets[-1]), width))
-    batches = length_sorted_batches(lengths, batch_size)
     collate = PaddingCollator(pad_token_id=0, padding_side="right")  # the pad id is masked: any id will do
-    with inference_context(model, device, precision):
-        for done, indices in enumerate(batches, start=1):
-            batch = collate([{"input_ids": token_lists[i], "index": i} for i in indices])
-            states = model.backbone_hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                                  num_layers=start_layer)
-            states = states.float().cpu()
-            peak = float(states.abs().max()) if states.numel() else 0.0
-            if not peak <= _FP16_MAX:  # also catches NaN
-                raise DataError(f"backbone hidden states reach {peak:g}, beyond float16's range; "
-                                "the feature cache cannot store them (train without feature_cache)")
-            states = states.numpy().astype(STORAGE_DTYPE)
-            for row, i in enumerate(indices):
-                hidden[offsets[i]:offsets[i + 1]] = states[row, :lengths[i]]
-            if progress is not None:
-                progress(done, len(batches))
+
+    def run_batch(indices: list[int]) -> Tensor:
+        batch = collate([{"input_ids": token_lists[i], "index": i} for i in indices])
+        return model.backbone_hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                            num_layers=start_layer)
+
+    total = len(length_sorted_batches(lengths, batch_size, max_tokens=max_batch_tokens))
+    outputs = batched_inference(model, lengths, run_batch, device=device, precision=precision,
+                                batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    for done, (indices, states) in enumerate(outputs, start=1):
+        states = states.float().cpu()
+        peak = float(states.abs().max()) if states.numel() else 0.0
+        if not peak <= _FP16_MAX:  # also catches NaN
+            raise DataError(f"backbone hidden states reach {peak:g}, beyond float16's range; "
+                            "the feature cache cannot store them (train without feature_cache)")
+        rows = states.numpy().astype(STORAGE_DTYPE)
+        for row, i in enumerate(indices):
+            hidden[offsets[i]:offsets[i + 1]] = rows[row, :lengths[i]]
+        if progress is not None:
+            progress(done, total)
     hidden.flush()
     del hidden
     for name in (HIDDEN_FILE, OFFSETS_FILE):
@@ -356,6 +400,26 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return meta if sizes_ok else None
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock on the folder ``path`` (POSIX ``flock``; no lock file is left behind).
+
+    The kernel releases it when the holder dies, so a killed run never blocks the next. A no-op
+    where ``flock`` does not exist (the atomic rename still keeps readers from partial caches).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _remove_abandoned_temporaries(root: Path) -> None:
@@ -384,103 +448,30 @@ def _process_exists(pid: int) -> bool:
 # Using a cache
 # ------------------------------------------------------------------------------------------
 def logits_from_features(model: GPT2Classifier, hidden_states: Tensor, attention_mask: Tensor,
-                         start_layer: int | None = None) -> Tensor:
+                         start_layer: int | None = None, document_index: Tensor | None = None) -> Tensor:
     """Logits from a :class:`FeatureCollator` batch: the backbone's top layers (if any), then ours.
 
     ``start_layer`` is the dataset's :attr:`FeatureDataset.start_layer`; None when the cache
-    holds the backbone's final output.
+    holds the backbone's final output. ``document_index`` groups windows into documents.
     """
     if start_layer is not None:
         hidden_states = model.backbone_from_layer(hidden_states, attention_mask, start_layer)
-    return model.classify_hidden_states(hidden_states, attention_mask)
+    return model.classify_hidden_states(hidden_states, attention_mask, document_index)
 
 
-def feature_logits(model: GPT2Classifier, dataset: FeatureDataset, *, batch_size: int,
-                   device: torch.device | str = "cpu", precision: str = "32-true") -> Tensor:
+def feature_logits(model: GPT2Classifier, dataset: FeatureDataset | WindowedFeatures, *, batch_size: int,
+                   device: torch.device | str = "cpu", precision: str = "32-true",
+                   max_batch_tokens: int | None = None) -> Tensor:
     """Float32 logits (N, num_labels) of a cached dataset, in dataset order (eval mode, length-sorted batches)."""
-    from gpt2clf.prediction import inference_context
-
     device = torch.device(device)
     collate = FeatureCollator()
-    out = torch.empty(len(dataset), model.num_labels, dtype=torch.float32)
-    with inference_context(model, device, precision):
-        for indices in length_sorted_batches(dataset.lengths, batch_size):
-            batch = collate([dataset[i] for i in indices])
-            logits = logits_from_features(model, batch["hidden_states"].to(device),
-                                          batch["attention_mask"].to(device), dataset.start_layer)
-            out[batch["index"]] = logits.float().cpu()
-    return out
 
+    def run_batch(indices: list[int]) -> Tensor:
+        batch = collate([dataset[i] for i in indices])
+        document_index = batch.get("document_index")
+        return logits_from_features(model, batch["hidden_states"].to(device), batch["attention_mask"].to(device),
+                                    dataset.start_layer,
+                                    None if document_index is None else document_index.to(device))
 
-# ------------------------------------------------------------------------------------------
-# CPU inference
-# ------------------------------------------------------------------------------------------
-def quantize_for_cpu_inference(model: GPT2Classifier) -> GPT2Classifier:
-    """An int8 copy of ``model`` for CPU inference (dynamic quantization of the big matmuls).
-
-    GPT-2's projections are transformers ``Conv1D`` modules (``x @ W + b`` with ``W`` stored
-    transposed); they are first turned into equivalent ``nn.Linear`` layers, then every
-    Linear of the backbone and of our blocks gets int8 weights and per-batch int8
-    activations (``torch.ao.quantization.quantize_dynamic``, fbgemm/x86 kernels). The input
-    projection, pooler and head stay float32 (tiny, and closest to the logits). The
-    original model is not modified. The copy is for inference only (eval mode, CPU, float32
-    precision: not under bf16 autocast): it cannot be trained or saved with ``save_pretrained``.
-    On a 2-core AVX2 EPYC it runs
-    GPT-2 small about 1.5x faster; predictions move slightly, see BENCHMARKS.md.
-    """
-    import warnings
-
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-
-    quantized = copy.deepcopy(model).to("cpu").float().eval()
-    _conv1d_to_linear(quantized.backbone)
-    targets = {}
-    for prefix, module in (("backbone", quantized.backbone), ("blocks", quantized.blocks)):
-        for name, sub in module.named_modules():
-            if isinstance(sub, nn.Linear):
-                targets[f"{prefix}.{name}"] = default_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        return quantize_dynamic(quantized, targets, dtype=torch.qint8, inplace=True)
-
-
-def use_fused_gelu(model: nn.Module) -> int:
-    """Swap transformers' Python tanh-GELU (``NewGELUActivation``, GPT-2's ``gelu_new``) for PyTorch's kernel.
-
-    ``nn.GELU(approximate="tanh")`` computes the same function (outputs agree to float
-    rounding) in one kernel instead of seven elementwise ops, and keeps one tensor for the
-    backward pass instead of several: GPT-2 small training at 16 x 512 on CPU peaks at
-    ~7 GB instead of ~9.5 GB (micro-batches of 4). Returns how many modules were replaced;
-    the model has no new parameters, so saving and loading are unaffected.
-    """
-    try:
-        from transformers.activations import NewGELUActivation
-    except ImportError:  # pragma: no cover - other transformers layouts
-        return 0
-    replaced = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is NewGELUActivation:
-                setattr(module, name, nn.GELU(approximate="tanh"))
-                replaced += 1
-    return replaced
-
-
-def _conv1d_to_linear(module: nn.Module) -> None:
-    """Replace transformers' ``Conv1D`` (weight (in, out)) by the equivalent ``nn.Linear`` (weight (out, in))."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - other transformers layouts
-        return
-    for name, child in list(module.named_children()):
-        if isinstance(child, Conv1D):
-            n_in, n_out = child.weight.shape
-            linear = nn.Linear(n_in, n_out, bias=child.bias is not None)
-            with torch.no_grad():
-                linear.weight.copy_(child.weight.t())
-                if child.bias is not None:
-                    linear.bias.copy_(child.bias)
-            setattr(module, name, linear)
-        else:
-            _conv1d_to_linear(child)
-
+    return logits_in_input_order(model, dataset.lengths, run_batch, device=device, precision=precision,
+                                 batch_size=batch_size, max_batch_tokens=max_batch_tokens)

@@ -1,25 +1,25 @@
-"""Datasets, tokenization and batching.
+"""Corpora: labelled text from 20 Newsgroups or a file, split into train, validation and test.
 
-Everything between a file on disk and a padded batch of token ids lives here:
+Text enters gpt2clf here and leaves as :class:`TextDataset` objects (texts, integer labels,
+label names); tokenization is the next stage (:mod:`gpt2clf.batching`).
 
 * :func:`load_20newsgroups` reads the 20 Newsgroups "bydate" corpus from a local archive or
   folder (or scikit-learn's download cache) and gives exactly what
   :func:`sklearn.datasets.fetch_20newsgroups` gives: same texts, order and label names.
 * :func:`load_labelled_file` reads a CSV, TSV or JSONL file of labelled text.
 * :func:`load_dataset_splits` turns either into train and test :class:`TextDataset`\\ s plus a
-  JSON-able ``source`` that :func:`splits_from_source` can rebuild them from later.
-* :func:`load_tokenizer`, :func:`tokenize_texts`, :class:`TokenizedDataset`,
-  :class:`PaddingCollator`, :class:`LengthGroupedSampler` and :func:`length_sorted_batches`
-  turn texts into batches that waste little compute on padding.
-* :func:`dataset_stats` and :func:`plot_dataset_stats` describe a dataset.
+  JSON-able ``source`` (absolute paths) that :func:`splits_from_source` can rebuild them from later.
+* :func:`splits_for` gives the train, validation and test sets a :class:`~gpt2clf.config.Config`
+  names: the seeded validation carve-out, then the sample limits. Training and evaluation
+  both go through it, so they always see the same documents.
 
-Nothing here prints or exits: user mistakes raise :class:`~gpt2clf.errors.DataError` (or
-:class:`~gpt2clf.errors.ModelLoadError` for tokenizers) with a one-line message, and
-recoverable oddities (skipped empty rows, replaced bytes) are reported as :class:`DataWarning`.
+Nothing here prints or exits: user mistakes raise :class:`~gpt2clf.errors.DataError` with a
+one-line message, and recoverable oddities (skipped empty rows, replaced bytes) are reported
+as :class:`DataWarning`.
 
 Example::
 
-    >>> from gpt2clf.data import load_dataset_splits, load_tokenizer, tokenize_texts
+    >>> from gpt2clf.corpora import load_dataset_splits
     >>> splits = load_dataset_splits(data_dir="../shared/data/20news-bydate.tar.gz")  # doctest: +SKIP
     >>> len(splits.train), len(splits.test), len(splits.label_names)  # doctest: +SKIP
     (11314, 7532, 20)
@@ -27,13 +27,11 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import csv
 import functools
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import tarfile
@@ -46,36 +44,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Sampler
 
-from gpt2clf.errors import DataError, ModelLoadError
-from gpt2clf.files import atomic_write_bytes
+from gpt2clf.config import STRIP_CHOICES
+from gpt2clf.errors import DataError, first_line
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from gpt2clf.config import Config
 
 __all__ = [
     "DataWarning",
     "DatasetSplits",
-    "DatasetStats",
-    "LengthGroupedSampler",
-    "PaddingCollator",
+    "SplitSets",
     "TextDataset",
-    "TokenizedDataset",
-    "dataset_stats",
-    "index_and_labels",
     "iter_text_column",
-    "length_sorted_batches",
+    "labelled_texts",
     "load_20newsgroups",
     "load_dataset_splits",
     "load_labelled_file",
-    "load_tokenizer",
-    "plot_dataset_stats",
+    "splits_for",
     "splits_from_source",
     "stratified_split",
     "stratified_subset",
-    "tokenize_texts",
 ]
 
 
@@ -132,18 +121,11 @@ class DatasetSplits:
 
 NEWS_ARCHIVE_NAME = "20news-bydate.tar.gz"
 NEWS_FOLDERS = {"train": "20news-bydate-train", "test": "20news-bydate-test"}
-STRIP_PARTS = ("headers", "footers", "quotes")  # the order in which scikit-learn applies them
 # (texts, labels, label names) as immutable tuples, safe to share from an lru_cache
 _RawSplit = tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]
 # (texts, labels, label names) in load_files order; read-only once cached
 _Unshuffled = tuple[list[str], list[int], list[str]]
 _NEWS_HINT = "pass --data-dir (or set GPT2CLF_20NG) to a local 20news-bydate.tar.gz or its extracted folder"
-
-
-def _first_line(err: BaseException) -> str:
-    """An exception as one short line, for embedding in one-line error messages."""
-    lines = str(err).strip().splitlines()
-    return (lines[0] if lines else type(err).__name__)[:200]
 
 
 def load_20newsgroups(subset: str, data_dir: str | Path | None = None,
@@ -190,10 +172,10 @@ def load_20newsgroups(subset: str, data_dir: str | Path | None = None,
 def _normalise_strip(strip: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(strip, str):  # a lone "headers" is a common slip for ("headers",)
         strip = [strip]
-    unknown = [part for part in strip if part not in STRIP_PARTS]
+    unknown = [part for part in strip if part not in STRIP_CHOICES]
     if unknown:
-        raise DataError(f"strip accepts {', '.join(STRIP_PARTS)}; got {unknown[0]!r}")
-    return tuple(part for part in STRIP_PARTS if part in strip)
+        raise DataError(f"strip accepts {', '.join(STRIP_CHOICES)}; got {unknown[0]!r}")
+    return tuple(part for part in STRIP_CHOICES if part in strip)
 
 
 def _resolve_news_source(data_dir: str | Path | None) -> tuple[str, Path]:
@@ -244,7 +226,7 @@ def _read_news_folder(folder: Path) -> _Unshuffled:
     try:
         bunch = load_files(str(folder), encoding="latin1")
     except OSError as err:
-        raise DataError(f"cannot read 20 Newsgroups folder {folder} ({_first_line(err)}); "
+        raise DataError(f"cannot read 20 Newsgroups folder {folder} ({first_line(err)}); "
                         f"{_NEWS_HINT}") from err
     if not len(bunch.data):
         raise DataError(f"{folder} holds no newsgroup folders with posts; {_NEWS_HINT}")
@@ -278,7 +260,7 @@ def _read_news_archive(path: str, size: int, mtime_ns: int) -> dict[str, _Unshuf
                     handle = tar.extractfile(member)
                     files[subset][(parts[1], parts[2])] = handle.read() if handle else b""
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise DataError(f"{path} is not a readable 20 Newsgroups archive ({_first_line(err)}); "
+        raise DataError(f"{path} is not a readable 20 Newsgroups archive ({first_line(err)}); "
                         f"{_NEWS_HINT}") from err
     missing = [f"{NEWS_FOLDERS[s]}/" for s in NEWS_FOLDERS if not files[s]]
     if missing:
@@ -303,7 +285,7 @@ def _fetch_news_online(subset: str, strip: tuple[str, ...]) -> _RawSplit:
     try:
         bunch = fetch_20newsgroups(subset=subset, remove=strip)
     except OSError as err:  # URLError, timeouts, SSL errors and HTTP errors are all OSErrors
-        raise DataError(f"downloading 20 Newsgroups failed ({_first_line(err)}); {_NEWS_HINT}") from err
+        raise DataError(f"downloading 20 Newsgroups failed ({first_line(err)}); {_NEWS_HINT}") from err
     return tuple(bunch.data), tuple(int(t) for t in bunch.target), tuple(bunch.target_names)
 
 
@@ -456,7 +438,7 @@ class _RowReader:
                 yield f"row {count} (line {reader.line_num})", row[text_at], label
         except csv.Error as err:
             raise DataError(f"{path}: malformed {kind} at line {reader.line_num}: "
-                            f"{_first_line(err)}") from err
+                            f"{first_line(err)}") from err
         if header is None:
             raise DataError(f"{path} is empty; expected a header row naming the columns "
                             f"({', '.join(map(repr, wanted))})")
@@ -587,6 +569,41 @@ def load_dataset_splits(
     return DatasetSplits(train=train, test=test, label_names=list(label_names), source=source)
 
 
+def labelled_texts(texts: Sequence[str], labels: Sequence[Any], *, test_texts: Sequence[str] | None = None,
+                   test_labels: Sequence[Any] | None = None,
+                   label_names: Sequence[str] | None = None) -> DatasetSplits:
+    """Splits from texts and labels held in memory (for :func:`gpt2clf.training.fit`).
+
+    Labels may be of any type; they are named by ``str(label)``. ``label_names`` fixes the
+    classes and their order (default: the distinct training labels, sorted as strings).
+    Without a test set the test split is empty (a run then reports no test figures).
+
+    Raises:
+        DataError: lengths that differ, fewer than two classes, or a label outside ``label_names``.
+    """
+    if isinstance(texts, str) or (test_texts is not None and isinstance(test_texts, str)):
+        raise DataError("texts must be a sequence of strings, not a single string")
+    if len(texts) != len(labels):
+        raise DataError(f"got {len(texts)} texts but {len(labels)} labels")
+    if (test_texts is None) != (test_labels is None):
+        raise DataError("give test_texts and test_labels together")
+    names = [str(n) for n in label_names] if label_names is not None else sorted({str(y) for y in labels})
+    if len(names) < 2:
+        raise DataError(f"the labels have {len(names)} distinct value(s); classification needs at least 2")
+    index = {name: i for i, name in enumerate(names)}
+
+    def encode(values: Sequence[Any]) -> list[int]:
+        unknown = sorted({str(y) for y in values} - set(index))
+        if unknown:
+            raise DataError(f"label(s) {', '.join(map(repr, unknown[:5]))} are not among the classes "
+                            f"{', '.join(map(repr, names[:10]))}")
+        return [index[str(y)] for y in values]
+
+    train = TextDataset([str(t) for t in texts], encode(labels), list(names))
+    test = TextDataset([str(t) for t in test_texts or []], encode(test_labels or []), list(names))
+    return DatasetSplits(train=train, test=test, label_names=list(names), source={"kind": "memory"})
+
+
 def splits_from_source(source: dict[str, Any]) -> DatasetSplits:
     """Rebuild the splits described by a :attr:`DatasetSplits.source` (e.g. saved with a model).
 
@@ -616,6 +633,9 @@ def splits_from_source(source: dict[str, Any]) -> DatasetSplits:
                 warnings.warn(DataWarning(f"{splits.source[f'{key}_file']} changed since it was recorded "
                                           "with the model; results may not be comparable"), stacklevel=2)
         return splits
+    if kind == "memory":
+        raise DataError("the model was trained on texts given in memory; point evaluate at data with "
+                        "--train-file/--test-file (or --data-dir for 20 Newsgroups)")
     raise DataError(f"unknown dataset source kind {kind!r}; expected '20newsgroups' or 'file'")
 
 
@@ -652,7 +672,7 @@ def stratified_split(ds: TextDataset, ratio: float, seed: int) -> tuple[TextData
         except ValueError:  # e.g. fewer held-out places than classes
             rest, held = train_test_split(indices, test_size=ratio, random_state=seed)
     except ValueError as err:
-        raise DataError(f"cannot hold out {ratio:g} of {len(ds)} documents ({_first_line(err)}); "
+        raise DataError(f"cannot hold out {ratio:g} of {len(ds)} documents ({first_line(err)}); "
                         "use another ratio or more data") from err
     return ds.subset(sorted(rest.tolist())), ds.subset(sorted(held.tolist()))
 
@@ -677,398 +697,46 @@ def stratified_subset(ds: TextDataset, n: int | None, seed: int) -> TextDataset:
 
 
 # ---------------------------------------------------------------------------------------
-# Tokenization
+# The splits a Config names
 # ---------------------------------------------------------------------------------------
 
 
-def load_tokenizer(name_or_path: str, padding_side: str = "right") -> PreTrainedTokenizerBase:
-    """A Hugging Face tokenizer with a pad token and the requested padding side.
+@dataclass
+class SplitSets:
+    """The train, validation and test sets of a run, and where they came from."""
 
-    A tokenizer without a pad token (GPT-2) gets ``pad_token = eos_token``. Loaded
-    tokenizers are cached per (name, side); each call returns its own copy, so changing
-    one does not change another.
+    train: TextDataset
+    validation: TextDataset
+    test: TextDataset
+    label_names: list[str]
+    source: dict[str, Any] = field(default_factory=dict)
 
-    Raises:
-        ModelLoadError: the name is neither a local tokenizer folder nor on the Hub, or the
-            tokenizer has neither a pad nor an end-of-text token.
+    def split(self, name: str) -> TextDataset:
+        """``train``, ``validation`` or ``test`` by name."""
+        if name not in ("train", "validation", "test"):
+            raise DataError(f"unknown split {name!r}; choose train, validation or test")
+        return getattr(self, name)
+
+
+def splits_for(config: Config, splits: DatasetSplits | None = None) -> SplitSets:
+    """The train, validation and test sets of a run with ``config``.
+
+    The dataset (``splits``, or the one ``config`` names) keeps its own test split; a
+    seeded, stratified ``validation_ratio`` share of its training split is held out for
+    validation; then ``max_train_samples`` and ``max_eval_samples`` subsample (stratified,
+    seeded). The same config always gives the same documents.
     """
-    if padding_side not in ("right", "left"):
-        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-    local = Path(name_or_path).expanduser()
-    key = str(local.resolve()) if local.exists() else name_or_path
-    return copy.deepcopy(_load_tokenizer_cached(key, padding_side))
-
-
-@functools.lru_cache(maxsize=8)
-def _load_tokenizer_cached(name_or_path: str, padding_side: str) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        reason = _first_line(err)
-        if Path(name_or_path).is_dir():
-            raise ModelLoadError(
-                f"tokenizer folder {name_or_path} could not be loaded ({reason}); it needs tokenizer.json "
-                "or vocab.json+merges.txt (save_pretrained writes them), or pass another --tokenizer"
-            ) from err
-        raise ModelLoadError(
-            f"tokenizer {name_or_path!r} was not found as a local folder or on the Hugging Face Hub "
-            f"({reason}); pass --tokenizer PATH to a folder with tokenizer.json or vocab.json+merges.txt"
-        ) from err
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ModelLoadError(f"tokenizer {name_or_path!r} has neither a pad nor an end-of-text token; "
-                                 "use a tokenizer that defines one")
-        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; padding is masked anyway
-    tokenizer.padding_side = padding_side
-    return tokenizer
-
-
-def tokenize_texts(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int,
-                   batch_size: int = 1000) -> list[list[int]]:
-    """Token ids per text, truncated to ``max_length``, without padding.
-
-    Special tokens are those the tokenizer adds by default (none for GPT-2). Guarantee:
-    every result has at least one token; a text that tokenizes to nothing (the empty
-    string) gets ``[tokenizer.eos_token_id]`` (or the pad token id without an eos token).
-    Texts with lone surrogates are encoded with those replaced by ``?``. Texts are
-    encoded ``batch_size`` at a time with the fast tokenizer's batch call.
-    """
-    if isinstance(texts, str):
-        raise TypeError("tokenize_texts takes a sequence of texts, not a single string")
-    if max_length < 1:
-        raise ValueError(f"max_length must be at least 1, got {max_length}")
-    filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-    out: list[list[int]] = []
-    for batch in _encode_batches(texts, tokenizer, batch_size, truncation=True, max_length=max_length):
-        for ids in batch:
-            if not ids:
-                if filler is None:
-                    raise ValueError("a text gave no tokens and the tokenizer has no eos or pad token")
-                ids = [filler]
-            out.append(list(ids))
-    return out
-
-
-def _token_lengths(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
-                   batch_size: int = 1000) -> list[int]:
-    """Untruncated token count per text (0 for texts that give no tokens)."""
-    return [len(ids) for batch in _encode_batches(texts, tokenizer, batch_size, truncation=False)
-            for ids in batch]
-
-
-def _encode_batches(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, batch_size: int,
-                    **kwargs: Any) -> Iterator[list[list[int]]]:
-    for start in range(0, len(texts), batch_size):
-        batch = [text if isinstance(text, str) else str(text) for text in texts[start:start + batch_size]]
-        call = dict(add_special_tokens=True, padding=False, return_attention_mask=False,
-                    return_token_type_ids=False, verbose=False, **kwargs)  # verbose=False: no length warnings
-        try:
-            encoded = tokenizer(batch, **call)
-        except TypeError:
-            # The Rust tokenizer rejects strings holding lone surrogates; replace those.
-            batch = [text.encode("utf-8", "replace").decode("utf-8") for text in batch]
-            encoded = tokenizer(batch, **call)
-        yield encoded["input_ids"]
-
-
-class TokenizedDataset(Dataset):
-    """Token id lists (and optionally labels) as a map-style dataset.
-
-    Item ``i`` is ``{"input_ids": list[int], "labels": int, "index": i}`` (``labels`` only
-    when given). ``lengths`` holds every item's token count, for length-aware samplers.
-    """
-
-    def __init__(self, input_ids: list[list[int]], labels: Sequence[int] | None = None) -> None:
-        if labels is not None and len(labels) != len(input_ids):
-            raise ValueError(f"TokenizedDataset got {len(input_ids)} token lists but {len(labels)} labels")
-        self.input_ids = input_ids
-        self.labels = None if labels is None else [int(label) for label in labels]
-        self.lengths: list[int] = [len(ids) for ids in input_ids]
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"input_ids": self.input_ids[i], "index": i}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        return item
-
-
-class PaddingCollator:
-    """Pads a list of :class:`TokenizedDataset` items to the longest one in the batch.
-
-    Returns long tensors ``input_ids`` (B x longest), ``attention_mask`` (1 for real tokens,
-    0 for padding), ``index`` and, when the items have them, ``labels``. Padding goes on
-    the right or the left (``padding_side``).
-    """
-
-    def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-        if pad_token_id is None:
-            raise ValueError("pad_token_id is None; load the tokenizer with load_tokenizer() "
-                             "to get a pad token")
-        self.pad_token_id = int(pad_token_id)
-        self.padding_side = padding_side
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sequences = [torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in features]
-        width = max((len(s) for s in sequences), default=0)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            n = len(seq)
-            if n == 0:
-                continue
-            cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
-            input_ids[row, cols] = seq
-            attention_mask[row, cols] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, **index_and_labels(features)}
-
-
-def index_and_labels(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The ``index`` (and, when present, ``labels``) tensors that every collator carries along."""
-    batch = {"index": torch.tensor([int(f["index"]) for f in features], dtype=torch.long)}
-    if features and "labels" in features[0]:
-        batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
-    return batch
-
-
-class LengthGroupedSampler(Sampler[int]):
-    """Dataset indices for ``DataLoader(batch_size=batch_size, sampler=...)``, grouped by length.
-
-    The order is a pure function of ``(seed, epoch)`` (a ``torch.Generator`` seeded with
-    ``seed + epoch``; the global RNG is never touched), so a resumed run replays it.
-
-    * ``shuffle`` and ``group_by_length``: shuffle all indices, cut them into megabatches of
-      ``batch_size * megabatch_factor``, sort each megabatch by length (longest first), cut
-      it into batches and shuffle the order of the batches. A short last batch stays last,
-      so the DataLoader's cuts fall exactly on the grouped batches.
-    * ``shuffle`` only: a plain random permutation.
-    * ``group_by_length`` only (evaluation): longest first, ties in index order, the order
-      of :func:`length_sorted_batches`.
-    * neither: the identity order.
-
-    Distributed (``num_replicas > 1``): the sampler is rank-aware itself (turn off
-    Lightning's sampler replacement). The list is padded by repeating indices (like
-    ``DistributedSampler``), or trimmed with ``drop_last``, to a multiple of
-    ``num_replicas * batch_size``; whole batches then go round-robin to the ranks, so every
-    rank sees the same number of full, length-homogeneous batches. With one replica and no
-    ``drop_last`` every index appears exactly once. ``len()`` is this rank's index count.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
-                 group_by_length: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 drop_last: bool = False, megabatch_factor: int = 50) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if megabatch_factor < 1:
-            raise ValueError(f"megabatch_factor must be at least 1, got {megabatch_factor}")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
-        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.group_by_length = group_by_length
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.drop_last = drop_last
-        self.megabatch_factor = megabatch_factor
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order the next iteration yields."""
-        self.epoch = int(epoch)
-
-    def _total_size(self) -> int:
-        n, chunk = len(self.lengths), self.num_replicas * self.batch_size
-        if self.drop_last:
-            return n // chunk * chunk
-        if self.num_replicas > 1:
-            return math.ceil(n / chunk) * chunk
-        return n
-
-    def __len__(self) -> int:
-        return self._total_size() // self.num_replicas
-
-    def batches(self) -> list[list[int]]:
-        """This rank's batches for the current epoch, in order."""
-        n, total, size = len(self.lengths), self._total_size(), self.batch_size
-        if total == 0:
-            return []
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        if total > n:  # pad by repeating from the start, like DistributedSampler
-            order = order.repeat(math.ceil(total / n))
-        order = order[:total]
-        if self.shuffle and self.group_by_length:
-            megabatch = size * self.megabatch_factor
-            chunks: list[torch.Tensor] = []
-            for start in range(0, total, megabatch):
-                mega = order[start:start + megabatch]
-                by_length = torch.sort(self.lengths[mega], descending=True, stable=True).indices
-                chunks.extend(mega[by_length].split(size))
-            # Only the very last batch can be short; keep it last so DataLoader batches align.
-            tail = [chunks.pop()] if len(chunks[-1]) < size else []
-            chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()] + tail
-        else:
-            if self.group_by_length:  # deterministic evaluation order: longest first
-                order = order[torch.sort(self.lengths[order], descending=True, stable=True).indices]
-            chunks = list(order.split(size))
-        return [chunk.tolist() for chunk in chunks[self.rank::self.num_replicas]]
-
-    def __iter__(self) -> Iterator[int]:
-        return (i for batch in self.batches() for i in batch)
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices sorted by length (longest first, ties in input order), cut into batches.
-
-    For evaluation and prediction: similar lengths share a batch, so little is padded.
-    Callers put the results back in input order (e.g. via the batches' ``index``).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # sorted() is stable
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-# ---------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------
-
-
-class DatasetStats(dict):
-    """The JSON-able statistics dict of :func:`dataset_stats`, plus the raw token lengths.
-
-    ``lengths`` (split name -> untruncated token count per document) is an attribute, not a
-    key, so ``json.dumps(stats)`` stays small while :func:`plot_dataset_stats` can still
-    draw histograms. A plain ``dict(stats)`` copy drops it.
-    """
-
-    def __init__(self, *args: Any, lengths: dict[str, list[int]] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lengths: dict[str, list[int]] = lengths or {}
-
-
-def dataset_stats(splits: DatasetSplits, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetStats:
-    """Class balance and token lengths of the train and test splits.
-
-    Keys: ``num_classes``, ``label_names``, ``max_length``, ``tokenizer`` (its name or
-    path), ``source`` and ``splits.<train|test>`` with ``documents``, ``per_class`` (label
-    name -> count, every label) and ``tokens`` = ``{mean, min, p50, p90, p99, max,
-    over_max_length}``. Token counts are measured without truncation (special tokens
-    included); ``over_max_length`` is the share of documents longer than ``max_length``.
-    The raw lengths are in the result's ``lengths`` attribute (see :class:`DatasetStats`).
-    """
-    stats = DatasetStats(
-        num_classes=len(splits.label_names),
+    if splits is None:
+        splits = load_dataset_splits(
+            train_file=config.train_file, test_file=config.test_file, text_column=config.text_column,
+            label_column=config.label_column, data_dir=config.data_dir, strip=config.strip,
+            test_ratio=config.test_ratio, seed=config.seed,
+        )
+    train, validation = stratified_split(splits.train, config.validation_ratio, config.seed)
+    return SplitSets(
+        train=stratified_subset(train, config.max_train_samples, config.seed),
+        validation=stratified_subset(validation, config.max_eval_samples, config.seed),
+        test=stratified_subset(splits.test, config.max_eval_samples, config.seed),
         label_names=list(splits.label_names),
-        max_length=max_length,
-        tokenizer=str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
         source=splits.source,
-        splits={},
     )
-    for name, ds in (("train", splits.train), ("test", splits.test)):
-        lengths = _token_lengths(ds.texts, tokenizer)
-        stats.lengths[name] = lengths
-        counts = Counter(ds.labels)
-        array = np.asarray(lengths, dtype=np.int64)
-        if len(array):
-            p50, p90, p99 = (float(v) for v in np.percentile(array, [50, 90, 99]))
-            tokens = {"mean": float(array.mean()), "min": int(array.min()), "p50": p50, "p90": p90,
-                      "p99": p99, "max": int(array.max()),
-                      "over_max_length": float((array > max_length).mean())}
-        else:
-            tokens = {"mean": 0.0, "min": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0,
-                      "over_max_length": 0.0}
-        stats["splits"][name] = {
-            "documents": len(ds),
-            "per_class": {label: counts.get(i, 0) for i, label in enumerate(splits.label_names)},
-            "tokens": tokens,
-        }
-    return stats
-
-
-_MAX_PLOTTED_CLASSES = 50
-
-
-def plot_dataset_stats(stats: dict[str, Any], path: str | Path) -> None:
-    """Write one PNG: documents per class (left) and token-length histograms (right).
-
-    ``stats`` is what :func:`dataset_stats` returned; the histograms need its ``lengths``
-    attribute (a :class:`DatasetStats`) and are replaced by a note without it. The length
-    axis is logarithmic with a dashed line at ``max_length``. With more than 50 classes only
-    the 50 largest are drawn. Rendering uses matplotlib's Agg canvas without touching
-    pyplot's global state, and the file is written atomically.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import ScalarFormatter
-
-    split_names = list(stats["splits"])
-    names = list(stats["label_names"])
-    totals = {label: sum(stats["splits"][s]["per_class"].get(label, 0) for s in split_names)
-              for label in names}
-    shown = names
-    if len(names) > _MAX_PLOTTED_CLASSES:
-        largest = set(sorted(names, key=lambda x: -totals[x])[:_MAX_PLOTTED_CLASSES])
-        shown = [label for label in names if label in largest]
-    height = max(5.0, 0.32 * len(shown) + 2.0)
-    fig = Figure(figsize=(16, height), layout="constrained")
-    bars, hist = fig.subplots(1, 2, width_ratios=[1.15, 1])
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-
-    y = np.arange(len(shown))
-    width = 0.8 / max(1, len(split_names))
-    for k, split in enumerate(split_names):
-        info = stats["splits"][split]
-        counts = [info["per_class"].get(label, 0) for label in shown]
-        bars.barh(y - 0.4 + width * (k + 0.5), counts, height=width, color=colors[k % len(colors)],
-                  label=f"{split} ({info['documents']:,} docs)")
-    bars.set_yticks(y, shown, fontsize=9)
-    bars.set_ylim(len(shown) - 0.5, -0.5)  # first class on top
-    bars.set_xlabel("documents")
-    extra = f" (largest {len(shown)} of {len(names)})" if len(shown) < len(names) else ""
-    bars.set_title(f"Documents per class{extra}")
-    bars.legend(loc="lower right")
-    bars.grid(axis="x", alpha=0.3)
-
-    max_length = int(stats["max_length"])
-    lengths = getattr(stats, "lengths", {}) or {}
-    if lengths:
-        present = [v for v in lengths.values() if v]
-        low = max(1, min([min(v) for v in present] + [max_length]))
-        peak = max([max(v) for v in present] + [max_length, low + 1])
-        bins = np.geomspace(low / 1.1, peak * 1.1, 60)
-        for k, split in enumerate(split_names):
-            values = np.maximum(np.asarray(lengths.get(split, []), dtype=np.int64), 1)
-            if not len(values):
-                continue
-            over = stats["splits"][split]["tokens"]["over_max_length"]
-            median = stats["splits"][split]["tokens"]["p50"]
-            hist.hist(values, bins=bins, histtype="stepfilled", alpha=0.45, color=colors[k % len(colors)],
-                      edgecolor=colors[k % len(colors)],
-                      label=f"{split}: median {median:,.0f}, {over:.1%} > {max_length}")
-        hist.axvline(max_length, color="black", linestyle="--", linewidth=1.2,
-                     label=f"max_length = {max_length}")
-        hist.set_xscale("log")
-        hist.xaxis.set_major_formatter(ScalarFormatter())
-        hist.set_xlabel("tokens per document (untruncated, log scale)")
-        hist.set_ylabel("documents")
-        hist.legend(loc="upper right")
-        hist.grid(alpha=0.3)
-    else:
-        hist.text(0.5, 0.5, "token lengths not available", ha="center", va="center", transform=hist.transAxes)
-        hist.set_axis_off()
-    tokenizer_name = Path(str(stats.get("tokenizer", ""))).name or "tokenizer"
-    hist.set_title(f"Tokens per document ({tokenizer_name})")
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-

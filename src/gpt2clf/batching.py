@@ -1,0 +1,453 @@
+"""Tokens and batches: tokenizer loading, tokenized datasets, collators and samplers.
+
+Texts (from :mod:`gpt2clf.corpora`) become token id lists (:func:`tokenize_texts`), then
+padded batches that waste little compute on padding:
+
+* :class:`TokenizedDataset` holds token id lists (and labels);
+* :class:`PaddingCollator` pads a batch to its own longest document, left or right, with an
+  attention mask;
+* :class:`LengthGroupedSampler` (training) groups documents of similar length while still
+  shuffling, reproducibly from ``(seed, epoch)``, rank-aware for DDP;
+* :func:`length_sorted_batches` (evaluation and prediction) sorts by length and cuts batches.
+
+Nothing here prints or exits: a tokenizer that cannot be loaded raises
+:class:`~gpt2clf.errors.ModelLoadError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from gpt2clf.config import LONG_DOCUMENT_CHOICES, PADDING_SIDES
+from gpt2clf.errors import ModelLoadError, first_line
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "LengthGroupedSampler",
+    "PaddingCollator",
+    "TokenizedDataset",
+    "Windowing",
+    "encode_documents",
+    "flatten_windows",
+    "index_and_labels",
+    "length_sorted_batches",
+    "load_tokenizer",
+    "token_lengths",
+    "tokenize_texts",
+]
+
+
+def load_tokenizer(name_or_path: str, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """A Hugging Face tokenizer with a pad token and the requested padding side.
+
+    A tokenizer without a pad token (GPT-2) gets ``pad_token = eos_token``. Loaded
+    tokenizers are cached per (name, side); each call returns its own copy, so changing
+    one does not change another.
+
+    Raises:
+        ModelLoadError: the name is neither a local tokenizer folder nor on the Hub, or the
+            tokenizer has neither a pad nor an end-of-text token.
+    """
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    local = Path(name_or_path).expanduser()
+    key = str(local.resolve()) if local.exists() else name_or_path
+    return copy.deepcopy(_load_tokenizer_cached(key, padding_side))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer_cached(name_or_path: str, padding_side: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        reason = first_line(err)
+        if Path(name_or_path).is_dir():
+            raise ModelLoadError(
+                f"tokenizer folder {name_or_path} could not be loaded ({reason}); it needs tokenizer.json "
+                "or vocab.json+merges.txt (save_pretrained writes them), or pass another --tokenizer"
+            ) from err
+        raise ModelLoadError(
+            f"tokenizer {name_or_path!r} was not found as a local folder or on the Hugging Face Hub "
+            f"({reason}); pass --tokenizer PATH to a folder with tokenizer.json or vocab.json+merges.txt"
+        ) from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer {name_or_path!r} has neither a pad nor an end-of-text token; "
+                                 "use a tokenizer that defines one")
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; padding is masked anyway
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def tokenize_texts(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                   batch_size: int = 1000) -> list[list[int]]:
+    """Token ids per text, truncated to ``max_length``, without padding.
+
+    Special tokens are those the tokenizer adds by default (none for GPT-2). Guarantee:
+    every result has at least one token; a text that tokenizes to nothing (the empty
+    string) gets ``[tokenizer.eos_token_id]`` (or the pad token id without an eos token).
+    Texts with lone surrogates are encoded with those replaced by ``?``. Texts are
+    encoded ``batch_size`` at a time with the fast tokenizer's batch call.
+    """
+    if isinstance(texts, str):
+        raise TypeError("tokenize_texts takes a sequence of texts, not a single string")
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    out: list[list[int]] = []
+    for batch in _encode_batches(texts, tokenizer, batch_size, truncation=True, max_length=max_length):
+        for ids in batch:
+            if not ids:
+                if filler is None:
+                    raise ValueError("a text gave no tokens and the tokenizer has no eos or pad token")
+                ids = [filler]
+            out.append(list(ids))
+    return out
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How documents become model inputs: one window of at most ``max_length`` tokens, or several.
+
+    * ``truncate``: the first ``max_length`` tokens;
+    * ``head-tail``: the first quarter and the last three quarters of ``max_length`` (the end of
+      a post often names its topic again: signatures, closing questions);
+    * ``chunks``: overlapping windows of ``max_length`` tokens every ``stride`` tokens (default
+      7/8 of ``max_length``), at most ``max_chunks`` of them; when more would be needed the
+      windows are spread evenly from the first token to the last, so the whole document is seen.
+
+    Each window gets the tokenizer's special tokens (BERT's [CLS] ... [SEP]; none for GPT-2).
+    """
+
+    max_length: int
+    mode: str = "truncate"
+    stride: int | None = None
+    max_chunks: int = 8
+
+    def __post_init__(self) -> None:
+        if self.mode not in LONG_DOCUMENT_CHOICES:
+            raise ValueError(f"long-document mode must be one of {', '.join(LONG_DOCUMENT_CHOICES)}; "
+                             f"got {self.mode!r}")
+        if self.max_length < 1 or self.max_chunks < 1 or (self.stride is not None and self.stride < 1):
+            raise ValueError("max_length, max_chunks and stride must be at least 1")
+
+    @classmethod
+    def of(cls, settings: Any) -> Windowing:
+        """The windowing a :class:`~gpt2clf.config.Config` (or its recorded dict) describes."""
+        get = settings.get if isinstance(settings, dict) else lambda name, default=None: getattr(settings, name)
+        return cls(int(get("max_length", 512)), str(get("long_documents", "truncate") or "truncate"),
+                   get("chunk_stride", None), int(get("max_chunks", 8) or 8))
+
+    @property
+    def windowed(self) -> bool:
+        """Whether a document may become several windows (its items are lists of windows)."""
+        return self.mode == "chunks"
+
+
+def encode_documents(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing,
+                     batch_size: int = 1000) -> list[list[int]] | list[list[list[int]]]:
+    """Token ids per document under ``windowing``: a token list each, or (``chunks``) a list of windows each.
+
+    ``truncate`` gives exactly :func:`tokenize_texts`. Every window has at least one token.
+    """
+    if windowing.mode == "truncate":
+        return tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)
+    if isinstance(texts, str):
+        raise TypeError("encode_documents takes a sequence of texts, not a single string")
+    prefix, suffix = special_tokens_around(tokenizer)
+    body = windowing.max_length - len(prefix) - len(suffix)
+    if body < 2:
+        raise ValueError(f"max_length {windowing.max_length} leaves no room beside "
+                         f"{len(prefix) + len(suffix)} special tokens")
+    filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+
+    def finish(ids: list[int]) -> list[int]:
+        return [*prefix, *ids, *suffix] or [filler]
+
+    out: list[Any] = []
+    for batch in _encode_batches(texts, tokenizer, batch_size, truncation=False, add_special_tokens=False):
+        for ids in batch:
+            ids = list(ids)
+            if windowing.mode == "head-tail":
+                head = body // 4
+                out.append(finish(ids if len(ids) <= body else ids[:head] + ids[len(ids) - (body - head):]))
+            else:
+                out.append([finish(ids[start:start + body]) for start in window_starts(len(ids), body, windowing)])
+    return out
+
+
+def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after one sequence (BERT: [CLS], [SEP]; GPT-2: none).
+
+    Read off by encoding a probe text with and without them, so it works for any tokenizer
+    whose single-sequence template wraps the text.
+    """
+    probe = "hello world"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start]), list(full[start + len(plain):])
+    return [], []
+
+
+def window_starts(n: int, body: int, windowing: Windowing) -> list[int]:
+    """Where the windows of an ``n``-token document start (``body`` tokens each, special tokens aside)."""
+    if n <= body:
+        return [0]
+    stride = windowing.stride or max(1, body - body // 8)
+    needed = math.ceil((n - body) / stride) + 1
+    if needed <= windowing.max_chunks:
+        return [min(i * stride, n - body) for i in range(needed)]
+    count = windowing.max_chunks
+    if count == 1:
+        return [0]
+    return [round(i * (n - body) / (count - 1)) for i in range(count)]
+
+
+def token_count(item: list[int] | list[list[int]]) -> int:
+    """Tokens of one encoded document: a token list, or the sum over its windows."""
+    return sum(len(w) for w in item) if item and isinstance(item[0], list) else len(item)
+
+
+def token_lengths(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
+                   batch_size: int = 1000) -> list[int]:
+    """Untruncated token count per text (0 for texts that give no tokens)."""
+    return [len(ids) for batch in _encode_batches(texts, tokenizer, batch_size, truncation=False)
+            for ids in batch]
+
+
+def _encode_batches(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, batch_size: int,
+                    **kwargs: Any) -> Iterator[list[list[int]]]:
+    kwargs.setdefault("add_special_tokens", True)
+    for start in range(0, len(texts), batch_size):
+        batch = [text if isinstance(text, str) else str(text) for text in texts[start:start + batch_size]]
+        call = dict(padding=False, return_attention_mask=False, return_token_type_ids=False, verbose=False,
+                    **kwargs)  # verbose=False: no length warnings
+        try:
+            encoded = tokenizer(batch, **call)
+        except TypeError:
+            # The Rust tokenizer rejects strings holding lone surrogates; replace those.
+            batch = [text.encode("utf-8", "replace").decode("utf-8") for text in batch]
+            encoded = tokenizer(batch, **call)
+        yield encoded["input_ids"]
+
+
+class TokenizedDataset(Dataset):
+    """Token id lists (and optionally labels) as a map-style dataset.
+
+    Item ``i`` is ``{"input_ids": list[int], "labels": int, "index": i}`` (``labels`` only
+    when given). ``lengths`` holds every item's token count, for length-aware samplers.
+    """
+
+    def __init__(self, input_ids: list[list[int]], labels: Sequence[int] | None = None) -> None:
+        if labels is not None and len(labels) != len(input_ids):
+            raise ValueError(f"TokenizedDataset got {len(input_ids)} token lists but {len(labels)} labels")
+        self.input_ids = input_ids
+        self.labels = None if labels is None else [int(label) for label in labels]
+        self.lengths: list[int] = [token_count(ids) for ids in input_ids]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"input_ids": self.input_ids[i], "index": i}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+class PaddingCollator:
+    """Pads a list of :class:`TokenizedDataset` items to the longest one in the batch.
+
+    Returns long tensors ``input_ids`` (B x longest), ``attention_mask`` (1 for real tokens,
+    0 for padding), ``index`` and, when the items have them, ``labels``. Padding goes on
+    the right or the left (``padding_side``).
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
+        if padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is None; load the tokenizer with load_tokenizer() "
+                             "to get a pad token")
+        self.pad_token_id = int(pad_token_id)
+        self.padding_side = padding_side
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        windows, document_index = flatten_windows([f["input_ids"] for f in features])
+        sequences = [torch.as_tensor(w, dtype=torch.long).reshape(-1) for w in windows]
+        width = max((len(s) for s in sequences), default=0)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            n = len(seq)
+            if n == 0:
+                continue
+            cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
+            input_ids[row, cols] = seq
+            attention_mask[row, cols] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, **index_and_labels(features)}
+        if document_index is not None:
+            batch["document_index"] = document_index
+        return batch
+
+
+def flatten_windows(items: Sequence[Any]) -> tuple[list[Any], torch.Tensor | None]:
+    """Rows of a batch from its documents, and which document each row belongs to.
+
+    Items that are lists of windows (long documents cut into chunks) become one row per window
+    with a ``document_index`` tensor; single sequences stay one row each, with None.
+    """
+    if not items or not _is_windowed(items[0]):
+        return list(items), None
+    rows = [window for item in items for window in item]
+    owners = [doc for doc, item in enumerate(items) for _ in item]
+    return rows, torch.tensor(owners, dtype=torch.long)
+
+
+def _is_windowed(item: Any) -> bool:
+    if isinstance(item, torch.Tensor):
+        return False
+    return bool(len(item)) and isinstance(item[0], (list, tuple, torch.Tensor)) and not isinstance(item[0], int)
+
+
+def index_and_labels(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The ``index`` (and, when present, ``labels``) tensors that every collator carries along."""
+    batch = {"index": torch.tensor([int(f["index"]) for f in features], dtype=torch.long)}
+    if features and "labels" in features[0]:
+        batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+    return batch
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Dataset indices for ``DataLoader(batch_size=batch_size, sampler=...)``, grouped by length.
+
+    The order is a pure function of ``(seed, epoch)`` (a ``torch.Generator`` seeded with
+    ``seed + epoch``; the global RNG is never touched), so a resumed run replays it.
+
+    * ``shuffle`` and ``group_by_length``: shuffle all indices, cut them into megabatches of
+      ``batch_size * megabatch_factor``, sort each megabatch by length (longest first), cut
+      it into batches and shuffle the order of the batches. A short last batch stays last,
+      so the DataLoader's cuts fall exactly on the grouped batches.
+    * ``shuffle`` only: a plain random permutation.
+    * ``group_by_length`` only (evaluation): longest first, ties in index order, the order
+      of :func:`length_sorted_batches`.
+    * neither: the identity order.
+
+    Distributed (``num_replicas > 1``): the sampler is rank-aware itself (turn off
+    Lightning's sampler replacement). The list is padded by repeating indices (like
+    ``DistributedSampler``), or trimmed with ``drop_last``, to a multiple of
+    ``num_replicas * batch_size``; whole batches then go round-robin to the ranks, so every
+    rank sees the same number of full, length-homogeneous batches. With one replica and no
+    ``drop_last`` every index appears exactly once. ``len()`` is this rank's index count.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
+                 group_by_length: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 drop_last: bool = False, megabatch_factor: int = 50) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if megabatch_factor < 1:
+            raise ValueError(f"megabatch_factor must be at least 1, got {megabatch_factor}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
+        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_last = drop_last
+        self.megabatch_factor = megabatch_factor
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def _total_size(self) -> int:
+        n, chunk = len(self.lengths), self.num_replicas * self.batch_size
+        if self.drop_last:
+            return n // chunk * chunk
+        if self.num_replicas > 1:
+            return math.ceil(n / chunk) * chunk
+        return n
+
+    def __len__(self) -> int:
+        return self._total_size() // self.num_replicas
+
+    def batches(self) -> list[list[int]]:
+        """This rank's batches for the current epoch, in order."""
+        n, total, size = len(self.lengths), self._total_size(), self.batch_size
+        if total == 0:
+            return []
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        if total > n:  # pad by repeating from the start, like DistributedSampler
+            order = order.repeat(math.ceil(total / n))
+        order = order[:total]
+        if self.shuffle and self.group_by_length:
+            megabatch = size * self.megabatch_factor
+            chunks: list[torch.Tensor] = []
+            for start in range(0, total, megabatch):
+                mega = order[start:start + megabatch]
+                by_length = torch.sort(self.lengths[mega], descending=True, stable=True).indices
+                chunks.extend(mega[by_length].split(size))
+            # Only the very last batch can be short; keep it last so DataLoader batches align.
+            tail = [chunks.pop()] if len(chunks[-1]) < size else []
+            chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()] + tail
+        else:
+            if self.group_by_length:  # deterministic evaluation order: longest first
+                order = order[torch.sort(self.lengths[order], descending=True, stable=True).indices]
+            chunks = list(order.split(size))
+        return [chunk.tolist() for chunk in chunks[self.rank::self.num_replicas]]
+
+    def __iter__(self) -> Iterator[int]:
+        return (i for batch in self.batches() for i in batch)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, *,
+                          max_tokens: int | None = None) -> list[list[int]]:
+    """Indices sorted by length (longest first, ties in input order), cut into batches.
+
+    For evaluation and prediction: similar lengths share a batch, so little is padded.
+    A batch holds at most ``batch_size`` documents and, with ``max_tokens``, at most that
+    many padded tokens (documents x its longest); a document longer than ``max_tokens``
+    gets a batch of its own. Callers put the results back in input order (e.g. via the
+    batches' ``index``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # sorted() is stable
+    if max_tokens is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Longest first: the batch's first document sets its padded width.
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) >= batch_size or (len(current) + 1) * max(width, 1) > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

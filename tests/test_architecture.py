@@ -1,0 +1,149 @@
+"""The package's shape: imports go one way, entry points are importable lazily, and the
+inference commands never need Lightning."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "src" / "gpt2clf"
+
+
+def package_imports() -> dict[str, set[str]]:
+    """module -> the gpt2clf modules it imports anywhere (top level, inside functions, under TYPE_CHECKING)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        name = path.stem
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gpt2clf"):
+                target = node.module.split(".")
+                if len(target) > 1:
+                    found.add(target[1])
+                else:  # from gpt2clf import x: x is a module or a lazily exported name
+                    found.update(alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists())
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("gpt2clf."):
+                        found.add(alias.name.split(".")[1])
+        found.discard(name)
+        graph[name] = found
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_among_package_modules() -> None:
+    graph = package_imports()
+    assert {"cli", "config", "corpora", "batching", "backbone", "model", "inference", "training"} <= set(graph)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_cycle_finder_finds_a_planted_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_layers_import_only_downward() -> None:
+    """The data flows one way: the model knows nothing of training or the CLI; data code no model."""
+    graph = package_imports()
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    assert not reaches("model") & {"training", "cli", "prediction", "evaluation", "feature_cache", "inference"}
+    assert not reaches("corpora") & {"batching", "model", "backbone", "training", "cli"}
+    assert not reaches("batching") & {"model", "backbone", "training", "cli"}
+    assert "training" not in reaches("evaluation") | reaches("prediction")
+    assert all("cli" not in reaches(name) for name in graph if name != "cli")
+    matplotlib_users = [p.stem for p in PACKAGE.glob("*.py") if "matplotlib" in p.read_text(encoding="utf-8")
+                        and p.stem != "plots"]
+    assert matplotlib_users == []
+
+
+def run_python(code: str, *, env_extra: dict[str, str] | None = None, cwd: Path | None = None
+               ) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+
+
+def test_entry_points_import_lazily() -> None:
+    code = ("import sys, gpt2clf\n"
+            "assert 'torch' not in sys.modules\n"
+            "from gpt2clf import Config, GPT2Classifier, Predictor, fit, train\n"
+            "assert callable(fit) and callable(train) and Config().epochs >= 1\n"
+            "print(GPT2Classifier.__module__, Predictor.__module__)\n")
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["gpt2clf.model", "gpt2clf.prediction"]
+
+
+def test_help_imports_no_torch() -> None:
+    code = ("import sys\nfrom gpt2clf.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)\n")
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("False")
+
+
+@pytest.fixture()
+def no_lightning(tmp_path: Path) -> Path:
+    """A folder that, first on PYTHONPATH, makes ``import lightning`` fail."""
+    for name in ("lightning", "pytorch_lightning"):
+        package = tmp_path / name
+        package.mkdir()
+        (package / "__init__.py").write_text(f"raise ImportError('{name} is blocked for this test')\n")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_run_without_lightning(no_lightning: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "eval.csv"
+    data.write_text("text,label\n" + "".join(f"sample text {i},{'abc'[i % 3]}\n" for i in range(12)),
+                    encoding="utf-8")
+    code = ("import sys\nfrom gpt2clf.cli import main\n"
+            f"rc = main(['predict', {str(tiny_model_dir)!r}, '--json', 'hello world'])\n"
+            "assert rc == 0, rc\n"
+            f"rc = main(['evaluate', {str(tiny_model_dir)!r}, '--train-file', {str(data)!r}, '--json'])\n"
+            "assert rc == 0, rc\n"
+            "assert not any(m == 'lightning' or m.startswith('lightning.') for m in sys.modules)\n"
+            "print('OK')\n")
+    path = os.pathsep.join([str(no_lightning), os.environ.get("PYTHONPATH", "")])
+    result = run_python(code, env_extra={"PYTHONPATH": path, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "OK"
+    blocked = run_python("import lightning", env_extra={"PYTHONPATH": path})
+    assert blocked.returncode != 0 and "blocked for this test" in blocked.stderr

@@ -1,0 +1,159 @@
+"""Long documents (truncate, head-tail, chunks) and TF-IDF fusion, on data the tests generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2clf import Config, fit
+from gpt2clf.batching import PaddingCollator, TokenizedDataset, Windowing, encode_documents, window_starts
+from gpt2clf.cli import main
+from gpt2clf.corpora import labelled_texts
+from gpt2clf.prediction import Predictor
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = REPO.parent / "shared" / "gpt2-tokenizer"
+FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at", "by"]
+KEYWORDS = {"space": "rocket", "sport": "football", "music": "guitar"}
+
+
+def late_keyword_texts(n: int, seed: int, lead: int = 24) -> tuple[list[str], list[str]]:
+    """The class keyword comes after ``lead`` filler words (GPT-2 tokens: one each) and before a few more."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = list(KEYWORDS)[i % 3]
+        words = [*rng.choices(FILLER, k=lead), KEYWORDS[label], *rng.choices(FILLER, k=3)]
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def small_config(backbone: Path, **changes) -> Config:
+    """A random tiny GPT-2 learns keywords fastest frozen (its token states differ per token) with
+    attention pooling: our block and head train from the feature cache in seconds."""
+    values = dict(backbone=str(backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=8, batch_size=16,
+                  freeze="backbone", head_learning_rate=1e-2, n_embed=32, n_heads=2, n_blocks=1,
+                  pooling="attention", precision="32-true", warmup_ratio=0.0, seed=0)
+    values.update(changes)
+    return Config(**values)
+
+
+def test_windows_cover_the_whole_document_with_special_tokens(tokenizer) -> None:
+    windowing = Windowing(max_length=8, mode="chunks", max_chunks=4)
+    text = " ".join(["word"] * 20)  # 20 tokens
+    (windows,) = encode_documents([text], tokenizer, windowing)
+    assert [len(w) for w in windows] == [8, 8, 8]  # starts 0, 7, 12: stride 7, the last one ends at the end
+    assert window_starts(20, 8, windowing) == [0, 7, 12]
+    assert window_starts(100, 8, windowing) == [0, 31, 61, 92]  # capped: spread evenly, first to last token
+    assert encode_documents(["short one"], tokenizer, windowing) == [[tokenizer("short one")["input_ids"]]]
+    head_tail = encode_documents([" ".join(str(i) for i in range(40))], tokenizer, Windowing(8, "head-tail"))[0]
+    assert len(head_tail) == 8 and tokenizer.decode(head_tail).split() == ["0", "1", "34", "35", "36", "37", "38",
+                                                                            "39"]
+
+
+def test_collated_windows_carry_their_document() -> None:
+    dataset = TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]], labels=[0, 1])
+    assert dataset.lengths == [5, 1]
+    batch = PaddingCollator(pad_token_id=0)([dataset[0], dataset[1]])
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0], [6, 0, 0]]
+    assert batch["document_index"].tolist() == [0, 0, 1]
+    assert batch["labels"].tolist() == [0, 1] and batch["index"].tolist() == [0, 1]
+
+
+@pytest.mark.slow
+def test_chunks_read_what_truncation_cannot(tiny_backbone: Path) -> None:
+    texts, labels = late_keyword_texts(240, seed=0)
+    test_texts, test_labels = late_keyword_texts(60, seed=1)
+    data = labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels)
+    truncated = fit(small_config(tiny_backbone, long_documents="truncate"), data)
+    chunked = fit(small_config(tiny_backbone, long_documents="chunks", max_chunks=3), data)
+    # The keyword sits after token 24 and windows hold 16 tokens: truncation never sees it.
+    assert truncated.metrics["test"]["accuracy"] <= 0.5, truncated.metrics  # chance: 1/3
+    assert chunked.metrics["test"]["accuracy"] >= 0.9, chunked.metrics
+    assert chunked.model.spec.chunk_aggregation == "mean"
+
+
+@pytest.mark.slow
+def test_attention_over_chunks_trains_and_predicts_per_document(tiny_backbone: Path, tmp_path: Path) -> None:
+    texts, labels = late_keyword_texts(240, seed=2)
+    test_texts, test_labels = late_keyword_texts(30, seed=3)
+    data = labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels)
+    result = fit(small_config(tiny_backbone, long_documents="chunks", chunk_aggregation="attention"), data)
+    assert result.metrics["test"]["accuracy"] >= 0.8, result.metrics
+    result.save(tmp_path / "model")
+    predictor = Predictor.from_folder(tmp_path / "model", precision="32-true")
+    assert predictor.windowing.mode == "chunks"
+    alone = torch.cat([predictor.predict_proba([t]) for t in test_texts[:4]])
+    together = predictor.predict_proba(test_texts[:4])  # windows of several documents in one batch
+    torch.testing.assert_close(alone, together, atol=1e-5, rtol=0)
+    # Training scored the test set from float16-cached backbone states; the predictor runs the backbone.
+    torch.testing.assert_close(together, result.test_probabilities[:4], atol=2e-3, rtol=0)
+
+
+def write_csv(path: Path, texts: list[str], labels: list[str]) -> Path:
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True)),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fused_chunked_model(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained through the CLI with chunks and TF-IDF fusion; its folder."""
+    folder = tmp_path_factory.mktemp("fused")
+    texts, labels = late_keyword_texts(300, seed=4)
+    csv = write_csv(folder / "train.csv", texts, labels)
+    args = ["train", "--train-file", str(csv), "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER),
+            "--max-length", "16", "--long-documents", "chunks", "--fusion", "tfidf", "--epochs", "2",
+            "--freeze", "backbone", "--head-learning-rate", "1e-2", "--n-embed", "32", "--n-heads", "2",
+            "--n-blocks", "1", "--pooling", "attention",
+            "--precision", "32-true", "--no-progress", "--output", str(folder / "run")]
+    assert main(args) == 0
+    return folder / "run" / "model"
+
+
+@pytest.mark.slow
+def test_fused_chunked_models_evaluate_and_predict_without_flags(fused_chunked_model: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = json.loads((fused_chunked_model.parent / "metrics.json").read_text())
+    assert 0.0 <= metrics["fusion"]["weight"] <= 1.0
+    assert metrics["fusion"]["mode"] in ("probabilities", "log-probabilities")
+    assert (fused_chunked_model / "fusion" / "tfidf.npz").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", str(fused_chunked_model), "--json", "--precision", "32-true"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["components"]) == {"network", "tfidf"}
+    assert result["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
+    # TF-IDF alone reads every word, the keyword included: it is the strong part here.
+    assert result["components"]["tfidf"]["accuracy"] >= 0.9
+    text = " ".join(["the"] * 30 + ["guitar"])
+    assert main(["predict", str(fused_chunked_model), "--json", text]) == 0
+    prediction = json.loads(capsys.readouterr().out)
+    assert prediction["label"] == "music"
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_fused_model_folder_loads_with_pickle_blocked(fused_chunked_model: Path) -> None:
+    code = (
+        "import pickle, sys\n"
+        "def blocked(*args, **kwargs):\n"
+        "    raise RuntimeError('pickle is blocked')\n"
+        "pickle.load = pickle.loads = blocked\n"
+        "pickle.Unpickler = type('BlockedUnpickler', (pickle.Unpickler,), {'load': blocked})\n"
+        "from gpt2clf.prediction import Predictor\n"
+        f"predictor = Predictor.from_folder({str(fused_chunked_model)!r}, precision='32-true')\n"
+        "assert predictor.fusion is not None\n"
+        "print(predictor.predict_proba(['the the the rocket']).argmax().item())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "1"  # label order: music, space, sport
