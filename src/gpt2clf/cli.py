@@ -208,10 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: MODEL_DIR/model.onnx, where 'gpt2clf export' writes it)")
 
     export = commands.add_parser("export", help="write a model folder as an ONNX file (checked against PyTorch)",
-                                 description="Export to ONNX with dynamic batch and sequence dims (inputs input_ids "
-                                 "and attention_mask, int64 [batch, seq]; output logits [batch, labels]; labels, "
-                                 "max_length and padding side in the file's metadata). The file is kept only if "
-                                 "ONNX Runtime's probabilities match PyTorch's within 1e-3 on sample texts.",
+                                 description="Export to ONNX with dynamic batch and sequence dims: inputs input_ids\n"
+                                 "and attention_mask (int64 [batch, seq]), output logits ([batch, labels]); labels,\n"
+                                 "max_length and padding side in the file's metadata. The file is kept only if ONNX\n"
+                                 "Runtime's probabilities match PyTorch's within 1e-3 on sample texts.",
                                  epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     export.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     export.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
