@@ -225,7 +225,7 @@ def copy_with_config(model_dir: Path, dest: Path, **config: object) -> Path:
 
 
 @pytest.fixture
-def bad_inputs(tiny_model_dir: Path, tmp_path: Path) -> dict[str, list[str]]:
+def bad_inputs(tiny_model_dir: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     chunked = copy_with_config(tiny_model_dir, tmp_path / "chunked", long_documents="chunks")
     fused = copy_with_config(tiny_model_dir, tmp_path / "fused", fusion="tfidf")
     no_onnx = copy_with_config(tiny_model_dir, tmp_path / "plain")
