@@ -5,6 +5,7 @@ Commands::
     gpt2clf train     fine-tune a classifier and write a run folder
     gpt2clf evaluate  score a saved model folder on a labelled split
     gpt2clf predict   classify new text with a saved model folder
+    gpt2clf export    write a model folder as an ONNX file (checked against PyTorch)
     gpt2clf data stats  documents, classes and token lengths of a dataset
 
 Exit codes: 0 success, 2 a user error (one message on stderr, no traceback unless
@@ -74,6 +75,17 @@ examples:
   gpt2clf predict runs/20ng/model --input corpus.jsonl --text-column body --json > predictions.jsonl
   # faster on a CPU: an int8 copy of the model (probabilities move by about 0.01)
   gpt2clf predict runs/20ng/model --input corpus.jsonl --int8 --json > predictions.jsonl
+  # through ONNX Runtime, with the file 'gpt2clf export' wrote (default MODEL_DIR/model.onnx)
+  gpt2clf predict runs/20ng/model --runtime onnx --input corpus.jsonl --json > predictions.jsonl
+"""
+
+EXPORT_EXAMPLES = """\
+examples:
+  # writes runs/20ng/model/model.onnx, the default of 'predict --runtime onnx'
+  gpt2clf export runs/20ng/model --format onnx
+  gpt2clf export runs/20ng/model --format onnx --output deploy/20ng.onnx --json
+  # also check parity on your own texts (besides the built-in samples)
+  gpt2clf export runs/20ng/model --check-texts "GPU drivers for X11?" "The Bruins won 3-2"
 """
 
 INT8_HELP = ("CPU only: run an int8 copy of the model (dynamic quantization), about 1.4x faster; "
@@ -201,6 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default=None, help=DEVICE_HELP)
     predict.add_argument("--precision", default="auto", help=PRECISION_HELP)
     predict.add_argument("--int8", action="store_true", help=INT8_HELP)
+    predict.add_argument("--runtime", default="torch", metavar="{torch,onnx}",
+                         help="torch, or onnx: ONNX Runtime on the CPU with an exported file (default: torch)")
+    predict.add_argument("--onnx-model", metavar="PATH", help="the ONNX file for --runtime onnx "
+                         "(default: MODEL_DIR/model.onnx, where 'gpt2clf export' writes it)")
+
+    export = commands.add_parser("export", help="write a model folder as an ONNX file (checked against PyTorch)",
+                                 description="Export to ONNX with dynamic batch and sequence dims: inputs input_ids\n"
+                                 "and attention_mask (int64 [batch, seq]), output logits ([batch, labels]); labels,\n"
+                                 "max_length and padding side in the file's metadata. The file is kept only if ONNX\n"
+                                 "Runtime's probabilities match PyTorch's within 1e-3 on sample texts.",
+                                 epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    export.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    export.add_argument("--format", default="onnx", metavar="{onnx}", help="the export format (default: onnx)")
+    export.add_argument("--output", "-o", metavar="FILE.onnx", help="where to write (default: MODEL_DIR/model.onnx)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or more (default: 18)")
+    export.add_argument("--check-texts", nargs="+", default=[], metavar="TEXT",
+                        help="more texts to check parity on, besides the built-in samples")
+    export.add_argument("--json", action="store_true", help="print the export report as JSON")
 
     data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
                                                                                metavar="SUBCOMMAND", required=True)
@@ -331,16 +362,23 @@ def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from gpt2clf.prediction import Predictor
-
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
-    predictor = Predictor.from_folder(args.model_dir, batch_size=args.batch_size, device=args.device,
-                                      precision=args.precision, int8=args.int8)
+    if args.runtime == "onnx":
+        predictor: Any = onnx_predictor(args)
+    elif args.runtime == "torch":
+        from gpt2clf.prediction import Predictor
+
+        if args.onnx_model:
+            raise UserError("--onnx-model needs --runtime onnx")
+        predictor = Predictor.from_folder(args.model_dir, batch_size=args.batch_size, device=args.device,
+                                          precision=args.precision, int8=args.int8)
+    else:
+        raise UserError(f"unknown --runtime {args.runtime!r}; choose torch or onnx")
     pending: collections.deque[str] = collections.deque()  # ids of documents read but not yet printed
 
     def texts() -> Iterator[str]:
@@ -355,6 +393,28 @@ def command_predict(args: argparse.Namespace) -> int:
         else:
             ranked = "  ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
             print(f"{doc_id}\t{prediction.label}\t{ranked}")
+    return 0
+
+
+def onnx_predictor(args: argparse.Namespace) -> Any:
+    """The OnnxPredictor for ``predict --runtime onnx`` (CPU, float32 unless the file says otherwise)."""
+    from gpt2clf.onnx_runtime import OnnxPredictor, import_onnxruntime
+
+    import_onnxruntime()  # first: without it, say how to install it whatever else is wrong
+    if args.int8:
+        raise UserError("--int8 quantizes the torch model; with --runtime onnx drop it")
+    if args.device not in (None, "cpu"):
+        raise UserError(f"--runtime onnx runs on the CPU; drop --device {args.device}")
+    return OnnxPredictor.from_folder(args.model_dir, args.onnx_model, batch_size=args.batch_size)
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from gpt2clf.export import EXPORT_FORMATS, export_onnx
+
+    if args.format not in EXPORT_FORMATS:
+        raise UserError(f"unknown export --format {args.format!r}; supported: {', '.join(EXPORT_FORMATS)}")
+    report = export_onnx(args.model_dir, args.output, opset=args.opset, check_texts=args.check_texts)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
 
 
@@ -380,7 +440,8 @@ def command_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict}
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict,
+            "export": command_export}
 
 
 def quiet_libraries() -> None:
