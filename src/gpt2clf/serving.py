@@ -61,10 +61,11 @@ try:
     import uvicorn
     from fastapi import Body, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+    from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 except ImportError as err:  # pragma: no cover - exercised by a test that hides fastapi
@@ -135,8 +136,16 @@ class ClassifyRequest(BaseModel):
 
     texts: list[StrictStr] = Field(min_length=1, description="Documents to classify, one result each in order. "
                                    "At most the server's max_texts, each at most max_text_chars characters (413).")
-    top_k: StrictInt = Field(3, ge=1, description="Ranked labels per text; more than the number of labels "
-                             "returns all of them.")
+    top_k: int = Field(3, ge=1, description="Ranked labels per text; more than the number of labels "
+                       "returns all of them.")
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def whole_number(cls, value: Any) -> Any:
+        # JSON Schema's "integer" includes 3.0, so it is accepted; "3" and true are not numbers.
+        if isinstance(value, (str, bool)):
+            raise ValueError("top_k must be a whole number, not a string or a boolean")
+        return value
 
 
 class TextPrediction(BaseModel):
@@ -493,13 +502,16 @@ class ModelService:
         self.metadata = read_model_metadata(self.folder)
         self.model_name = settings.model_name or default_model_name(self.folder)
         self.metrics = ServiceMetrics()
-        # One thread: the model is not re-entrant, and on a CPU one call already uses every core.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpt2clf-model")
-        self.batcher = MicroBatcher(self.predict_batch, executor=self.executor, settings=settings,
-                                    metrics=self.metrics)
+        self.executor, self.batcher = self.new_worker()
         self.ready = False
         self.load_error: str | None = None
         self.startup_task: asyncio.Task | None = None
+
+    def new_worker(self) -> tuple[ThreadPoolExecutor, MicroBatcher]:
+        # One thread: the model is not re-entrant, and on a CPU one call already uses every core.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpt2clf-model")
+        return executor, MicroBatcher(self.predict_batch, executor=executor, settings=self.settings,
+                                      metrics=self.metrics)
 
     # --- runs on the model thread ---
     def load_and_warm_up(self) -> None:
@@ -515,8 +527,13 @@ class ModelService:
 
     # --- runs on the event loop ---
     async def start(self) -> None:
+        if self.batcher.closing:  # the app was started and stopped before (test clients do that)
+            self.executor, self.batcher = self.new_worker()
         self.batcher.start()
-        self.startup_task = asyncio.get_running_loop().create_task(self.warm_up(), name="gpt2clf-warm-up")
+        if self.predictor is not None:  # loaded already: warm up before taking requests (about a second)
+            await self.warm_up()
+        else:  # load in the background; /healthz answers meanwhile and /readyz says 503
+            self.startup_task = asyncio.get_running_loop().create_task(self.warm_up(), name="gpt2clf-load")
 
     async def warm_up(self) -> None:
         try:
@@ -573,10 +590,11 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
     """A FastAPI app serving a :class:`~gpt2clf.prediction.Predictor` or a model folder.
 
     A folder is checked at once (a missing one raises :class:`ModelLoadError`) and loaded in
-    the background with ``Predictor.from_folder(folder, **predictor_kwargs)``; ``/readyz``
-    answers 503 until it is loaded and warmed up. The model loads when the app starts
-    (its lifespan), e.g. inside ``with TestClient(app):`` or under uvicorn. With a ready
-    ``Predictor``, ``model_dir`` names its folder, whose ``config.json`` feeds ``/v1/model``.
+    the background when the app starts (its lifespan: inside ``with TestClient(app):`` or
+    under uvicorn) with ``Predictor.from_folder(folder, **predictor_kwargs)``; ``/readyz``
+    answers 503 until it is loaded and warmed up. A ``Predictor`` is warmed up during
+    startup instead, so the app takes requests ready; ``model_dir`` then names its folder,
+    whose ``config.json`` feeds ``/v1/model``.
 
     Example::
 
@@ -687,6 +705,19 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
+    def openapi_with_limits() -> dict[str, Any]:
+        # The limits are this server's settings, so the schema states them too (answered with 413).
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            texts = schema["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
+            texts["maxItems"] = settings.max_texts
+            texts["items"]["maxLength"] = settings.max_text_chars
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_limits  # type: ignore[method-assign]
+
     known_routes = {route.path for route in app.routes if hasattr(route, "path")} | {"/docs", "/openapi.json"}
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=known_routes)  # outermost: sees all
@@ -718,9 +749,8 @@ def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host:
           port: int = 8000, batch_size: int = 32, device: str | None = None, log_level: str = "info") -> None:
     """Serve ``model_dir`` over HTTP until SIGTERM or SIGINT, then shut down gracefully.
 
-    The model is loaded before the port opens (a bad folder raises a
-    :class:`~gpt2clf.errors.UserError`); the warm-up runs once the port is open, and
-    ``/readyz`` turns 200 when it is done.
+    The model is loaded and warmed up before the port opens (a bad folder raises a
+    :class:`~gpt2clf.errors.UserError`, and ``/readyz`` is 200 as soon as anything answers).
 
     Example::
 
