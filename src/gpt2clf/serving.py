@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -743,6 +744,37 @@ def quiet_signal_handlers() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def running_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                      startup_timeout_s: float = 120.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a background thread; yield its base URL; stop on exit.
+
+    For tests, notebooks and scripts (signals stay with the main thread). ``port=0`` picks
+    a free port.
+
+    Example::
+
+        >>> with running_in_thread(create_app("runs/20ng/model")) as url:  # doctest: +SKIP
+        ...     httpx.get(f"{url}/readyz").json()
+        {'status': 'ready'}
+    """
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="gpt2clf-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(startup_timeout_s)
 
 
 def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host: str = "127.0.0.1",
