@@ -80,6 +80,9 @@ WEB_DIR = Path(__file__).parent / "web"
 # (paths, seeds, optimiser settings) say nothing about serving and may leak local paths.
 MODEL_INFO_KEYS = ("max_length", "padding_side", "pooling", "long_documents", "fusion")
 MODEL_INFO_PREFIXES = ("chunk", "fusion", "tfidf", "long_")
+# Requests with fewer characters are tokenized on the event loop (well under a millisecond);
+# longer ones on a worker thread, so a big request never stalls the loop.
+INLINE_TOKENIZE_CHARS = 20_000
 WARMUP_TEXT = "Warm-up: the first prediction allocates buffers and picks kernels."
 
 
@@ -656,7 +659,10 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
             if len(text) > settings.max_text_chars:
                 raise ApiError(413, "text_too_long", f"texts[{i}] has {len(text)} characters, over the limit "
                                f"of {settings.max_text_chars}")
-        costs = await run_in_threadpool(service.token_costs, body.texts)
+        if sum(map(len, body.texts)) <= INLINE_TOKENIZE_CHARS:
+            costs = service.token_costs(body.texts)  # microseconds: a thread hop would cost more
+        else:
+            costs = await run_in_threadpool(service.token_costs, body.texts)
         try:
             job = service.batcher.submit(body.texts, costs)
         except QueueFull as err:
