@@ -6,6 +6,7 @@ Commands::
     gpt2clf evaluate  score a saved model folder on a labelled split
     gpt2clf predict   classify new text with a saved model folder
     gpt2clf export    write a model folder as an ONNX file (checked against PyTorch)
+    gpt2clf serve     an HTTP API and a web page for a saved model folder
     gpt2clf data stats  documents, classes and token lengths of a dataset
 
 Exit codes: 0 success, 2 a user error (one message on stderr, no traceback unless
@@ -94,6 +95,19 @@ INT8_HELP = ("CPU only: run an int8 copy of the model (dynamic quantization), ab
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (default: auto: cuda if available, else cpu)"
 PRECISION_HELP = ("auto, 32-true, bf16-mixed or 16-mixed (default: auto: bf16 autocast where the GPU or CPU has "
                   "native bf16, else float32)")
+SERVE_EXAMPLES = """\
+examples:
+  # the API and the web page on http://127.0.0.1:8000 (OpenAPI docs at /docs)
+  gpt2clf serve runs/20ng/model
+  curl -s localhost:8000/v1/classify -H 'content-type: application/json' \\
+       -d '{"texts": ["My X server crashes when I resize an xterm"], "top_k": 3}'
+  # listen on every interface, bigger merged batches, wait up to 10 ms to fill them
+  gpt2clf serve runs/20ng/model --host 0.0.0.0 --port 8080 --max-batch-tokens 16384 --max-wait-ms 10
+  # one request per model call (no merging), a small queue and a short timeout
+  gpt2clf serve runs/20ng/model --no-micro-batching --max-queue 16 --request-timeout-s 5
+Stop it with Ctrl-C or SIGTERM: requests in flight finish first, then it exits 0.
+Needs the serve extra: pip install "gpt2clf[serve]"
+"""
 
 STATS_EXAMPLES = """\
 examples:
@@ -232,6 +246,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--check-texts", nargs="+", default=[], metavar="TEXT",
                         help="more texts to check parity on, besides the built-in samples")
     export.add_argument("--json", action="store_true", help="print the export report as JSON")
+
+    serve = commands.add_parser("serve", help="an HTTP API and a web page for a saved model folder",
+                                description="Serve POST /v1/classify, GET /v1/model, /healthz, /readyz, /metrics "
+                                "and a web page at /. Concurrent requests share model calls (micro-batching).",
+                                epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    serve.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+    serve.add_argument("--device", default=None, help=DEVICE_HELP)
+    serve.add_argument("--precision", default="auto", help=PRECISION_HELP + "; 32-true makes a text's "
+                       "probabilities independent of its batch neighbours to float32 rounding")
+    limits = serve.add_argument_group("batching and limits")
+    limits.add_argument("--max-batch-tokens", type=int, default=8192,
+                        help="padded tokens one merged batch may hold (default: 8192)")
+    limits.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long a request waits for others to share its batch (default: 5)")
+    limits.add_argument("--no-micro-batching", action="store_true", help="one request per model call")
+    limits.add_argument("--max-texts", type=int, default=64, help="texts per request; more: 413 (default: 64)")
+    limits.add_argument("--max-text-chars", type=int, default=100_000,
+                        help="characters per text; more: 413 (default: 100000)")
+    limits.add_argument("--max-body-bytes", type=int, default=2_000_000,
+                        help="bytes per request body; more: 413 (default: 2000000)")
+    limits.add_argument("--max-queue", type=int, default=256,
+                        help="requests waiting for the model; more: 503 with Retry-After (default: 256)")
+    limits.add_argument("--request-timeout-s", type=float, default=30.0,
+                        help="seconds until a request gets 504 and its texts are dropped (default: 30)")
 
     data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
                                                                                metavar="SUBCOMMAND", required=True)
@@ -418,6 +460,18 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_serve(args: argparse.Namespace) -> int:
+    from gpt2clf.serving import ServeSettings, serve
+
+    settings = ServeSettings(max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+                             max_texts=args.max_texts, max_text_chars=args.max_text_chars,
+                             max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
+                             request_timeout_s=args.request_timeout_s, micro_batching=not args.no_micro_batching)
+    serve(args.model_dir, settings, host=args.host, port=args.port, batch_size=args.batch_size, device=args.device,
+          precision=args.precision)
+    return 0
+
+
 def command_data_stats(args: argparse.Namespace) -> int:
     from gpt2clf.plots import plot_dataset_stats
     from gpt2clf.stats import describe_dataset
@@ -441,7 +495,7 @@ def command_data_stats(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict,
-            "export": command_export}
+            "export": command_export, "serve": command_serve}
 
 
 def quiet_libraries() -> None:

@@ -1,0 +1,815 @@
+"""An HTTP API and a web page for a trained model folder: ``gpt2clf serve``.
+
+Data flow::
+
+    HTTP request --> MetricsMiddleware (counts, latency) --> BodyLimitMiddleware (413 on
+    Content-Length or on the bytes actually streamed) --> FastAPI validation (pydantic;
+    400 malformed JSON, 422 wrong shape) --> limits (413 too many / too long texts)
+    --> token counts (a worker of the thread pool) --> MicroBatcher queue (bounded:
+    503 + Retry-After when full) --> one model thread: Predictor.predict on a merged,
+    length-sorted batch --> each request's future gets its own rows --> JSON response.
+
+Guarantees:
+
+* A text's result does not depend on what it was batched with: batches only add padding,
+  which the model masks, so probabilities equal ``gpt2clf predict --json`` (within float
+  rounding, 1e-5) whatever the load.
+* Inference runs on one dedicated thread, never on the event loop; the loop keeps
+  answering ``/healthz``, ``/metrics`` and rejections while a batch runs.
+* The queue is bounded (``max_queue`` requests); a full queue answers 503 with
+  ``Retry-After`` at once instead of letting latency grow without limit.
+* A request that passes ``request_timeout_s`` gets a 504; its texts leave the queue, or,
+  if already running, their results are dropped. Nothing is left behind.
+* Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a 4xx status
+  (5xx only for 503/504 overload answers, and a bare 500 for a bug, never a traceback).
+* ``/readyz`` answers 503 until the model is loaded and one warm-up prediction ran.
+* On SIGTERM or SIGINT, uvicorn stops accepting, in-flight requests finish, the batcher
+  drains its queue and the process exits with code 0.
+
+Example::
+
+    >>> from gpt2clf.serving import ServeSettings, create_app  # doctest: +SKIP
+    >>> app = create_app("runs/20ng/model", ServeSettings(max_wait_ms=5))  # doctest: +SKIP
+    >>> # uvicorn.run(app, host="127.0.0.1", port=8000), or from a shell:
+    >>> # gpt2clf serve runs/20ng/model --port 8000
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+from gpt2clf.errors import ConfigError, ModelLoadError, UserError
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency group (an 'extra') is not installed."""
+
+
+try:
+    import uvicorn
+    from fastapi import Body, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+except ImportError as err:  # pragma: no cover - exercised by a test that hides fastapi
+    raise MissingExtraError(f"serving needs FastAPI, uvicorn and prometheus-client ({err.name} is missing): "
+                            'pip install "gpt2clf[serve]"') from err
+
+log = logging.getLogger("gpt2clf.serving")
+
+WEB_DIR = Path(__file__).parent / "web"
+# Training-config keys worth showing on /v1/model: how text is cut and combined. Others
+# (paths, seeds, optimiser settings) say nothing about serving and may leak local paths.
+MODEL_INFO_KEYS = ("max_length", "padding_side", "pooling", "long_documents", "fusion")
+MODEL_INFO_PREFIXES = ("chunk", "fusion", "tfidf", "long_")
+# Requests with fewer characters are tokenized on the event loop (well under a millisecond);
+# longer ones on a worker thread, so a big request never stalls the loop.
+INLINE_TOKENIZE_CHARS = 20_000
+WARMUP_TEXT = "Warm-up: the first prediction allocates buffers and picks kernels."
+
+
+# ---------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ServeSettings:
+    """Limits and batching of the HTTP service (the ``gpt2clf serve`` flags).
+
+    Example::
+
+        >>> ServeSettings(max_texts=8).max_texts
+        8
+    """
+
+    max_batch_tokens: int = 8192
+    """Padded tokens (texts x longest text) one merged batch may hold; one request alone may exceed it."""
+    max_wait_ms: float = 5.0
+    """How long the first queued request waits for others to share its batch."""
+    max_texts: int = 64
+    """Texts one request may send (more: 413)."""
+    max_text_chars: int = 100_000
+    """Characters one text may have (more: 413)."""
+    max_body_bytes: int = 2_000_000
+    """Bytes one request body may have (more: 413)."""
+    max_queue: int = 256
+    """Requests waiting for the model; more get 503 with Retry-After."""
+    request_timeout_s: float = 30.0
+    """Seconds from arrival to answer; after that 504 and the request's texts are dropped."""
+    micro_batching: bool = True
+    """Merge concurrent requests into shared batches (off: one request per model call)."""
+    model_name: str | None = None
+    """Name reported as ``model`` in responses (default: the model folder's name)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_tokens", "max_texts", "max_text_chars", "max_body_bytes", "max_queue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+        if not (0 <= self.max_wait_ms <= 10_000):
+            raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
+        if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
+            raise ConfigError(f"--request-timeout-s must be a positive number, got {self.request_timeout_s!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# request and response bodies (these make the OpenAPI schema)
+# ---------------------------------------------------------------------------------------
+class ClassifyRequest(BaseModel):
+    """Texts to classify and how many ranked labels to return per text."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"texts": ["My X server crashes when I resize an xterm"], "top_k": 3}]})
+
+    texts: list[StrictStr] = Field(min_length=1, description="Documents to classify, one result each in order. "
+                                   "At most the server's max_texts, each at most max_text_chars characters (413).")
+    top_k: int = Field(3, ge=1, description="Ranked labels per text; more than the number of labels "
+                       "returns all of them.")
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def whole_number(cls, value: Any) -> Any:
+        # JSON Schema's "integer" includes 3.0, so it is accepted; "3" and true are not numbers.
+        if isinstance(value, (str, bool)):
+            raise ValueError("top_k must be a whole number, not a string or a boolean")
+        return value
+
+
+class TextPrediction(BaseModel):
+    label: str = Field(description="The most probable label.")
+    probabilities: dict[str, float] = Field(description="Every label's probability; they sum to 1.")
+    top_k: list[tuple[str, float]] = Field(description="[label, probability] pairs, most probable first.")
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[TextPrediction]
+    model: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="A stable machine-readable code, e.g. too_many_texts.")
+    message: str = Field(description="One line for people.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelInfo(BaseModel):
+    model: str
+    labels: list[str]
+    backbone: str | None
+    max_length: int
+    training: dict[str, Any] = Field(description="How text is cut and combined, as recorded at training "
+                                     "(max_length, pooling, chunking and fusion keys where present).")
+    test_metrics: dict[str, Any] | None = Field(description="Metrics on the test split recorded at training.")
+    serving: dict[str, Any] = Field(description="This server's limits and batching settings.")
+
+
+class Status(BaseModel):
+    status: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in {
+        400: "Malformed JSON.",
+        413: "Body, number of texts or a text over the server's limits.",
+        422: "Valid JSON of the wrong shape: no texts, wrong types, top_k below 1.",
+        503: "Queue full or model not ready; see Retry-After.",
+        504: "Not answered within the request timeout.",
+    }.items()
+}
+
+
+# ---------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------
+class ApiError(HTTPException):
+    """An HTTP error with a machine-readable ``code``; rendered as the JSON error body."""
+
+    def __init__(self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=headers)
+        self.code = code
+
+
+STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                415: "unsupported_media_type", 422: "invalid_request", 500: "internal_error",
+                503: "unavailable", 504: "timeout"}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def validation_message(errors: Sequence[dict[str, Any]]) -> str:
+    """The first pydantic error as one line: ``body.top_k: Input should be greater than or equal to 1``."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid request')}{more}"
+
+
+# ---------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------
+class ServiceMetrics:
+    """Prometheus metrics in a registry of their own, so several apps can live in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("gpt2clf_http_requests", "HTTP requests answered, by route and status.",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("gpt2clf_http_request_duration_seconds", "Time from request to response.",
+                                 ["route"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.batch_texts = Histogram("gpt2clf_batch_texts", "Texts per model call.", registry=self.registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.batch_requests = Histogram("gpt2clf_batch_requests", "Requests merged into one model call.",
+                                        registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.queue_depth = Gauge("gpt2clf_queue_depth", "Requests waiting for the model.", registry=self.registry)
+        self.rejected = Counter("gpt2clf_rejected_requests", "Requests refused or dropped by the batcher.",
+                                ["reason"], registry=self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every response by route template and status, and times it (pure ASGI)."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics, routes: set[str]) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        # Known paths by name, everything else as one label: fuzzers and scanners must not
+        # create a time series per random URL.
+        route = path if path in self.routes else ("/static" if path.startswith("/static/") else "other")
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_record(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self.metrics.requests.labels(scope.get("method", ""), route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "body_too_large", f"request body is over the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """413 for a body over ``limit`` bytes: by Content-Length up front, and by counting what
+    actually arrives (a client may lie about, or leave out, Content-Length)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        try:
+            too_large = declared is not None and int(declared) > self.limit
+        except ValueError:
+            too_large = False  # uvicorn rejects a malformed Content-Length before we see it
+        if too_large:
+            await error_response(413, "body_too_large", f"request body is over the limit of {self.limit} bytes")(
+                scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # An HTTPException passes FastAPI's body parsing unchanged and reaches our handler.
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+# ---------------------------------------------------------------------------------------
+# micro-batching
+# ---------------------------------------------------------------------------------------
+class QueueFull(Exception):
+    """The batcher already holds ``max_queue`` waiting requests."""
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One request's texts waiting for, or inside, a model call."""
+
+    texts: list[str]
+    costs: list[int]  # padded tokens each text takes in a batch (its token count, capped at max_length)
+    future: asyncio.Future
+    enqueued_at: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class MicroBatcher:
+    """Merges queued requests into shared model calls on one worker thread.
+
+    A batch starts with the oldest request and takes the following ones in arrival order
+    (no request overtakes an older one) while ``texts x longest text`` stays within
+    ``max_batch_tokens``; it runs once that budget is full or the oldest request has waited
+    ``max_wait_ms``. Texts go to the model sorted by length, so its own batches pad little.
+    ``run_batch`` receives the texts and returns one result per text, in order.
+    """
+
+    def __init__(self, run_batch: Callable[[list[str]], Sequence[Any]], *, executor: ThreadPoolExecutor,
+                 settings: ServeSettings, metrics: ServiceMetrics) -> None:
+        self.run_batch = run_batch
+        self.executor = executor
+        self.settings = settings
+        self.metrics = metrics
+        self.queue: deque[Job] = deque()
+        self.wakeup = asyncio.Event()
+        self.closing = False
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.loop(), name="gpt2clf-batcher")
+
+    def submit(self, texts: list[str], costs: list[int]) -> Job:
+        """Queue a request; raise :class:`QueueFull` when ``max_queue`` requests already wait."""
+        if self.closing:
+            raise QueueFull("the server is shutting down")
+        if len(self.queue) >= self.settings.max_queue:
+            raise QueueFull(f"{len(self.queue)} requests are already waiting")
+        job = Job(texts, costs, asyncio.get_running_loop().create_future())
+        self.queue.append(job)
+        self.metrics.queue_depth.set(len(self.queue))
+        self.wakeup.set()
+        return job
+
+    def discard(self, job: Job) -> None:
+        """Drop a request that gave up (timeout, disconnect); a running one's results are ignored."""
+        with contextlib.suppress(ValueError):
+            self.queue.remove(job)
+            self.metrics.queue_depth.set(len(self.queue))
+        if not job.future.done():
+            job.future.cancel()
+
+    async def close(self) -> None:
+        """Finish every queued request, then stop."""
+        self.closing = True
+        self.wakeup.set()
+        if self.task is not None:
+            await self.task
+
+    def fits(self, batch_texts: int, batch_longest: int, job: Job) -> bool:
+        longest = max(batch_longest, *job.costs)
+        return (batch_texts + len(job.texts)) * longest <= self.settings.max_batch_tokens
+
+    def take_batch(self) -> list[Job]:
+        jobs = [self.queue.popleft()]  # the oldest always goes, even alone over the budget
+        if self.settings.micro_batching:
+            texts, longest = len(jobs[0].texts), max(jobs[0].costs)
+            while self.queue and self.fits(texts, longest, self.queue[0]):
+                job = self.queue.popleft()
+                jobs.append(job)
+                texts, longest = texts + len(job.texts), max(longest, *job.costs)
+        self.metrics.queue_depth.set(len(self.queue))
+        return jobs
+
+    def budget_full(self) -> bool:
+        """Whether the queue already holds more than one batch can take."""
+        texts, longest = 0, 0
+        for job in self.queue:
+            if texts and not self.fits(texts, longest, job):
+                return True
+            texts, longest = texts + len(job.texts), max(longest, *job.costs)
+        return False
+
+    async def wait_for_company(self) -> None:
+        """Let the oldest request wait up to ``max_wait_ms`` for others to share its batch."""
+        if not self.settings.micro_batching:
+            return
+        deadline = self.queue[0].enqueued_at + self.settings.max_wait_ms / 1000
+        while self.queue and not self.closing and not self.budget_full():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), remaining)
+
+    async def loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.queue:
+                if self.closing:
+                    return
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            await self.wait_for_company()
+            if not self.queue:  # the waiting requests gave up meanwhile
+                continue
+            jobs = self.take_batch()
+            texts = [text for job in jobs for text in job.texts]
+            costs = [cost for job in jobs for cost in job.costs]
+            order = sorted(range(len(texts)), key=costs.__getitem__)
+            self.metrics.batch_texts.observe(len(texts))
+            self.metrics.batch_requests.observe(len(jobs))
+            try:
+                sorted_results = await loop.run_in_executor(self.executor, self.run_batch,
+                                                            [texts[i] for i in order])
+            except Exception as err:  # a bug in inference: every request of the batch gets it
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            results: list[Any] = [None] * len(texts)
+            for position, i in enumerate(order):
+                results[i] = sorted_results[position]
+            start = 0
+            for job in jobs:
+                if not job.future.done():  # a timed-out request's results are dropped here
+                    job.future.set_result(results[start:start + len(job.texts)])
+                start += len(job.texts)
+
+
+# ---------------------------------------------------------------------------------------
+# the model side
+# ---------------------------------------------------------------------------------------
+def read_model_metadata(folder: str | Path | None) -> dict[str, Any]:
+    """``config.json`` of a model folder as a dict ({} when there is none or it is unreadable)."""
+    if folder is None:
+        return {}
+    try:
+        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def default_model_name(folder: str | Path | None) -> str:
+    """``runs/20ng/model`` -> ``20ng``; any other folder -> its own name."""
+    if folder is None:
+        return "gpt2clf-model"
+    path = Path(folder).resolve()
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
+def check_model_folder(folder: str | Path) -> Path:
+    """Fail early, with a user error, for a path that cannot be a model folder."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder not found: {folder}; pass a folder written by 'gpt2clf train'")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{folder} has no config.json; pass a model folder written by 'gpt2clf train'")
+    return path
+
+
+class ModelService:
+    """The predictor, its one inference thread, the batcher and readiness, for one app."""
+
+    def __init__(self, predictor_or_folder: Any, settings: ServeSettings, *, model_dir: str | Path | None,
+                 predictor_kwargs: dict[str, Any]) -> None:
+        if isinstance(predictor_or_folder, (str, Path)):
+            self.folder: Path | None = check_model_folder(predictor_or_folder)
+            self.predictor: Any = None
+        else:
+            self.folder = Path(model_dir) if model_dir is not None else None
+            self.predictor = predictor_or_folder
+        self.predictor_kwargs = predictor_kwargs
+        self.settings = settings
+        self.metadata = read_model_metadata(self.folder)
+        self.model_name = settings.model_name or default_model_name(self.folder)
+        self.metrics = ServiceMetrics()
+        self.executor, self.batcher = self.new_worker()
+        self.ready = False
+        self.load_error: str | None = None
+        self.startup_task: asyncio.Task | None = None
+
+    def new_worker(self) -> tuple[ThreadPoolExecutor, MicroBatcher]:
+        # One thread: the model is not re-entrant, and on a CPU one call already uses every core.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpt2clf-model")
+        return executor, MicroBatcher(self.predict_batch, executor=executor, settings=self.settings,
+                                      metrics=self.metrics)
+
+    # --- runs on the model thread ---
+    def load_and_warm_up(self) -> None:
+        if self.predictor is None:
+            from gpt2clf.prediction import Predictor
+
+            self.predictor = Predictor.from_folder(self.folder, **self.predictor_kwargs)
+        self.predict_batch([WARMUP_TEXT])
+
+    def predict_batch(self, texts: list[str]) -> list[Any]:
+        """All labels ranked for each text (requests cut their own top_k from it)."""
+        return list(self.predictor.predict(texts, top_k=len(self.predictor.label_names)))
+
+    # --- runs on the event loop ---
+    async def start(self) -> None:
+        if self.batcher.closing:  # the app was started and stopped before (test clients do that)
+            self.executor, self.batcher = self.new_worker()
+        self.batcher.start()
+        if self.predictor is not None:  # loaded already: warm up before taking requests (about a second)
+            await self.warm_up()
+        else:  # load in the background; /healthz answers meanwhile and /readyz says 503
+            self.startup_task = asyncio.get_running_loop().create_task(self.warm_up(), name="gpt2clf-load")
+
+    async def warm_up(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.load_and_warm_up)
+        except Exception as err:  # shown on /readyz and in the log; the process stays up
+            self.load_error = f"{type(err).__name__}: {err}".splitlines()[0]
+            log.error("gpt2clf: model failed to load: %s", self.load_error)
+            return
+        self.ready = True
+        log.info("gpt2clf: model %s loaded and warmed up; ready", self.model_name)
+
+    async def stop(self) -> None:
+        if self.startup_task is not None and not self.startup_task.done():
+            self.startup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.startup_task
+        await self.batcher.close()
+        # wait=True: a batch still running finishes before the process goes.
+        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
+
+    def token_costs(self, texts: list[str]) -> list[int]:
+        """Tokens each text will occupy in a batch: its token count, capped at max_length."""
+        tokenizer = self.predictor.tokenizer
+        # Lone surrogates (valid in JSON, not in UTF-8) become "?" here, as the predictor does.
+        clean = [t.encode("utf-8", "replace").decode("utf-8") for t in texts]
+        ids = tokenizer(clean, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return [max(1, min(len(row), self.predictor.max_length)) for row in ids]
+
+    def model_info(self) -> dict[str, Any]:
+        extra = self.metadata.get("extra", {}) if isinstance(self.metadata.get("extra"), dict) else {}
+        training = extra.get("config", {}) if isinstance(extra.get("config"), dict) else {}
+        shown = {key: value for key, value in training.items()
+                 if key in MODEL_INFO_KEYS or key.startswith(MODEL_INFO_PREFIXES)}
+        metrics = extra.get("test_metrics")
+        return {
+            "model": self.model_name,
+            "labels": self.predictor.label_names,
+            "backbone": self.metadata.get("backbone_name"),
+            "max_length": int(self.predictor.max_length),
+            "training": shown,
+            "test_metrics": metrics if isinstance(metrics, dict) else None,
+            "serving": {**{f.name: getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)
+                           if f.name != "model_name"},
+                        "batch_size": getattr(self.predictor, "batch_size", None),
+                        "device": str(getattr(self.predictor, "device", "")) or None},
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# the app
+# ---------------------------------------------------------------------------------------
+def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, *,
+               model_dir: str | Path | None = None, predictor_kwargs: dict[str, Any] | None = None) -> FastAPI:
+    """A FastAPI app serving a :class:`~gpt2clf.prediction.Predictor` or a model folder.
+
+    A folder is checked at once (a missing one raises :class:`ModelLoadError`) and loaded in
+    the background when the app starts (its lifespan: inside ``with TestClient(app):`` or
+    under uvicorn) with ``Predictor.from_folder(folder, **predictor_kwargs)``; ``/readyz``
+    answers 503 until it is loaded and warmed up. A ``Predictor`` is warmed up during
+    startup instead, so the app takes requests ready; ``model_dir`` then names its folder,
+    whose ``config.json`` feeds ``/v1/model``.
+
+    Example::
+
+        >>> from fastapi.testclient import TestClient  # doctest: +SKIP
+        >>> with TestClient(create_app("runs/20ng/model")) as client:  # doctest: +SKIP
+        ...     client.post("/v1/classify", json={"texts": ["GPU drivers for X11?"]}).json()
+    """
+    settings = settings or ServeSettings()
+    service = ModelService(predictor_or_folder, settings, model_dir=model_dir,
+                           predictor_kwargs=predictor_kwargs or {})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="gpt2clf", version="1", lifespan=lifespan,
+                  description="Text classification with a fine-tuned gpt2clf model. The web page is at /.")
+    app.state.service = service
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        code = getattr(err, "code", None) or STATUS_CODES.get(err.status_code, "error")
+        return error_response(err.status_code, code, str(err.detail), getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = err.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            detail = next(e for e in errors if e.get("type") == "json_invalid")
+            reason = (detail.get("ctx") or {}).get("error", "JSON decode error")
+            return error_response(400, "malformed_json", f"request body is not valid JSON: {reason}")
+        return error_response(422, "invalid_request", validation_message(errors))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        log.exception("gpt2clf: internal error on %s", request.url.path)
+        return error_response(500, "internal_error", "internal error; see the server log")
+
+    def require_ready() -> None:
+        if not service.ready:
+            message = (f"the model failed to load: {service.load_error}" if service.load_error
+                       else "the model is still loading")
+            raise ApiError(503, "not_ready", message, headers={"Retry-After": "5"})
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
+              summary="Classify texts", tags=["classify"])
+    async def classify(body: Annotated[ClassifyRequest, Body()]) -> dict[str, Any]:
+        """Label, every label's probability and the top-k labels for each text, in order."""
+        require_ready()
+        if len(body.texts) > settings.max_texts:
+            raise ApiError(413, "too_many_texts",
+                           f"{len(body.texts)} texts is over the limit of {settings.max_texts} per request")
+        for i, text in enumerate(body.texts):
+            if len(text) > settings.max_text_chars:
+                raise ApiError(413, "text_too_long", f"texts[{i}] has {len(text)} characters, over the limit "
+                               f"of {settings.max_text_chars}")
+        if sum(map(len, body.texts)) <= INLINE_TOKENIZE_CHARS:
+            costs = service.token_costs(body.texts)  # microseconds: a thread hop would cost more
+        else:
+            costs = await run_in_threadpool(service.token_costs, body.texts)
+        try:
+            job = service.batcher.submit(body.texts, costs)
+        except QueueFull as err:
+            service.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(503, "queue_full", f"server busy: {err}; retry later",
+                           headers={"Retry-After": "1"}) from None
+        try:
+            elapsed = time.monotonic() - job.enqueued_at
+            predictions = await asyncio.wait_for(job.future, max(0.0, settings.request_timeout_s - elapsed))
+        except asyncio.TimeoutError:
+            service.metrics.rejected.labels("timeout").inc()
+            raise ApiError(504, "timeout", f"not answered within {settings.request_timeout_s:g} s; "
+                           "send fewer or shorter texts, or retry later") from None
+        finally:
+            service.batcher.discard(job)  # a no-op once answered; frees the queue slot otherwise
+        k = body.top_k
+        return {"predictions": [{"label": p.label, "probabilities": p.probabilities,
+                                 "top_k": [[name, prob] for name, prob in p.top_k[:k]]} for p in predictions],
+                "model": service.model_name}
+
+    @app.get("/v1/model", response_model=ModelInfo, responses={503: ERROR_RESPONSES[503]}, tags=["model"],
+             summary="The model: labels, backbone, limits and recorded metrics")
+    async def model_info() -> dict[str, Any]:
+        require_ready()
+        return service.model_info()
+
+    @app.get("/healthz", response_model=Status, tags=["operations"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Status, responses={503: ERROR_RESPONSES[503]}, tags=["operations"],
+             summary="The model is loaded and warmed up")
+    async def readyz() -> dict[str, str]:
+        require_ready()
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
+             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        # The page loads nothing from elsewhere; the policy makes sure it stays that way.
+        return FileResponse(WEB_DIR / "index.html", headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:"})
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    def openapi_with_limits() -> dict[str, Any]:
+        # The limits are this server's settings, so the schema states them too (answered with 413).
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            texts = schema["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
+            texts["maxItems"] = settings.max_texts
+            texts["items"]["maxLength"] = settings.max_text_chars
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_limits  # type: ignore[method-assign]
+
+    known_routes = {route.path for route in app.routes if hasattr(route, "path")} | {"/docs", "/openapi.json"}
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=known_routes)  # outermost: sees all
+    return app
+
+
+# ---------------------------------------------------------------------------------------
+# running it
+# ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_signal_handlers() -> Iterator[None]:
+    """Make SIGTERM and SIGINT harmless after uvicorn's graceful shutdown.
+
+    uvicorn handles both signals while it runs, and afterwards raises the caught signal
+    again against the handlers it found; with Python's defaults that kills the process
+    (SIGTERM) or raises KeyboardInterrupt (SIGINT) after a clean shutdown. With these
+    no-op handlers underneath, a signalled server returns normally and exits 0.
+    """
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def running_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                      startup_timeout_s: float = 120.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a background thread; yield its base URL; stop on exit.
+
+    For tests, notebooks and scripts (signals stay with the main thread). ``port=0`` picks
+    a free port.
+
+    Example::
+
+        >>> with running_in_thread(create_app("runs/20ng/model")) as url:  # doctest: +SKIP
+        ...     httpx.get(f"{url}/readyz").json()
+        {'status': 'ready'}
+    """
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="gpt2clf-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(startup_timeout_s)
+
+
+def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host: str = "127.0.0.1",
+          port: int = 8000, batch_size: int = 32, device: str | None = None, precision: str = "auto",
+          log_level: str = "info") -> None:
+    """Serve ``model_dir`` over HTTP until SIGTERM or SIGINT, then shut down gracefully.
+
+    The model is loaded and warmed up before the port opens (a bad folder raises a
+    :class:`~gpt2clf.errors.UserError`, and ``/readyz`` is 200 as soon as anything answers).
+
+    Example::
+
+        >>> serve("runs/20ng/model", ServeSettings(max_wait_ms=10), port=8080)  # doctest: +SKIP
+    """
+    from gpt2clf.prediction import Predictor
+
+    settings = settings or ServeSettings()
+    if not (0 <= port <= 65535):
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    folder = check_model_folder(model_dir)
+    predictor = Predictor.from_folder(folder, batch_size=batch_size, device=device, precision=precision)
+    app = create_app(predictor, settings, model_dir=folder)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                            # in-flight requests get their full timeout to finish, and no more
+                            timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + 5)
+    server = uvicorn.Server(config)
+    with quiet_signal_handlers():
+        server.run()
+    if not server.started:
+        raise UserError(f"could not serve on {host}:{port} (is the port in use? see the log above)")

@@ -1,0 +1,205 @@
+// gpt2clf web page: sends the text box to POST /v1/classify and draws top-k bars per text.
+// Plain JavaScript, no dependencies, nothing loaded from elsewhere (works offline).
+"use strict";
+
+const DOCUMENT_SEPARATOR = /^\s*---\s*$/m;   // a line with only "---" separates documents
+const EXCERPT_CHARS = 160;
+
+const state = { labels: [], explainAvailable: false };
+
+function $(id) { return document.getElementById(id); }
+
+function setStatus(message, isError = false) {
+  const status = $("status");
+  status.textContent = message;
+  status.classList.toggle("error", isError);
+}
+
+function splitDocuments(text) {
+  return text.split(DOCUMENT_SEPARATOR).map((part) => part.trim()).filter((part) => part.length > 0);
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error.message;
+  } catch (_) { /* not JSON: fall through */ }
+  return `HTTP ${response.status}`;
+}
+
+async function loadModelInfo() {
+  const response = await fetch("/v1/model");
+  if (!response.ok) {
+    $("model-summary").textContent = `Model not ready: ${await errorMessage(response)}`;
+    return;
+  }
+  const info = await response.json();
+  state.labels = info.labels;
+  const accuracy = info.test_metrics && typeof info.test_metrics.accuracy === "number"
+    ? `, test accuracy ${(100 * info.test_metrics.accuracy).toFixed(1)}%` : "";
+  $("model-summary").textContent =
+    `Model ${info.model}: ${info.labels.length} labels, backbone ${info.backbone || "unknown"}, ` +
+    `up to ${info.max_length} tokens per text${accuracy}.`;
+  $("top-k").max = String(info.labels.length);
+}
+
+async function detectExplain() {
+  // The explain endpoint is optional (built separately); only its presence in the
+  // OpenAPI schema turns highlighting on, so the page never requests a missing URL.
+  try {
+    const response = await fetch("/openapi.json");
+    if (!response.ok) return;
+    const schema = await response.json();
+    state.explainAvailable = Boolean(schema.paths && schema.paths["/v1/explain"]);
+  } catch (_) {
+    state.explainAvailable = false;
+  }
+}
+
+function renderBars(topK) {
+  const list = document.createElement("ol");
+  list.className = "bars";
+  for (const [label, probability] of topK) {
+    const row = document.createElement("li");
+    row.className = "bar-row";
+    const percent = (100 * probability).toFixed(1);
+    const name = document.createElement("span");
+    name.className = "bar-label";
+    name.textContent = label;
+    const track = document.createElement("span");
+    track.className = "bar-track";
+    track.setAttribute("role", "meter");
+    track.setAttribute("aria-label", `${label} probability`);
+    track.setAttribute("aria-valuemin", "0");
+    track.setAttribute("aria-valuemax", "100");
+    track.setAttribute("aria-valuenow", percent);
+    track.setAttribute("aria-valuetext", `${percent} percent`);
+    const fill = document.createElement("span");
+    fill.className = "bar-fill";
+    fill.style.display = "block";
+    fill.style.width = `${Math.max(0, Math.min(100, 100 * probability))}%`;
+    track.appendChild(fill);
+    const value = document.createElement("span");
+    value.className = "bar-value";
+    value.textContent = `${percent}%`;
+    row.append(name, track, value);
+    list.appendChild(row);
+  }
+  return list;
+}
+
+// ---------------------------------------------------------------------------------------
+// TOKEN HIGHLIGHTING HOOK (for the `explain` feature, built separately).
+// When the server has POST /v1/explain (state.explainAvailable), this is called once per
+// text with the text and its <div class="highlights"> container. Fill the container with
+// the text's tokens, shaded by their attribution; it stays empty (and hidden) until then.
+// ---------------------------------------------------------------------------------------
+async function renderHighlights(container, text, predictedLabel) {
+  if (!state.explainAvailable) return;
+  void container; void text; void predictedLabel;   // to do: request /v1/explain and draw tokens
+}
+
+function renderResults(documents, predictions) {
+  const results = $("results");
+  results.replaceChildren();
+  predictions.forEach((prediction, index) => {
+    const card = document.createElement("article");
+    card.className = "result";
+    card.setAttribute("aria-labelledby", `result-title-${index}`);
+    const title = document.createElement("h2");
+    title.id = `result-title-${index}`;
+    title.textContent = documents.length > 1
+      ? `Text ${index + 1}: ${prediction.label}` : `Prediction: ${prediction.label}`;
+    const excerpt = document.createElement("p");
+    excerpt.className = "excerpt";
+    const text = documents[index];
+    excerpt.textContent = text.length > EXCERPT_CHARS ? `${text.slice(0, EXCERPT_CHARS)}…` : text;
+    const highlights = document.createElement("div");
+    highlights.className = "highlights";
+    card.append(title, excerpt, renderBars(prediction.top_k), highlights);
+    results.appendChild(card);
+    renderHighlights(highlights, text, prediction.label);
+  });
+}
+
+async function classify(event) {
+  if (event) event.preventDefault();
+  const documents = splitDocuments($("texts").value);
+  if (documents.length === 0) {
+    setStatus("Type or drop some text first.", true);
+    $("texts").focus();
+    return;
+  }
+  const topK = Math.max(1, parseInt($("top-k").value, 10) || 3);
+  const button = $("submit");
+  button.disabled = true;
+  $("results").setAttribute("aria-busy", "true");
+  setStatus(`Classifying ${documents.length} text${documents.length > 1 ? "s" : ""}…`);
+  try {
+    const response = await fetch("/v1/classify", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ texts: documents, top_k: topK }),
+    });
+    if (!response.ok) {
+      setStatus(`Could not classify: ${await errorMessage(response)}`, true);
+      return;
+    }
+    const body = await response.json();
+    renderResults(documents, body.predictions);
+    setStatus(`Done: ${body.predictions.length} result${body.predictions.length > 1 ? "s" : ""}.`);
+  } catch (error) {
+    setStatus(`Could not reach the server: ${error.message}`, true);
+  } finally {
+    button.disabled = false;
+    $("results").removeAttribute("aria-busy");
+  }
+}
+
+function readFile(file) {
+  if (!file) return;
+  if (!(file.type === "text/plain" || file.name.toLowerCase().endsWith(".txt"))) {
+    setStatus(`${file.name} is not a .txt file.`, true);
+    return;
+  }
+  const reader = new FileReader();
+  reader.onload = () => {
+    $("texts").value = String(reader.result);
+    setStatus(`Loaded ${file.name}.`);
+    $("texts").focus();
+  };
+  reader.onerror = () => setStatus(`Could not read ${file.name}.`, true);
+  reader.readAsText(file);
+}
+
+function setUpFileDrop() {
+  const zone = $("drop-zone");
+  const input = $("file-input");
+  for (const target of [zone, $("texts")]) {
+    target.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+    target.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+    target.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("dragging");
+      readFile(event.dataTransfer.files[0]);
+    });
+  }
+  zone.addEventListener("click", () => input.click());
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); input.click(); }
+  });
+  input.addEventListener("change", () => readFile(input.files[0]));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("classify-form").addEventListener("submit", classify);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) classify(event);
+  });
+  setUpFileDrop();
+  loadModelInfo().catch((error) => { $("model-summary").textContent = `Model information unavailable: ${error.message}`; });
+  detectExplain();
+});
+
+// For tests and for the explain feature to replace the hook.
+window.gpt2clf = { classify, renderHighlights, splitDocuments, state };

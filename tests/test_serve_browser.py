@@ -1,0 +1,101 @@
+"""The web page of ``gpt2clf serve`` in a real headless Chromium against a real uvicorn server."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpt2clf.serving import ServeSettings, create_app, running_in_thread
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_model_dir: Path) -> Iterator[str]:
+    from gpt2clf.prediction import Predictor
+
+    predictor = Predictor.from_folder(tiny_model_dir, device="cpu")
+    with running_in_thread(create_app(predictor, ServeSettings(), model_dir=tiny_model_dir)) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 900, "height": 700})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.problems = problems
+    yield page
+    context.close()
+
+
+def test_page_classifies_typed_text_and_draws_bars(page, server_url: str, tmp_path: Path) -> None:
+    from PIL import Image, ImageStat
+
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(server_url)
+    page.wait_for_function("document.getElementById('model-summary').textContent.includes('3 labels')")
+
+    box = page.get_by_label("Text to classify")  # the text box has an accessible name
+    box.fill("My X server crashes when I resize an xterm\n---\nThe shuttle launch was delayed again")
+    page.fill("#top-k", "2")
+    box.press("Control+Enter")  # keyboard submit
+    page.wait_for_selector(".result >> nth=1")
+
+    results = page.locator(".result")
+    assert results.count() == 2
+    assert page.locator(".bar-row").count() == 4  # two texts x top 2
+    assert results.nth(0).locator(".bar-row").count() == 2
+    labels = page.locator(".bar-label").all_inner_texts()
+    assert set(labels) <= {"a", "b", "c"} and len(labels) == 4
+    first_label = results.nth(0).locator(".bar-label").first.inner_text()
+    assert results.nth(0).locator("h2").inner_text() == f"Text 1: {first_label}"
+    meter = results.nth(0).locator("[role=meter]").first
+    assert 0 <= float(meter.get_attribute("aria-valuenow")) <= 100
+    assert page.locator("#status").inner_text().startswith("Done: 2 results")
+    # no explain endpoint on this server: the highlighting hook leaves its container empty
+    assert page.evaluate("window.gpt2clf.state.explainAvailable") is False
+    assert page.locator(".highlights").first.inner_html() == ""
+
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    with Image.open(io.BytesIO(shot.read_bytes())) as image:
+        spread = ImageStat.Stat(image.convert("L")).stddev[0]
+    assert spread > 5, "the screenshot is blank"
+
+    assert page.problems == []
+    assert all(url.startswith(server_url) or url.startswith("data:") for url in requests), requests
+
+
+def test_a_dropped_text_file_fills_the_box(page, server_url: str, tmp_path: Path) -> None:
+    document = tmp_path / "post.txt"
+    document.write_text("Which GPU drivers work with X11?\nThanks in advance.", encoding="utf-8")
+    page.goto(server_url)
+    page.set_input_files("#file-input", str(document))
+    page.wait_for_function("document.getElementById('texts').value.includes('GPU drivers')")
+    assert page.input_value("#texts") == document.read_text(encoding="utf-8")
+    assert "post.txt" in page.locator("#status").inner_text()
+    page.click("#submit")
+    page.wait_for_selector(".result")
+    assert page.locator(".result").count() == 1
+    assert page.locator(".bar-row").count() == 3
+    assert page.problems == []
+
+
+def test_errors_are_shown_and_focus_is_visible(page, server_url: str) -> None:
+    page.goto(server_url)
+    page.wait_for_function("document.getElementById('model-summary').textContent.includes('labels')")
+    page.focus("#texts")
+    page.keyboard.press("Control+Enter")  # nothing typed
+    assert "Type or drop some text first" in page.locator("#status").inner_text()
+    assert page.locator("#status").get_attribute("role") == "status"
+    page.keyboard.press("Tab")  # keyboard reaches the file drop zone, which shows a focus ring
+    assert page.evaluate("document.activeElement.id") == "drop-zone"
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"
+    assert page.problems == []
