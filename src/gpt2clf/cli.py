@@ -6,6 +6,8 @@ Commands::
     gpt2clf evaluate  score a saved model folder on a labelled split
     gpt2clf predict   classify new text with a saved model folder
     gpt2clf data stats  documents, classes and token lengths of a dataset
+    gpt2clf explain   which tokens led a saved model to its label (integrated gradients, attention)
+    gpt2clf report    one self-contained HTML report of a finished run
 
 Exit codes: 0 success, 2 a user error (one message on stderr, no traceback unless
 ``--debug``), 130 interrupted with Ctrl-C.
@@ -76,6 +78,23 @@ examples:
 
 INT8_HELP = ("CPU only: run an int8 copy of the model (dynamic quantization), about 1.4x faster; "
              "probabilities move by about 0.01")
+
+EXPLAIN_EXAMPLES = """\
+examples:
+  gpt2clf explain runs/20ng/model "My X server crashes when I resize an xterm"
+  # towards another label, more integration steps, as JSON (one object per document)
+  gpt2clf explain runs/20ng/model --file post.txt --label sci.space --steps 200 --json
+  # a page with the text shaded by attribution and a per-head attention heat map
+  gpt2clf explain runs/20ng/model --file post.txt --html why.html
+  # what our blocks route to the pooled token, no Captum needed
+  gpt2clf explain runs/20ng/model "hockey playoffs tonight" --method attention
+"""
+
+REPORT_EXAMPLES = """\
+examples:
+  gpt2clf report runs/20ng                      # writes runs/20ng/report.html
+  gpt2clf report runs/20ng --output /tmp/20ng.html
+"""
 
 STATS_EXAMPLES = """\
 examples:
@@ -190,6 +209,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32, help="documents per batch (default: 32)")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     predict.add_argument("--int8", action="store_true", help=INT8_HELP)
+
+    explain = commands.add_parser("explain", help="which tokens led a saved model to its label",
+                                  description="Per-token attributions towards the predicted label (or --label): "
+                                  "integrated gradients on the input embeddings (Captum), or the attention our "
+                                  "blocks pay from the pooled position.",
+                                  epilog=EXPLAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    explain.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    explain.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    explain.add_argument("texts", nargs="*", metavar="TEXT", help="documents to explain")
+    explain.add_argument("--file", action="append", default=[], metavar="F",
+                         help="a text file to explain as one document (repeatable)")
+    explain.add_argument("--label", metavar="L", help="the label to explain (default: the predicted one)")
+    explain.add_argument("--method", default="integrated-gradients", metavar="METHOD",
+                         help="integrated-gradients or attention (default: integrated-gradients)")
+    explain.add_argument("--steps", default="50", metavar="N",
+                         help="integration steps of integrated gradients (default: 50)")
+    explain.add_argument("--top-k", type=int, default=5, help="tokens listed per document (default: 5)")
+    explain.add_argument("--html", metavar="OUT.html", help="also write one self-contained HTML page")
+    explain.add_argument("--json", action="store_true", help="one JSON object per line: label, probabilities, "
+                         "tokens, attributions, method, delta, ...")
+    explain.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+    report = commands.add_parser("report", help="one self-contained HTML report of a finished run",
+                                 description="Config, data summary, learning curves, metrics, confusion, the "
+                                 "most confident test errors with highlighted tokens, timings and hardware.",
+                                 epilog=REPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by 'gpt2clf train --output'")
+    report.add_argument("--output", "-o", metavar="FILE.html", help="where to write (default: RUN_DIR/report.html)")
 
     data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
                                                                                metavar="SUBCOMMAND", required=True)
@@ -396,7 +444,36 @@ def command_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict}
+def command_explain(args: argparse.Namespace) -> int:
+    from gpt2clf.explain import explain_folder
+
+    try:
+        steps = int(args.steps)
+    except ValueError:
+        raise UserError(f"--steps must be an integer, got {args.steps!r}") from None
+    texts = list(args.texts)
+    for path in args.file:
+        if not Path(path).is_file():
+            raise DataError(f"--file {path}: no such file")
+        texts.append(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    explanations = explain_folder(args.model_dir, texts, method=args.method, label=args.label, steps=steps,
+                                  device=args.device, html=args.html)
+    for exp in explanations:
+        print(json.dumps(exp.to_dict()) if args.json else exp.summary(args.top_k))
+    if args.html and not args.json:
+        print(f"wrote {args.html}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from gpt2clf.report import write_run_report
+
+    print(f"wrote {write_run_report(args.run_dir, args.output)}")
+    return 0
+
+
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict,
+            "explain": command_explain, "report": command_report}
 
 
 def quiet_libraries() -> None:
@@ -439,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extras = parser.parse_known_args(argv)
     # argparse stops filling TEXT ... at the first option, so `predict MODEL --json "text"`
     # leaves "text" over; documents after options are still documents.
-    if extras and args.command == "predict" and not any(e.startswith("-") for e in extras):
+    if extras and args.command in ("predict", "explain") and not any(e.startswith("-") for e in extras):
         args.texts = [*args.texts, *extras]
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
