@@ -120,6 +120,8 @@ class Explanation:
             lines.append(f"  {value:+.4f}  {token!r} (token {i})")
         if self.delta is not None and self.logit_difference is not None:
             lines.append(f"  logit difference {self.logit_difference:+.4f}, convergence delta {self.delta:+.2e}")
+            if abs(self.delta) > 0.05 * abs(self.logit_difference):
+                lines.append("  (the delta is large: more --steps give a closer approximation)")
         if self.truncated:
             lines.append(f"  (only the first {len(self.tokens)} tokens were read)")
         return "\n".join(lines)
