@@ -37,7 +37,7 @@ def quick_train_args(backbone: Path, output: Path, *extra: str, documents: int =
         "--max-train-samples", str(documents), "--max-eval-samples", "300", "--max-length", str(max_length),
         "--epochs", str(epochs), "--learning-rate", "1e-3", "--head-learning-rate", "3e-3", "--n-embed", "64",
         "--n-heads", "2", "--n-blocks", "1", "--batch-size", "16", "--pooling", "mean", "--no-progress",
-        "--output", str(output), *extra,
+        "--precision", "32-true", "--output", str(output), *extra,
     ]
 
 
@@ -72,7 +72,9 @@ def test_training_beats_chance_and_writes_a_complete_run_folder(trained_run: Pat
 
 def test_evaluate_reproduces_the_runs_test_metrics(trained_run: Path, capsys: pytest.CaptureFixture[str],
                                                     tmp_path: Path) -> None:
-    assert main(["evaluate", str(trained_run / "model"), "--json", "--output", str(tmp_path / "eval")]) == 0
+    # The precision the run used (quick_train_args: 32-true): the same settings give the same figures.
+    assert main(["evaluate", str(trained_run / "model"), "--json", "--precision", "32-true", "--output",
+                 str(tmp_path / "eval")]) == 0
     result = json.loads(capsys.readouterr().out)
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert result["num_documents"] == 300

@@ -8,6 +8,8 @@ Commands::
     gpt2clf export    write a model folder as an ONNX file (checked against PyTorch)
     gpt2clf serve     an HTTP API and a web page for a saved model folder
     gpt2clf data stats  documents, classes and token lengths of a dataset
+    gpt2clf explain   which tokens led a saved model to its label (integrated gradients, attention)
+    gpt2clf report    one self-contained HTML report of a finished run
 
 Exit codes: 0 success, 2 a user error (one message on stderr, no traceback unless
 ``--debug``), 130 interrupted with Ctrl-C.
@@ -109,6 +111,23 @@ Stop it with Ctrl-C or SIGTERM: requests in flight finish first, then it exits 0
 Needs the serve extra: pip install "gpt2clf[serve]"
 """
 
+EXPLAIN_EXAMPLES = """\
+examples:
+  gpt2clf explain runs/20ng/model "My X server crashes when I resize an xterm"
+  # towards another label, more integration steps, as JSON (one object per document)
+  gpt2clf explain runs/20ng/model --file post.txt --label sci.space --steps 200 --json
+  # a page with the text shaded by attribution and a per-head attention heat map
+  gpt2clf explain runs/20ng/model --file post.txt --html why.html
+  # what our blocks route to the pooled token, no Captum needed
+  gpt2clf explain runs/20ng/model "hockey playoffs tonight" --method attention
+"""
+
+REPORT_EXAMPLES = """\
+examples:
+  gpt2clf report runs/20ng                      # writes runs/20ng/report.html
+  gpt2clf report runs/20ng --output /tmp/20ng.html
+"""
+
 STATS_EXAMPLES = """\
 examples:
   gpt2clf data stats
@@ -188,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="build data and model, print the plan, train nothing")
     run.add_argument("--json", action="store_true", help="print the plan or final metrics as JSON")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--no-report", action="store_true", help="skip RUN_DIR/report.html at the end of the run")
     for title, names in training_field_groups():
         add_config_flags(train, names, title)
 
@@ -275,6 +295,35 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--request-timeout-s", type=float, default=30.0,
                         help="seconds until a request gets 504 and its texts are dropped (default: 30)")
 
+    explain = commands.add_parser("explain", help="which tokens led a saved model to its label",
+                                  description="Per-token attributions towards the predicted label (or --label): "
+                                  "integrated gradients on the input embeddings (Captum), or the attention our "
+                                  "blocks pay from the pooled position.",
+                                  epilog=EXPLAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    explain.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    explain.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    explain.add_argument("texts", nargs="*", metavar="TEXT", help="documents to explain")
+    explain.add_argument("--file", action="append", default=[], metavar="F",
+                         help="a text file to explain as one document (repeatable)")
+    explain.add_argument("--label", metavar="L", help="the label to explain (default: the predicted one)")
+    explain.add_argument("--method", default="integrated-gradients", metavar="METHOD",
+                         help="integrated-gradients or attention (default: integrated-gradients)")
+    explain.add_argument("--steps", default="50", metavar="N",
+                         help="integration steps of integrated gradients (default: 50)")
+    explain.add_argument("--top-k", type=int, default=5, help="tokens listed per document (default: 5)")
+    explain.add_argument("--html", metavar="OUT.html", help="also write one self-contained HTML page")
+    explain.add_argument("--json", action="store_true", help="one JSON object per line: label, probabilities, "
+                         "tokens, attributions, method, delta, ...")
+    explain.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+    report = commands.add_parser("report", help="one self-contained HTML report of a finished run",
+                                 description="Config, data summary, learning curves, metrics, confusion, the "
+                                 "most confident test errors with highlighted tokens, timings and hardware.",
+                                 epilog=REPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by 'gpt2clf train --output'")
+    report.add_argument("--output", "-o", metavar="FILE.html", help="where to write (default: RUN_DIR/report.html)")
+
     data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
                                                                                metavar="SUBCOMMAND", required=True)
     stats = data.add_parser("stats", help="documents, classes and token lengths of a dataset",
@@ -313,7 +362,8 @@ def command_train(args: argparse.Namespace) -> int:
     if not args.output and not args.dry_run:
         raise UserError("train needs --output RUN_DIR (or --dry-run)")
     result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume, dry_run=args.dry_run,
-                   enable_progress_bar=not args.no_progress, notify=lambda line: print(line, file=sys.stderr))
+                   enable_progress_bar=not args.no_progress, notify=lambda line: print(line, file=sys.stderr),
+                   report=not args.no_report)
     if not result:  # a DDP worker process: rank 0 reports
         return 0
     if args.json:
@@ -325,6 +375,8 @@ def command_train(args: argparse.Namespace) -> int:
         print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}  "
               f"({test['documents']} documents)")
         print(f"model saved to {Path(args.output) / 'model'}")
+        if not args.no_report:
+            print(f"report: {Path(args.output) / 'report.html'}")
     return 0
 
 
@@ -494,8 +546,37 @@ def command_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_explain(args: argparse.Namespace) -> int:
+    from gpt2clf.explain import explain_folder
+
+    try:
+        steps = int(args.steps)
+    except ValueError:
+        raise UserError(f"--steps must be an integer, got {args.steps!r}") from None
+    texts = list(args.texts)
+    for path in args.file:
+        if not Path(path).is_file():
+            raise DataError(f"--file {path}: no such file")
+        texts.append(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    explanations = explain_folder(args.model_dir, texts, method=args.method, label=args.label, steps=steps,
+                                  device=args.device, html=args.html)
+    for exp in explanations:
+        print(json.dumps(exp.to_dict()) if args.json else exp.summary(args.top_k))
+    if args.html and not args.json:
+        print(f"wrote {args.html}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from gpt2clf.report import write_run_report
+
+    print(f"wrote {write_run_report(args.run_dir, args.output)}")
+    return 0
+
+
 COMMANDS = {"train": command_train, "evaluate": command_evaluate, "predict": command_predict,
-            "export": command_export, "serve": command_serve}
+            "export": command_export, "serve": command_serve, "explain": command_explain,
+            "report": command_report}
 
 
 def quiet_libraries() -> None:
@@ -538,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extras = parser.parse_known_args(argv)
     # argparse stops filling TEXT ... at the first option, so `predict MODEL --json "text"`
     # leaves "text" over; documents after options are still documents.
-    if extras and args.command == "predict" and not any(e.startswith("-") for e in extras):
+    if extras and args.command in ("predict", "explain") and not any(e.startswith("-") for e in extras):
         args.texts = [*args.texts, *extras]
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")

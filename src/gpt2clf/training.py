@@ -27,6 +27,7 @@ Run folder layout::
     RUN_DIR/logs/metrics.csv     per-step and per-epoch metrics (TensorBoard too when installed)
     RUN_DIR/metrics.json         best validation and final test figures
     RUN_DIR/model/               the self-contained model folder (best weights)
+    RUN_DIR/report.html          one self-contained page: config, data, curves, metrics, errors
 """
 
 from __future__ import annotations
@@ -753,12 +754,13 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
 
 def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
           dry_run: bool = False, enable_progress_bar: bool = True,
-          notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+          notify: Callable[[str], None] | None = None, report: bool = True) -> dict[str, Any]:
     """Fine-tune per ``config`` and write the run folder; return the metrics (or the plan, dry run).
 
     The run folder gets ``config.yaml`` (the resolved config), ``checkpoints/``, ``logs/``,
-    ``metrics.json`` and ``model/`` (see the module docstring). ``notify`` receives the
-    estimated wall time before training starts (see :func:`fit`).
+    ``metrics.json``, ``model/`` and, unless ``report`` is False, ``report.html`` (see the
+    module docstring). ``notify`` receives the estimated wall time before training starts
+    (see :func:`fit`).
     """
     run_dir = Path(output_dir)
     if dry_run:
@@ -776,6 +778,12 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
         return {}
     result.save(run_dir / "model")
     atomic_write_json(run_dir / "metrics.json", result.metrics)
+    if report and result.test_probabilities is not None:
+        from gpt2clf.report import ScoredSplit, write_run_report
+
+        scored = ScoredSplit(result.data.texts["test"], result.data.test.labels, result.test_probabilities,
+                             result.data.label_names)
+        write_run_report(run_dir, scored=scored)
     return result.metrics
 
 
