@@ -836,8 +836,9 @@ def _splits_from_rows(rows: tuple[list[str], list[Any]], test_rows: tuple[list[s
         unseen = sorted(test_seen - set(index))
         if unseen:
             shown = ", ".join(repr(label) for label in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
-            raise DataError(f"{test_name or name + ' (test)'}: label(s) {shown} do not occur in the training data "
-                            f"{name}; the model can only predict labels it was trained on")
+            where = f"the train file {name}" if test_name else f"the train split of {name}"
+            raise DataError(f"{test_name or name + ' (test split)'}: label(s) {shown} do not occur in {where}; "
+                            "the model can only predict labels it was trained on")
         train = full
         test = TextDataset(texts=test_texts, labels=encode(test_labels), label_names=list(label_names),
                            multi_label=multi_label)
