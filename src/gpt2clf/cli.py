@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--plot", metavar="FILE.png", help="write class balance and token-length histogram")
     stats.add_argument("--tokenizer", default="gpt2", help="hub id or folder of the tokenizer (default: gpt2)")
     stats.add_argument("--max-length", default="512", help="length to report the share above (default: 512)")
-    add_config_flags(stats, list(DATA_FIELDS), "data")
+    add_config_flags(stats, [*DATA_FIELDS, "multi_label"], "data")
     return parser
 
 
@@ -383,7 +383,7 @@ def command_data_stats(args: argparse.Namespace) -> int:
     from gpt2clf.plots import plot_dataset_stats
     from gpt2clf.stats import describe_dataset
 
-    config = Config().updated(**config_overrides(args, DATA_FIELDS), max_length=args.max_length)
+    config = Config().updated(**config_overrides(args, [*DATA_FIELDS, "multi_label"]), max_length=args.max_length)
     stats = describe_dataset(config, args.tokenizer, config.max_length)
     if args.plot:
         plot_dataset_stats(stats, args.plot)
