@@ -50,6 +50,11 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, ti
     unknown_key = write(tmp / "unknown.yaml", "learning_rat: 0.1\n")
     wrong_type = write(tmp / "type.yaml", "batch_size: many\n")
     list_yaml = write(tmp / "list.yaml", "- 1\n- 2\n")
+    scalar_tags = write(tmp / "tags.jsonl", '{"text": "x", "label": ["a", "b"]}\n{"text": "y", "label": "a"}\n')
+    import pandas as pd
+
+    parquet = tmp / "data.parquet"
+    pd.DataFrame({"body": ["x", "y"], "label": ["a", "b"]}).to_parquet(parquet)
 
     # Broken copies of a good model folder.
     def broken_model(name: str, edit) -> Path:
@@ -84,6 +89,17 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, ti
     data = ["--data-dir", str(ARCHIVE)]
     quick = ["--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--dry-run", *data]
     return [
+        ("multi-label jsonl cell not a list", ["data", "stats", "--train-file", str(scalar_tags), "--multi-label"],
+         "must be a list"),
+        ("multi-label on single-label file", ["data", "stats", "--train-file", str(good_csv), "--multi-label"],
+         "did you mean single-label"),
+        ("unknown parquet column", ["data", "stats", "--train-file", str(parquet)], "no column 'text'"),
+        ("dataset without datasets", ["data", "stats", "--dataset", "imdb"], "datasets library"),
+        ("dataset and train file", ["data", "stats", "--dataset", "imdb", "--train-file", str(good_csv)],
+         "either train_file or dataset"),
+        ("text column twice", ["data", "stats", "--train-file", str(good_csv), "--text-column", "text",
+                               "--text-column", "text"], "twice"),
+        ("multi-label with fusion", ["train", "--multi-label", "--fusion", "tfidf", "--dry-run"], "single-label"),
         # data paths and files
         ("missing data dir", ["data", "stats", "--data-dir", str(tmp / "nope")], "not found"),
         ("folder that is not 20NG", ["data", "stats", "--data-dir", str(not_20ng)], "20news"),

@@ -3,12 +3,13 @@
 The main entry points, importable from the package (loaded lazily, so ``import gpt2clf`` and
 ``gpt2clf --help`` import no torch)::
 
-    from gpt2clf import Config, GPT2Classifier, Predictor, fit, train
+    from gpt2clf import Config, GPT2Classifier, GPT2TextClassifier, Predictor, fit, train
 
 Modules, in the order data flows (each imports only those above it):
 ``errors``, ``files``, ``config`` -> ``corpora`` (text) -> ``batching`` (tokens, batches) ->
 ``backbone`` (the Hugging Face adapter) -> ``model_io``, ``model`` -> ``inference`` ->
-``feature_cache``, ``prediction`` -> ``evaluation``, ``stats``, ``plots`` -> ``training`` -> ``cli``.
+``feature_cache``, ``prediction`` -> ``evaluation``, ``stats``, ``plots`` -> ``training`` ->
+``estimator`` (the scikit-learn estimator), ``cli``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "gpt2clf.config",
     "GPT2Classifier": "gpt2clf.model",
+    "GPT2TextClassifier": "gpt2clf.estimator",
     "ClassifierSpec": "gpt2clf.model",
     "Predictor": "gpt2clf.prediction",
     "evaluate_folder": "gpt2clf.evaluation",
@@ -29,10 +31,12 @@ _EXPORTS = {
     "train": "gpt2clf.training",
 }
 
-__all__ = ["ClassifierSpec", "Config", "GPT2Classifier", "Predictor", "evaluate_folder", "fit", "train"]
+__all__ = ["ClassifierSpec", "Config", "GPT2Classifier", "GPT2TextClassifier", "Predictor", "evaluate_folder", "fit",
+           "train"]
 
 if TYPE_CHECKING:
     from gpt2clf.config import Config
+    from gpt2clf.estimator import GPT2TextClassifier
     from gpt2clf.evaluation import evaluate_folder
     from gpt2clf.model import ClassifierSpec, GPT2Classifier
     from gpt2clf.prediction import Predictor

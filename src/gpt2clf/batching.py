@@ -250,14 +250,15 @@ class TokenizedDataset(Dataset):
     """Token id lists (and optionally labels) as a map-style dataset.
 
     Item ``i`` is ``{"input_ids": list[int], "labels": int, "index": i}`` (``labels`` only
-    when given). ``lengths`` holds every item's token count, for length-aware samplers.
+    when given; a multi-hot tuple for multi-label data). ``lengths`` holds every item's token
+    count, for length-aware samplers.
     """
 
-    def __init__(self, input_ids: list[list[int]], labels: Sequence[int] | None = None) -> None:
+    def __init__(self, input_ids: list[list[int]], labels: Sequence[Any] | None = None) -> None:
         if labels is not None and len(labels) != len(input_ids):
             raise ValueError(f"TokenizedDataset got {len(input_ids)} token lists but {len(labels)} labels")
         self.input_ids = input_ids
-        self.labels = None if labels is None else [int(label) for label in labels]
+        self.labels = None if labels is None else [label_value(label) for label in labels]
         self.lengths: list[int] = [token_count(ids) for ids in input_ids]
 
     def __len__(self) -> int:
@@ -325,11 +326,25 @@ def _is_windowed(item: Any) -> bool:
     return bool(len(item)) and isinstance(item[0], (list, tuple, torch.Tensor)) and not isinstance(item[0], int)
 
 
+def label_value(label: Any) -> int | tuple[int, ...]:
+    """A label as datasets hold it: an int class index, or a multi-hot tuple (multi-label)."""
+    if isinstance(label, (tuple, list)):
+        return tuple(int(v) for v in label)
+    return int(label)
+
+
 def index_and_labels(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The ``index`` (and, when present, ``labels``) tensors that every collator carries along."""
+    """The ``index`` (and, when present, ``labels``) tensors that every collator carries along.
+
+    ``labels`` is long (B,) of class indices, or float (B, num_labels) multi-hot rows for
+    multi-label data.
+    """
     batch = {"index": torch.tensor([int(f["index"]) for f in features], dtype=torch.long)}
     if features and "labels" in features[0]:
-        batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+        if isinstance(features[0]["labels"], tuple):
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.float32)
+        else:
+            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
     return batch
 
 

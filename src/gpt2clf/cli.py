@@ -36,7 +36,8 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # Config fields that the data-reading commands (data stats, train, evaluate) share.
-DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "text_column", "label_column")  # = evaluation's
+DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column",
+               "label_column")  # = evaluation's
 # Fields that may change when a run is resumed: where and how it runs, not what it computes.
 RESUMABLE_FIELDS = ("accelerator", "devices", "strategy", "num_nodes", "num_workers")
 
@@ -58,6 +59,13 @@ examples:
   gpt2clf train --backbone ./gpt2 --data-dir ./20news-bydate.tar.gz --output runs/offline
   # your own data
   gpt2clf train --train-file reviews.csv --text-column body --label-column stars --output runs/reviews
+  # several text fields, joined as "subject: ...\n\nbody: ..."; Parquet files work like CSV
+  gpt2clf train --train-file mail.parquet --text-column subject --text-column body --output runs/mail
+  # several labels per document (CSV cells like sports|politics, JSON lists in JSONL)
+  gpt2clf train --train-file tags.csv --multi-label --output runs/tags
+  # a Hugging Face dataset (pip install 'gpt2clf[datasets]')
+  gpt2clf train --dataset imdb --freeze backbone --output runs/imdb
+  gpt2clf train --dataset glue:sst2 --text-column sentence --output runs/sst2
   # the plan and parameter counts, without training
   gpt2clf train --preset blog --dry-run --json
   # continue an interrupted run
@@ -76,6 +84,7 @@ examples:
   gpt2clf predict runs/20ng/model "My X server crashes when I resize an xterm"
   gpt2clf predict runs/20ng/model --file post.txt --top-k 5
   gpt2clf predict runs/20ng/model --input corpus.jsonl --text-column body --json > predictions.jsonl
+  gpt2clf predict runs/mail/model --input mail.parquet --text-column subject --text-column body
   # faster on a CPU: an int8 copy of the model (probabilities move by about 0.01)
   gpt2clf predict runs/20ng/model --input corpus.jsonl --int8 --json > predictions.jsonl
   # through ONNX Runtime, with the file 'gpt2clf export' wrote (default MODEL_DIR/model.onnx)
@@ -157,6 +166,9 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str], titl
         if hints[name] is bool:
             group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
                                help=text)
+        elif typing.get_origin(hints[name]) is list:  # repeatable: --text-column a --text-column b
+            group.add_argument(flag(name), dest=name, action="append", default=None, metavar=name.upper(),
+                               help=text)
         else:
             metavar = name.upper() if fields[name].type not in ("float", "int") else None
             group.add_argument(flag(name), dest=name, default=None, metavar=metavar, help=text)
@@ -165,7 +177,8 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str], titl
 def training_field_groups() -> list[tuple[str, list[str]]]:
     names = [f.name for f in dataclasses.fields(Config)]
     sections = [
-        ("data", [*DATA_FIELDS, "validation_ratio", "test_ratio", "max_train_samples", "max_eval_samples"]),
+        ("data", [*DATA_FIELDS, "multi_label", "validation_ratio", "test_ratio", "max_train_samples",
+                  "max_eval_samples"]),
         ("tokenization and batching", ["tokenizer", "max_length", "padding_side", "group_by_length",
                                        "long_documents", "chunk_stride", "max_chunks", "chunk_aggregation"]),
         ("model", ["backbone", "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "train_top_layers",
@@ -237,10 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a text file to classify as one document (repeatable)")
     predict.add_argument("--input", metavar="CORPUS", help="a .jsonl, .csv or .tsv file: one document per row, "
                          "streamed in batches")
-    predict.add_argument("--text-column", default="text", help="column of --input holding the text (default: text)")
+    predict.add_argument("--text-column", action="append", default=None, metavar="COLUMN",
+                         help="column of --input holding the text; repeat for several fields, joined as in "
+                         "training (default: text)")
     predict.add_argument("--top-k", type=int, default=3, help="how many top labels to show (default: 3)")
     predict.add_argument("--json", action="store_true",
-                         help="one JSON object per line: label, probabilities, top_k, id")
+                         help="one JSON object per line: label, probabilities, top_k, id (and labels, the chosen "
+                         "ones, for a multi-label model)")
     predict.add_argument("--batch-size", type=int, default=64,
                          help="at most this many documents per batch (default: 64; batches are also bounded "
                          "by a padded-token budget)")
@@ -334,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--plot", metavar="FILE.png", help="write class balance and token-length histogram")
     stats.add_argument("--tokenizer", default="gpt2", help="hub id or folder of the tokenizer (default: gpt2)")
     stats.add_argument("--max-length", default="512", help="length to report the share above (default: 512)")
-    add_config_flags(stats, list(DATA_FIELDS), "data")
+    add_config_flags(stats, [*DATA_FIELDS, "multi_label"], "data")
     return parser
 
 
@@ -372,8 +388,12 @@ def command_train(args: argparse.Namespace) -> int:
         print_plan(result)
     else:
         test = result["test"]
-        print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}  "
-              f"({test['documents']} documents)")
+        if "micro_f1" in test:  # multi-label
+            print(f"test micro-F1 {test['micro_f1']:.4f}  macro-F1 {test['macro_f1']:.4f}  subset accuracy "
+                  f"{test['subset_accuracy']:.4f}  loss {test['loss']:.4f}  ({test['documents']} documents)")
+        else:
+            print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  loss {test['loss']:.4f}  "
+                  f"({test['documents']} documents)")
         print(f"model saved to {Path(args.output) / 'model'}")
         if not args.no_report:
             print(f"report: {Path(args.output) / 'report.html'}")
@@ -435,7 +455,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     else:
         print(result.report())
         if written:
-            print(f"\nwrote {written[0]}, {written[1].name} and {written[2].name}")
+            print(f"\nwrote {written[0]}, {' and '.join(path.name for path in written[1:])}")
     return 0
 
 
@@ -451,7 +471,7 @@ def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
             raise DataError(f"--file {path}: no such file")
         yield str(path), file.read_bytes().decode("utf-8", errors="replace")
     if args.input:
-        for i, text in enumerate(iter_text_column(args.input, args.text_column)):
+        for i, text in enumerate(iter_text_column(args.input, args.text_column or ["text"])):
             yield f"{args.input}:{i}", text
 
 
@@ -486,7 +506,8 @@ def command_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"id": doc_id, **prediction.to_dict()}), flush=False)
         else:
             ranked = "  ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
-            print(f"{doc_id}\t{prediction.label}\t{ranked}")
+            shown = prediction.label if prediction.labels is None else "|".join(prediction.labels) or "(none)"
+            print(f"{doc_id}\t{shown}\t{ranked}")
     return 0
 
 
@@ -528,7 +549,7 @@ def command_data_stats(args: argparse.Namespace) -> int:
     from gpt2clf.plots import plot_dataset_stats
     from gpt2clf.stats import describe_dataset
 
-    config = Config().updated(**config_overrides(args, DATA_FIELDS), max_length=args.max_length)
+    config = Config().updated(**config_overrides(args, [*DATA_FIELDS, "multi_label"]), max_length=args.max_length)
     stats = describe_dataset(config, args.tokenizer, config.max_length)
     if args.plot:
         plot_dataset_stats(stats, args.plot)

@@ -35,6 +35,8 @@ LONG_DOCUMENT_CHOICES = ("truncate", "head-tail", "chunks")
 CHUNK_AGGREGATIONS = ("mean", "attention")
 FUSION_CHOICES = ("none", "tfidf")
 STRIP_CHOICES = ("headers", "footers", "quotes")  # the order in which scikit-learn applies them
+# List fields whose string values are one item, never split on commas (column names may hold commas).
+VERBATIM_LISTS = ("text_column",)
 
 
 @dataclass
@@ -52,13 +54,21 @@ class Config:
     strip: list[str] = field(default_factory=list)
     """Parts of 20 Newsgroups posts to remove: any of headers, footers, quotes."""
     train_file: str | None = None
-    """CSV, TSV or JSONL file of labelled text; None: 20 Newsgroups."""
+    """CSV, TSV, JSONL or Parquet file of labelled text; None: 20 Newsgroups (or ``dataset``)."""
     test_file: str | None = None
     """Test file for ``train_file``; None: a seeded stratified split of the train file."""
-    text_column: str = "text"
-    """Column (CSV/TSV header or JSONL key) holding the text."""
+    dataset: str | None = None
+    """A Hugging Face dataset, NAME or NAME:CONFIG, loaded with ``datasets.load_dataset`` (needs the
+    ``datasets`` extra and the hub, or its cache); its train split (and test split, if it has one) are used
+    like train_file and test_file."""
+    text_column: list[str] = field(default_factory=lambda: ["text"])
+    """Column (CSV/TSV header, JSONL key, Parquet or dataset column) holding the text; repeat the flag for
+    several fields, joined in the given order as "name: value" paragraphs (one column: the text alone)."""
     label_column: str = "label"
     """Column holding the label; label names are kept as written."""
+    multi_label: bool = False
+    """Each document has any number of labels (written a|b in CSV/TSV, a JSON list in JSONL/Parquet): one
+    sigmoid per label, binary cross-entropy, per-label thresholds tuned on the validation split."""
     validation_ratio: float = 0.2
     """Share of the training split held out (stratified, seeded) for validation."""
     test_ratio: float = 0.2
@@ -166,6 +176,10 @@ class Config:
     """One seed for splits, sampling, initialisation and dropout: a CPU run with it repeats exactly."""
 
     # ----------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        if isinstance(self.text_column, str):  # Config(text_column="body"), as before several columns
+            self.text_column = [self.text_column]
+
     @classmethod
     def from_preset(cls, name: str) -> Config:
         """The defaults overlaid with preset ``name`` (see :data:`PRESETS`)."""
@@ -252,6 +266,16 @@ class Config:
                 raise ConfigError(f"strip accepts {', '.join(STRIP_CHOICES)}; got {part!r}")
         if self.test_file and not self.train_file:
             raise ConfigError("test_file needs train_file (without train_file the dataset is 20 Newsgroups)")
+        if self.dataset is not None and self.train_file:
+            raise ConfigError("give either train_file or dataset, not both")
+        if self.dataset is not None and not self.dataset.strip(" :"):
+            raise ConfigError(f"dataset must be NAME or NAME:CONFIG, got {self.dataset!r}")
+        if not self.text_column or any(not name for name in self.text_column):
+            raise ConfigError("text_column must name at least one column, and no empty ones")
+        if len(set(self.text_column)) != len(self.text_column):
+            raise ConfigError(f"text_column names a column twice: {', '.join(self.text_column)}")
+        if self.multi_label and self.fusion != "none":
+            raise ConfigError("--fusion tfidf is for single-label classification; drop it with --multi-label")
 
     def with_absolute_paths(self) -> Config:
         """A copy whose local paths (data files and folders, cache folder, local backbone and
@@ -262,6 +286,8 @@ class Config:
             value = getattr(self, name)
             if value:
                 changes[name] = str(Path(value).expanduser().resolve())
+        if self.dataset and Path(self.dataset).expanduser().exists():  # a local dataset folder
+            changes["dataset"] = str(Path(self.dataset).expanduser().resolve())
         for name in ("backbone", "tokenizer"):
             value = getattr(self, name)
             if value and Path(value).expanduser().exists():
@@ -349,11 +375,18 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     try:
         if origin is list:
+            if name in VERBATIM_LISTS:  # column names may hold commas: a string is one name
+                if isinstance(value, str):
+                    value = [value]
+                if not isinstance(value, (list, tuple)) or any(isinstance(v, (dict, list)) for v in value):
+                    raise TypeError
+                return [str(v) for v in value]
             if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
+                value = [value]
             if not isinstance(value, (list, tuple)):
                 raise TypeError
-            return [str(v) for v in value]
+            # "a,b" (a flag or YAML string) and ["a", "b"] (a repeated flag or YAML list) mean the same
+            return [v.strip() for item in value for v in str(item).split(",") if v.strip()]
         if hint is bool:
             if isinstance(value, bool):
                 return value

@@ -1,6 +1,8 @@
 """Metrics and reports: accuracy, macro-F1, cross-entropy, per-class table, confusion matrix.
 
-Logits and gold labels become an :class:`EvaluationResult` (:func:`compute_metrics`);
+Logits and gold labels become an :class:`EvaluationResult` (:func:`compute_metrics`; for
+multi-label data :func:`compute_multilabel_metrics`, with per-label decision thresholds that
+:func:`tune_thresholds` chooses on the validation split);
 :func:`evaluate_model` runs a model over tokenized documents first, and
 :func:`evaluate_folder` scores a saved model folder on a split of the data it was trained on
 (or any other). scikit-learn computes every metric, so the figures match what users get
@@ -27,11 +29,16 @@ from gpt2clf.model import GPT2Classifier
 from gpt2clf.model_io import recorded_config
 from gpt2clf.prediction import Predictor, batched_logits
 
-__all__ = ["EvaluationResult", "compute_metrics", "evaluate_folder", "evaluate_model", "remap_labels",
-           "score_probabilities"]
+__all__ = ["EvaluationResult", "compute_metrics", "compute_multilabel_metrics", "evaluate_folder", "evaluate_model",
+           "remap_labels", "score_probabilities", "tune_thresholds"]
+
+# Decision thresholds tried per label: 0.05, 0.10, ..., 0.95.
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+# Keys of EvaluationResult that only multi-label results have (left out of single-label output).
+MULTI_LABEL_KEYS = ("multi_label", "micro_f1", "subset_accuracy", "hamming_loss", "thresholds")
 
 # The Config fields that name a dataset (evaluate takes them to point a model at other data).
-DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "text_column", "label_column")
+DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column", "label_column")
 
 
 @dataclass
@@ -48,19 +55,38 @@ class EvaluationResult:
     components: dict[str, dict[str, float]] = field(default_factory=dict)
     """With TF-IDF fusion: accuracy, macro_f1 and loss of each part alone (``network``, ``tfidf``);
     the figures above are the fused model's."""
+    multi_label: bool = False
+    """Multi-label results: ``accuracy`` is the subset accuracy (every label of a document right),
+    ``macro_f1`` averages the per-label F1, ``loss`` is the binary cross-entropy, and there is no
+    confusion matrix."""
+    micro_f1: float | None = None
+    """Multi-label: F1 over all (document, label) decisions pooled."""
+    subset_accuracy: float | None = None
+    """Multi-label: share of documents whose predicted label set is exactly the true one."""
+    hamming_loss: float | None = None
+    """Multi-label: share of (document, label) decisions that are wrong."""
+    thresholds: dict[str, float] | None = None
+    """Multi-label: the decision threshold of each label's probability."""
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        values = asdict(self)
+        if not self.multi_label:  # single-label output stays as it always was
+            for key in MULTI_LABEL_KEYS:
+                values.pop(key)
+        return values
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Write ``metrics.json``, ``report.txt`` and ``confusion_matrix.png`` into ``folder``; return their paths."""
+        """Write ``metrics.json``, ``report.txt`` and (single-label) ``confusion_matrix.png`` into ``folder``;
+        return their paths."""
         from gpt2clf.plots import plot_confusion_matrix
 
         folder = Path(folder)
-        paths = [folder / "metrics.json", folder / "report.txt", folder / "confusion_matrix.png"]
+        paths = [folder / "metrics.json", folder / "report.txt"]
         atomic_write_json(paths[0], self.to_dict())
         atomic_write_text(paths[1], self.report() + "\n")
-        plot_confusion_matrix(self, paths[2])
+        if not self.multi_label:
+            paths.append(folder / "confusion_matrix.png")
+            plot_confusion_matrix(self, paths[2])
         return paths
 
     def report(self) -> str:
@@ -72,6 +98,11 @@ class EvaluationResult:
             lines.append(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}"
                          f"  {int(row['support']):7d}")
         lines.append("")
+        if self.multi_label:
+            lines.append(f"micro-F1 {self.micro_f1:.4f}   macro-F1 {self.macro_f1:.4f}   subset accuracy "
+                         f"{self.subset_accuracy:.4f}   hamming loss {self.hamming_loss:.4f}   loss {self.loss:.4f}"
+                         f"   documents {self.num_documents}")
+            return "\n".join(lines)
         lines.append(f"accuracy {self.accuracy:.4f}   macro-F1 {self.macro_f1:.4f}   loss {self.loss:.4f}"
                      f"   documents {self.num_documents}")
         for name, figures in self.components.items():
@@ -106,6 +137,81 @@ def compute_metrics(logits: torch.Tensor, labels: Sequence[int], label_names: Se
     )
 
 
+def compute_multilabel_metrics(probabilities: torch.Tensor | np.ndarray, targets: Sequence[Sequence[int]],
+                               label_names: Sequence[str],
+                               thresholds: Sequence[float] | None = None) -> EvaluationResult:
+    """Multi-label metrics of per-label probabilities (N, C) against multi-hot ``targets`` (N, C).
+
+    A label is predicted when its probability reaches its threshold (default 0.5 for every
+    label). ``accuracy`` is the subset accuracy; see :class:`EvaluationResult`.
+
+    Example::
+
+        >>> r = compute_multilabel_metrics(np.array([[0.9, 0.2], [0.6, 0.7]]), [(1, 0), (1, 1)], ["a", "b"])
+        >>> r.subset_accuracy, r.micro_f1
+        (1.0, 1.0)
+    """
+    from sklearn.metrics import hamming_loss
+
+    probs = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(label_names))
+    gold = np.asarray([list(row) for row in targets], dtype=np.int64).reshape(-1, len(label_names))
+    cut = np.asarray(thresholds if thresholds is not None else [0.5] * len(label_names), dtype=np.float64)
+    predicted = (probs >= cut).astype(np.int64)
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    loss = float(-(gold * np.log(clipped) + (1 - gold) * np.log(1 - clipped)).mean()) if len(gold) else float("nan")
+    precision, recall, f1, support = precision_recall_fscore_support(gold, predicted, zero_division=0)
+    per_class = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+               "support": int(support[i])}
+        for i, name in enumerate(label_names)
+    }
+    subset = float(accuracy_score(gold, predicted)) if len(gold) else float("nan")
+    return EvaluationResult(
+        accuracy=subset,
+        macro_f1=float(f1_score(gold, predicted, average="macro", zero_division=0)),
+        loss=loss,
+        num_documents=len(gold),
+        label_names=list(label_names),
+        per_class=per_class,
+        multi_label=True,
+        micro_f1=float(f1_score(gold, predicted, average="micro", zero_division=0)),
+        subset_accuracy=subset,
+        hamming_loss=float(hamming_loss(gold, predicted)) if len(gold) else float("nan"),
+        thresholds={name: float(t) for name, t in zip(label_names, cut.tolist(), strict=True)},
+    )
+
+
+def tune_thresholds(probabilities: torch.Tensor | np.ndarray, targets: Sequence[Sequence[int]]) -> list[float]:
+    """Per label, the threshold on :data:`THRESHOLD_GRID` that maximises that label's F1 on these documents.
+
+    Ties go to the threshold nearest 0.5; a label with no positive document keeps 0.5 (F1 says
+    nothing there). Meant for the validation split.
+
+    Example::
+
+        >>> tune_thresholds(np.array([[0.3, 0.9], [0.1, 0.8], [0.35, 0.2]]), [(1, 1), (0, 1), (1, 0)])
+        [0.3, 0.5]
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    gold = np.asarray([list(row) for row in targets], dtype=np.int64).reshape(probs.shape)
+    chosen = []
+    for j in range(probs.shape[1]):
+        positives = gold[:, j] == 1
+        if not positives.any():
+            chosen.append(0.5)
+            continue
+        best, best_key = 0.5, None
+        for t in THRESHOLD_GRID:
+            predicted = probs[:, j] >= t
+            tp = int((predicted & positives).sum())
+            f1 = 2 * tp / (int(predicted.sum()) + int(positives.sum()))
+            key = (round(f1, 12), -abs(t - 0.5))
+            if best_key is None or key > best_key:
+                best, best_key = t, key
+        chosen.append(float(best))
+    return chosen
+
+
 def evaluate_model(
     model: GPT2Classifier,
     token_lists: Sequence[list[int]],
@@ -132,10 +238,21 @@ def remap_labels(labels: Sequence[int], names: Sequence[str], model_names: Seque
     if list(names) == list(model_names):
         return list(labels)
     index = {name: i for i, name in enumerate(model_names)}
-    unknown = sorted({names[y] for y in labels} - set(index))
+    multi = bool(labels) and isinstance(labels[0], tuple)
+    used = {names[j] for row in labels for j, v in enumerate(row) if v} if multi else {names[y] for y in labels}
+    unknown = sorted(used - set(index))
     if unknown:
         raise DataError(f"labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}; "
                         f"the model knows {len(model_names)} labels")
+    if multi:  # multi-hot rows re-ordered to the model's label order
+        rows = []
+        for row in labels:
+            out = [0] * len(model_names)
+            for j, v in enumerate(row):
+                if v:
+                    out[index[names[j]]] = 1
+            rows.append(tuple(out))
+        return rows
     return [index[names[y]] for y in labels]
 
 
@@ -147,9 +264,11 @@ def evaluation_config(model_dir: str | Path, data_overrides: dict[str, Any] | No
     message that says how to point evaluate at data.
     """
     overrides = dict(data_overrides or {})
-    if "train_file" not in overrides and any(k in overrides for k in ("data_dir", "strip")):
+    if "train_file" not in overrides and any(k in overrides for k in ("data_dir", "strip", "dataset")):
         overrides["train_file"] = None
         overrides["test_file"] = None
+    if "dataset" not in overrides and any(k in overrides for k in ("train_file", "data_dir", "strip")):
+        overrides["dataset"] = None
     config = recorded_config(model_dir).updated(**overrides)
     if not any(k in overrides for k in ("train_file", "test_file")):
         for name in ("train_file", "test_file"):
@@ -178,6 +297,9 @@ def evaluate_folder(model_dir: str | Path, *, split: str = "test", data_override
     config = evaluation_config(model_dir, data_overrides)
     dataset = splits_for(config).split(split)
     labels = remap_labels(dataset.labels, dataset.label_names, predictor.label_names)
+    if predictor.multi_label:
+        return compute_multilabel_metrics(predictor.predict_proba(dataset.texts), labels, predictor.label_names,
+                                          predictor.thresholds)
     return score_probabilities(predictor.component_probabilities(dataset.texts), labels, predictor.label_names)
 
 

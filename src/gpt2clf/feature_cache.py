@@ -54,7 +54,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gpt2clf.batching import PaddingCollator, flatten_windows, index_and_labels, length_sorted_batches
+from gpt2clf.batching import (
+    PaddingCollator,
+    flatten_windows,
+    index_and_labels,
+    label_value,
+    length_sorted_batches,
+)
 from gpt2clf.config import PADDING_SIDES
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_json
@@ -89,7 +95,7 @@ class FeatureDataset(Dataset):
     workers each open their own instead of copying the whole array.
     """
 
-    def __init__(self, folder: str | Path, labels: Sequence[int] | None = None) -> None:
+    def __init__(self, folder: str | Path, labels: Sequence[Any] | None = None) -> None:
         self.folder = Path(folder)
         meta = _read_meta(self.folder)
         if meta is None:
@@ -102,7 +108,7 @@ class FeatureDataset(Dataset):
         self.lengths: list[int] = np.diff(self.offsets).tolist()
         if labels is not None and len(labels) != len(self.lengths):
             raise ValueError(f"FeatureDataset has {len(self.lengths)} documents but got {len(labels)} labels")
-        self.labels = None if labels is None else [int(label) for label in labels]
+        self.labels = None if labels is None else [label_value(label) for label in labels]
         self._hidden: np.memmap | None = None
 
     def _array(self) -> np.memmap:
@@ -138,13 +144,13 @@ class WindowedFeatures(Dataset):
     ``{"hidden_states": [float16 Tensor (T_w, width), ...], "labels": int, "index": i}``.
     """
 
-    def __init__(self, windows: FeatureDataset, window_counts: Sequence[int], labels: Sequence[int] | None = None):
+    def __init__(self, windows: FeatureDataset, window_counts: Sequence[int], labels: Sequence[Any] | None = None):
         if sum(window_counts) != len(windows):
             raise ValueError(f"{len(windows)} cached windows but the counts add up to {sum(window_counts)}")
         self.windows = windows
         self.starts = np.concatenate([[0], np.cumsum(window_counts)]).astype(np.int64)
         self.lengths = [sum(windows.lengths[self.starts[i]:self.starts[i + 1]]) for i in range(len(window_counts))]
-        self.labels = None if labels is None else [int(label) for label in labels]
+        self.labels = None if labels is None else [label_value(label) for label in labels]
         self.start_layer = windows.start_layer
         self.key = windows.key
 
@@ -272,7 +278,7 @@ def cache_key(fields: dict[str, Any]) -> str:
 def cached_features(
     model: GPT2Classifier,
     token_lists: list[list[int]],
-    labels: Sequence[int] | None,
+    labels: Sequence[Any] | None,
     *,
     cache_root: str | Path | None,
     tokenizer_name: str,

@@ -4,7 +4,9 @@ A model folder holds::
 
     config.json         {"format": "gpt2clf", "format_version": 1, "spec": {...our architecture...},
                          "backbone_name": ..., "backbone_config": {...the backbone's full config...},
-                         "extra": {"config": {...training Config...}, "data_source": {...}, ...}}
+                         "extra": {"config": {...training Config...}, "data_source": {...},
+                                   "thresholds": {...per-label decision thresholds, multi-label only...},
+                                   "label_types": {...original label types, scikit-learn estimator only...}}}
     model.safetensors   every weight, the backbone's included (tied weights stored once)
     tokenizer files     whatever the tokenizer's save_pretrained writes
     (optional parts that other modules add, e.g. fusion/ for a TF-IDF model)
@@ -39,6 +41,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "check_weights_match",
     "read_model_config",
+    "read_model_extra",
     "read_training_config",
     "read_weights",
     "recorded_config",
@@ -106,6 +109,16 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
         if not isinstance(config.get(key), dict):
             raise ModelLoadError(f"{path} lacks a valid {key!r} entry; save the model again")
     return config
+
+
+def read_model_extra(folder: str | Path) -> dict[str, Any]:
+    """The ``extra`` metadata of a model folder's ``config.json`` (training config, thresholds, ...); {} if none."""
+    try:
+        meta = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    extra = meta.get("extra") if isinstance(meta, dict) else None
+    return dict(extra) if isinstance(extra, dict) else {}
 
 
 def read_training_config(folder: str | Path) -> dict[str, Any]:

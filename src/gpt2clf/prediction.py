@@ -33,7 +33,7 @@ from gpt2clf.inference import (
     resolve_precision,
 )
 from gpt2clf.model import GPT2Classifier
-from gpt2clf.model_io import read_training_config
+from gpt2clf.model_io import read_model_extra, read_training_config
 
 __all__ = ["Prediction", "Predictor", "batched_logits"]
 
@@ -70,15 +70,24 @@ def batched_logits(
 
 @dataclass
 class Prediction:
-    """One document's prediction: the top label and its class probabilities."""
+    """One document's prediction: the top label and its class probabilities.
+
+    For a multi-label model ``labels`` holds every label whose probability (its own sigmoid)
+    reaches that label's threshold (possibly none), ``label`` the most probable one, and the
+    probabilities do not sum to 1.
+    """
 
     label: str
     probabilities: dict[str, float]
     top_k: list[tuple[str, float]]
+    labels: list[str] | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"label": self.label, "probabilities": self.probabilities,
-                "top_k": [{"label": name, "probability": p} for name, p in self.top_k]}
+        values: dict[str, object] = {"label": self.label, "probabilities": self.probabilities,
+                                     "top_k": [{"label": name, "probability": p} for name, p in self.top_k]}
+        if self.labels is not None:
+            values["labels"] = self.labels
+        return values
 
 
 class Predictor:
@@ -105,12 +114,17 @@ class Predictor:
         first ``max_length`` tokens. A model folder records it.
     fusion:
         A TF-IDF model whose probabilities are mixed with the network's (recorded in the folder).
+    multi_label, thresholds:
+        A multi-label model: probabilities are per-label sigmoids, and a label is predicted when
+        its probability reaches its threshold (default 0.5 each; a model folder records the
+        ones tuned on the validation split).
     """
 
     def __init__(self, model: GPT2Classifier, tokenizer: Any, *, max_length: int = 512, batch_size: int = 64,
                  max_batch_tokens: int | None = None, device: torch.device | str | None = None,
                  precision: str = "auto", int8: bool = False, windowing: Windowing | None = None,
-                 fusion: Fusion | None = None) -> None:
+                 fusion: Fusion | None = None, multi_label: bool = False,
+                 thresholds: Sequence[float] | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if max_batch_tokens is not None and max_batch_tokens < 1:
@@ -131,6 +145,10 @@ class Predictor:
         self.windowing = windowing or Windowing(max_length)
         self.max_length = self.windowing.max_length
         self.fusion = fusion
+        self.multi_label = multi_label
+        self.thresholds = list(thresholds) if thresholds is not None else [0.5] * model.num_labels
+        if len(self.thresholds) != model.num_labels:
+            raise ConfigError(f"got {len(self.thresholds)} thresholds for {model.num_labels} labels")
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type,
                                                                              DEFAULT_BATCH_TOKENS["cpu"])
@@ -149,6 +167,10 @@ class Predictor:
             raise ModelLoadError(f"model folder {folder} has no usable tokenizer files: {err}") from err
         kwargs.setdefault("windowing", Windowing.of(training))
         kwargs.setdefault("fusion", Fusion.load(Path(folder)))
+        if training.get("multi_label"):
+            kwargs.setdefault("multi_label", True)
+            recorded = read_model_extra(folder).get("thresholds") or {}
+            kwargs.setdefault("thresholds", [float(recorded.get(name, 0.5)) for name in model.label_names])
         return cls(model, tokenizer, **kwargs)
 
     @property
@@ -164,12 +186,15 @@ class Predictor:
                               precision=self.precision, max_batch_tokens=self.max_batch_tokens)
 
     def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
-        """Class probabilities (N, num_labels), rows summing to 1 (fused with TF-IDF when the model has it)."""
+        """Class probabilities (N, num_labels), rows summing to 1 (fused with TF-IDF when the model has it);
+        for a multi-label model each label's own probability (a sigmoid; rows need not sum to 1)."""
         return self.component_probabilities(texts)["fused" if self.fusion is not None else "network"]
 
     def component_probabilities(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """``network`` probabilities, and with fusion also ``tfidf`` and ``fused`` ones (N, num_labels)."""
         texts = list(texts)
+        if self.multi_label:
+            return {"network": torch.sigmoid(self.logits(texts))}
         network = torch.softmax(self.logits(texts), dim=-1)
         if self.fusion is None:
             return {"network": network}
@@ -188,4 +213,7 @@ class Predictor:
                 values, indices = row.topk(k)
                 probabilities = {name: float(p) for name, p in zip(names, row.tolist(), strict=True)}
                 top = [(names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
-                yield Prediction(label=top[0][0], probabilities=probabilities, top_k=top)
+                chosen = None
+                if self.multi_label:
+                    chosen = [name for name, p, t in zip(names, row.tolist(), self.thresholds, strict=True) if p >= t]
+                yield Prediction(label=top[0][0], probabilities=probabilities, top_k=top, labels=chosen)

@@ -54,7 +54,11 @@ def dataset_stats(splits: DatasetSplits, tokenizer: PreTrainedTokenizerBase, max
     for name, ds in (("train", splits.train), ("test", splits.test)):
         lengths = token_lengths(ds.texts, tokenizer)
         stats.lengths[name] = lengths
-        counts = Counter(ds.labels)
+        if ds.multi_label:  # documents per label (a document may count for several)
+            counts = Counter({i: int(n) for i, n in enumerate(np.asarray(ds.labels, dtype=np.int64).reshape(
+                len(ds), len(splits.label_names)).sum(axis=0))})
+        else:
+            counts = Counter(ds.labels)
         array = np.asarray(lengths, dtype=np.int64)
         if len(array):
             p50, p90, p99 = (float(v) for v in np.percentile(array, [50, 90, 99]))
@@ -75,10 +79,7 @@ def dataset_stats(splits: DatasetSplits, tokenizer: PreTrainedTokenizerBase, max
 def describe_dataset(config: Any, tokenizer_name: str, max_length: int) -> DatasetStats:
     """:func:`dataset_stats` of the dataset ``config`` (a :class:`~gpt2clf.config.Config`) names."""
     from gpt2clf.batching import load_tokenizer
-    from gpt2clf.corpora import load_dataset_splits
+    from gpt2clf.corpora import config_dataset
 
-    splits = load_dataset_splits(train_file=config.train_file, test_file=config.test_file,
-                                 text_column=config.text_column, label_column=config.label_column,
-                                 data_dir=config.data_dir, strip=config.strip, test_ratio=config.test_ratio,
-                                 seed=config.seed)
+    splits = config_dataset(config)
     return dataset_stats(splits, load_tokenizer(tokenizer_name), max_length)

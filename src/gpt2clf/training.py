@@ -20,6 +20,11 @@ reseeded from ``(seed, epoch, rank)`` at each epoch start, and the Python, NumPy
 states also travel in every checkpoint. Checkpoints are written at epoch ends, so a run
 killed at any moment resumes from the last finished epoch and replays the same batches.
 
+Multi-label (``multi_label``): one sigmoid per label and binary cross-entropy on multi-hot
+targets; checkpoints follow the validation micro-F1 at threshold 0.5 (``val_micro_f1``), and
+after training each label's decision threshold is tuned on the validation split
+(:func:`gpt2clf.evaluation.tune_thresholds`) and saved with the model.
+
 Run folder layout::
 
     RUN_DIR/config.yaml          the full Config of the run
@@ -63,7 +68,7 @@ from gpt2clf.batching import (
 from gpt2clf.config import Config
 from gpt2clf.corpora import DatasetSplits, SplitSets, splits_for
 from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
-from gpt2clf.evaluation import EvaluationResult, compute_metrics
+from gpt2clf.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics, tune_thresholds
 from gpt2clf.feature_cache import (
     FeatureCollator,
     WindowedFeatures,
@@ -341,7 +346,10 @@ class ClassificationModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
-        loss = F.cross_entropy(logits.float(), batch["labels"])
+        if self.config.multi_label:  # one sigmoid per label against the multi-hot target
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+        else:
+            loss = F.cross_entropy(logits.float(), batch["labels"])
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
         return loss
@@ -361,6 +369,14 @@ class ClassificationModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # score every rank's share together
             logits = self.all_gather(logits).flatten(0, 1)
             labels = self.all_gather(labels).flatten(0, 1)
+        if self.config.multi_label:
+            loss = float(F.binary_cross_entropy_with_logits(logits.cpu(), labels.cpu().float()))
+            result = compute_multilabel_metrics(torch.sigmoid(logits.cpu()), labels.cpu().long().tolist(),
+                                                self.model.spec.label_names)
+            self.log_dict({"val_micro_f1": result.micro_f1, "val_macro_f1": result.macro_f1,
+                           "val_subset_accuracy": result.subset_accuracy, "val_loss": loss},
+                          prog_bar=True, rank_zero_only=False, sync_dist=False)
+            return
         result = compute_metrics(logits.cpu(), labels.cpu().tolist(), self.model.spec.label_names)
         self.log_dict({"val_acc": result.accuracy, "val_macro_f1": result.macro_f1, "val_loss": result.loss},
                       prog_bar=True, rank_zero_only=False, sync_dist=False)
@@ -622,6 +638,12 @@ def resolved_config(config: Config) -> Config:
     return config.with_absolute_paths().updated(precision=precision)
 
 
+def monitored_metric(config: Config) -> str:
+    """The validation figure that picks the best epoch (and early stopping): accuracy, or micro-F1
+    at threshold 0.5 for multi-label runs."""
+    return "val_micro_f1" if config.multi_label else "val_acc"
+
+
 def build_trainer(config: Config, run_dir: Path | None, *, enable_progress_bar: bool = True) -> pl.Trainer:
     """The Lightning trainer; without ``run_dir`` (in-memory :func:`fit`), checkpoints go to a temporary folder
     that the caller removes, and nothing is logged."""
@@ -630,13 +652,14 @@ def build_trainer(config: Config, run_dir: Path | None, *, enable_progress_bar: 
 
     root = run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="gpt2clf-fit-"))
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor="val_acc", mode="max",
+        ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor=monitored_metric(config), mode="max",
                         save_top_k=1, save_last=run_dir is not None, enable_version_counter=False),
     ]
     if enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 50))
     if config.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor="val_acc", mode="max", patience=config.early_stopping_patience))
+        callbacks.append(EarlyStopping(monitor=monitored_metric(config), mode="max",
+                                       patience=config.early_stopping_patience))
     loggers: list[Any] | bool = False
     if run_dir is not None:
         loggers = [CSVLogger(save_dir=run_dir, name="logs", version="")]
@@ -674,12 +697,17 @@ class FitResult:
     test order (None without a test set)."""
     fusion: Fusion | None = None
     """The TF-IDF model and its mixing weight, with ``fusion: tfidf``."""
+    thresholds: list[float] | None = None
+    """Multi-label: each label's decision threshold, tuned on the validation split (None otherwise)."""
 
-    def save(self, folder: str | Path) -> None:
-        """Write the model folder (weights, tokenizer, config, fusion and where the data came from)."""
-        self.model.save_pretrained(folder, tokenizer=self.tokenizer,
-                                   extra={"config": self.config.to_dict(), "data_source": self.data.source,
-                                          "test_metrics": self.metrics["test"]},
+    def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the model folder (weights, tokenizer, config, fusion, thresholds and where the data came
+        from); ``extra`` adds JSON-able entries to the folder's metadata."""
+        metadata: dict[str, Any] = {"config": self.config.to_dict(), "data_source": self.data.source,
+                                    "test_metrics": self.metrics["test"]}
+        if self.thresholds is not None:
+            metadata["thresholds"] = dict(zip(self.model.label_names, self.thresholds, strict=True))
+        self.model.save_pretrained(folder, tokenizer=self.tokenizer, extra={**metadata, **(extra or {})},
                                    write_more=self.fusion.save if self.fusion is not None else None)
 
 
@@ -820,6 +848,8 @@ def score_split(model: GPT2Classifier, data: PreparedData, config: Config, split
         logits = batched_logits(model, dataset.input_ids, batch_size=config.effective_eval_batch_size,
                                 pad_token_id=data.tokenizer.pad_token_id, padding_side=config.padding_side,
                                 device=device, precision=config.precision)
+    if config.multi_label:
+        return compute_multilabel_metrics(torch.sigmoid(logits), dataset.labels, model.spec.label_names), logits
     return compute_metrics(logits, dataset.labels, model.spec.label_names), logits
 
 
@@ -842,8 +872,16 @@ def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData
     def figures(result: EvaluationResult | None) -> dict[str, Any] | None:
         if result is None:
             return None
-        return {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "loss": result.loss,
-                "documents": result.num_documents}
+        values = {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "loss": result.loss,
+                  "documents": result.num_documents}
+        if result.multi_label:
+            values.update(micro_f1=result.micro_f1, subset_accuracy=result.subset_accuracy,
+                          hamming_loss=result.hamming_loss)
+        return values
+
+    if config.multi_label:
+        return _multilabel_result(config, model, data, figures, validation_logits, test_logits, best_score,
+                                  trainer, train_seconds)
 
     fusion = None
     test_probabilities = None if test_logits is None else torch.softmax(test_logits, dim=-1)
@@ -879,3 +917,28 @@ def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData
                              "components": components}
     return FitResult(model=model, tokenizer=data.tokenizer, config=config, metrics=metrics, data=data,
                      test_probabilities=test_probabilities, fusion=fusion)
+
+
+def _multilabel_result(config: Config, model: GPT2Classifier, data: PreparedData, figures: Callable[..., Any],
+                       validation_logits: torch.Tensor, test_logits: torch.Tensor | None, best_score: Any,
+                       trainer: pl.Trainer, train_seconds: float) -> FitResult:
+    """Tune each label's threshold on the validation split, then score validation and test with them."""
+    names = data.label_names
+    validation_probs = torch.sigmoid(validation_logits)
+    thresholds = tune_thresholds(validation_probs.numpy(), data.validation.labels)
+    validation = compute_multilabel_metrics(validation_probs, data.validation.labels, names, thresholds)
+    test_probabilities = None if test_logits is None else torch.sigmoid(test_logits)
+    test = (None if test_probabilities is None
+            else compute_multilabel_metrics(test_probabilities, data.test.labels, names, thresholds))
+    metrics = {
+        "validation": figures(validation),
+        "test": figures(test),
+        f"best_{monitored_metric(config)}": float(best_score) if best_score is not None else None,
+        "epochs_completed": trainer.current_epoch,
+        "train_seconds": round(train_seconds, 2),
+        "parameters": model.parameter_counts(),
+        "precision": config.precision,
+        "thresholds": dict(zip(names, thresholds, strict=True)),
+    }
+    return FitResult(model=model, tokenizer=data.tokenizer, config=config, metrics=metrics, data=data,
+                     test_probabilities=test_probabilities, thresholds=thresholds)
