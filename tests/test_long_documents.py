@@ -157,3 +157,18 @@ def test_a_fused_model_folder_loads_with_pickle_blocked(fused_chunked_model: Pat
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "1"  # label order: music, space, sport
+
+
+@pytest.mark.slow
+def test_explain_picks_a_window_of_a_chunked_model(fused_chunked_model: Path) -> None:
+    from gpt2clf.explain import explain
+
+    predictor = Predictor.from_folder(fused_chunked_model, precision="32-true")
+    text = " ".join(["the"] * 30 + ["guitar"] + ["of"] * 3)  # 34 tokens: three windows of 16
+    explanation = explain(predictor, text, steps=16)
+    assert explanation.chunk is not None and explanation.chunk["count"] == 3
+    assert 0 <= explanation.chunk["index"] < 3
+    assert explanation.probabilities == pytest.approx(
+        dict(zip(predictor.label_names, predictor.predict_proba([text])[0].tolist(), strict=True)), abs=1e-6)
+    assert 0 < len(explanation.tokens) <= 16 and "window" in explanation.summary()
+    json.dumps(explanation.to_dict())

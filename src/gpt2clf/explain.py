@@ -88,6 +88,10 @@ class Explanation:
     pooling_weights: list[float] | None = None
     truncated: bool = False
     """Whether the text had more tokens than the model's max_length (only the first were used)."""
+    chunk: dict[str, int] | None = None
+    """For a model that reads long documents in windows: ``{"index": i, "count": n}``, the window
+    explained (the one with the largest logit for the target label); ``text`` is then that
+    window's text, while ``label`` and ``probabilities`` are the whole document's."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict: label, probabilities, tokens, attributions, method, delta and the rest.
@@ -124,6 +128,9 @@ class Explanation:
                 lines.append("  (the delta is large: more --steps give a closer approximation)")
         if self.truncated:
             lines.append(f"  (only the first {len(self.tokens)} tokens were read)")
+        if self.chunk is not None:
+            lines.append(f"  (explained inside window {self.chunk['index'] + 1} of {self.chunk['count']}, the one "
+                         f"that scores {self.target!r} highest)")
         return "\n".join(lines)
 
     def display_segments(self) -> list[tuple[str, float]]:
@@ -314,6 +321,10 @@ def explain(predictor: Any, text: str, *, method: str = "integrated-gradients", 
         raise ConfigError("explanations need the float model; load the Predictor without int8")
     device = next(model.parameters()).device
     max_length = int(predictor.max_length)
+    windowing = getattr(predictor, "windowing", None)
+    if windowing is not None and windowing.windowed:
+        return _explain_in_window(predictor, text, method=method, label=label, steps=steps,
+                                  internal_batch_size=internal_batch_size)
     ids_list = tokenize_texts([text], tokenizer, max_length)[0]
     full_length = len(tokenize_texts([text], tokenizer, 10**9)[0]) if len(ids_list) >= max_length else 0
     tokens, offsets = readable_tokens(text, ids_list, tokenizer)
@@ -349,6 +360,48 @@ def explain(predictor: Any, text: str, *, method: str = "integrated-gradients", 
         pooling=model.spec.pooling, head_weights=[r.tolist() for r in routed],
         pooling_weights=pooling.tolist() if pooling is not None else None,
         truncated=full_length > len(ids_list))
+
+
+def _explain_in_window(predictor: Any, text: str, **options: Any) -> Explanation:
+    """Explain a long document read in windows: inside the window that scores the target label highest.
+
+    The document's own prediction (all windows aggregated, fused with TF-IDF when the model
+    has it) gives the label and probabilities; the attributions are those of the chosen window.
+    """
+    import dataclasses
+
+    from gpt2clf.batching import Windowing, encode_documents, special_tokens_around
+
+    names = predictor.label_names
+    document = predictor.predict_proba([text])[0]
+    label = options.get("label")
+    target = names.index(label) if label is not None else int(document.argmax())
+    windows = encode_documents([text], predictor.tokenizer, predictor.windowing)[0]
+    model = predictor.model
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        scores = [float(model(torch.tensor([w], device=device), torch.ones(1, len(w), dtype=torch.long,
+                                                                         device=device))[0, target])
+                  for w in windows]
+    best = max(range(len(windows)), key=scores.__getitem__)
+    prefix, suffix = special_tokens_around(predictor.tokenizer)
+    body = windows[best][len(prefix):len(windows[best]) - len(suffix)]
+    window_text = predictor.tokenizer.decode(body, clean_up_tokenization_spaces=False)
+    single = dataclasses.replace(predictor.windowing, mode="truncate")
+    inner = _WindowPredictor(predictor, single if isinstance(single, Windowing) else predictor.windowing)
+    explanation = explain(inner, window_text, **{**options, "label": names[target]})
+    return dataclasses.replace(
+        explanation, label=names[int(document.argmax())],
+        probabilities={name: float(p) for name, p in zip(names, document.tolist(), strict=True)},
+        chunk={"index": best, "count": len(windows)})
+
+
+class _WindowPredictor:
+    """A predictor's model and tokenizer, reading one window (what :func:`explain` needs)."""
+
+    def __init__(self, predictor: Any, windowing: Any) -> None:
+        self.model, self.tokenizer = predictor.model, predictor.tokenizer
+        self.label_names, self.max_length, self.windowing = predictor.label_names, predictor.max_length, windowing
 
 
 def explain_folder(model_dir: str | Path, texts: Sequence[str], *, method: str = "integrated-gradients",

