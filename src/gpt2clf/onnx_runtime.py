@@ -35,7 +35,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -335,18 +334,10 @@ class OnnxPredictor:
 
     def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None) -> Iterator[Any]:
         """Yield one :class:`~gpt2clf.prediction.Prediction` per text, ``chunk_size`` texts at a time."""
-        from gpt2clf.prediction import Prediction
+        from gpt2clf.prediction import stream_predictions
 
-        chunk_size = chunk_size or self.batch_size * 16
-        names = self.label_names
-        k = max(1, min(top_k, len(names)))
-        iterator = iter(texts)
-        while chunk := list(itertools.islice(iterator, chunk_size)):
-            for row in self.predict_proba(chunk):
-                top = np.argsort(-row, kind="stable")[:k]
-                probabilities = {name: float(p) for name, p in zip(names, row.tolist(), strict=True)}
-                ranked = [(names[i], float(row[i])) for i in top]
-                yield Prediction(label=ranked[0][0], probabilities=probabilities, top_k=ranked)
+        yield from stream_predictions(self.predict_proba, texts, self.label_names, top_k=top_k,
+                                      chunk_size=chunk_size or self.batch_size * 16)
 
 
 def _check_same_folder(metadata: OnnxMetadata, folder: Path, path: Path) -> None:

@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,27 @@ class Prediction:
         if self.labels is not None:
             values["labels"] = self.labels
         return values
+
+
+def stream_predictions(predict_proba: Callable[[list[str]], Any], texts: Iterable[str], names: Sequence[str], *,
+                       top_k: int, chunk_size: int, thresholds: Sequence[float] | None = None) -> Iterator[Prediction]:
+    """:class:`Prediction` objects for ``texts``, ``chunk_size`` texts per ``predict_proba`` call, in order.
+
+    ``predict_proba`` returns (N, C) probabilities (a tensor or an array); with ``thresholds``
+    (multi-label) each prediction's ``labels`` are those at or above their threshold.
+    """
+    k = max(1, min(top_k, len(names)))
+    iterator = iter(texts)
+    while chunk := list(itertools.islice(iterator, chunk_size)):
+        for row in predict_proba(chunk):
+            values = [float(p) for p in row.tolist()]
+            order = sorted(range(len(values)), key=lambda i: -values[i])[:k]  # sorted() is stable: ties by index
+            top = [(names[i], values[i]) for i in order]
+            chosen = None
+            if thresholds is not None:
+                chosen = [name for name, p, t in zip(names, values, thresholds, strict=True) if p >= t]
+            yield Prediction(label=top[0][0], probabilities=dict(zip(names, values, strict=True)), top_k=top,
+                             labels=chosen)
 
 
 class Predictor:
@@ -204,16 +225,6 @@ class Predictor:
 
     def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per text, streaming ``chunk_size`` texts at a time."""
-        chunk_size = chunk_size or self.batch_size * 16
-        names = self.label_names
-        k = max(1, min(top_k, len(names)))
-        iterator = iter(texts)
-        while chunk := list(itertools.islice(iterator, chunk_size)):
-            for row in self.predict_proba(chunk):
-                values, indices = row.topk(k)
-                probabilities = {name: float(p) for name, p in zip(names, row.tolist(), strict=True)}
-                top = [(names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
-                chosen = None
-                if self.multi_label:
-                    chosen = [name for name, p, t in zip(names, row.tolist(), self.thresholds, strict=True) if p >= t]
-                yield Prediction(label=top[0][0], probabilities=probabilities, top_k=top, labels=chosen)
+        thresholds = self.thresholds if self.multi_label else None
+        yield from stream_predictions(self.predict_proba, texts, self.label_names, top_k=top_k,
+                                      chunk_size=chunk_size or self.batch_size * 16, thresholds=thresholds)

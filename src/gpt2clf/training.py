@@ -351,7 +351,8 @@ class ClassificationModule(pl.LightningModule):
         else:
             loss = F.cross_entropy(logits.float(), batch["labels"])
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # only the steps the logger writes
+            self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
