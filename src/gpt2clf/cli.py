@@ -196,6 +196,15 @@ def training_field_groups() -> list[tuple[str, list[str]]]:
     return sections
 
 
+def command_parser(commands: Any, name: str, help_text: str, description: str, examples: str
+                   ) -> argparse.ArgumentParser:
+    """A subcommand's parser: its help line, description, examples epilog and ``--debug``."""
+    parser = commands.add_parser(name, help=help_text, description=description, epilog=examples,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt2clf",
@@ -206,11 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    train = commands.add_parser("train", help="fine-tune a classifier and write a run folder",
-                                description="Fine-tune a classifier. Settings are filled in this order: "
-                                "defaults, --preset, --config FILE.yaml, then the flags below.",
-                                epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    train = command_parser(commands, "train", "fine-tune a classifier and write a run folder",
+        "Fine-tune a classifier. Settings are filled in this order: "
+        "defaults, --preset, --config FILE.yaml, then the flags below.",
+        TRAIN_EXAMPLES)
     run = train.add_argument_group("run")
     run.add_argument("--output", "-o", metavar="RUN_DIR", help="run folder to write (required unless --dry-run)")
     run.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default: none)")
@@ -224,11 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     for title, names in training_field_groups():
         add_config_flags(train, names, title)
 
-    evaluate = commands.add_parser("evaluate", help="score a saved model folder on a labelled split",
-                                   description="Accuracy, macro-F1, loss, a per-class table and a confusion "
-                                   "matrix. By default on the dataset recorded with the model.",
-                                   epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    evaluate = command_parser(commands, "evaluate", "score a saved model folder on a labelled split",
+        "Accuracy, macro-F1, loss, a per-class table and a confusion "
+        "matrix. By default on the dataset recorded with the model.",
+        EVALUATE_EXAMPLES)
     evaluate.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
     evaluate.add_argument("--split", choices=["test", "validation", "train"], default="test",
                           help="which split to score (default: test)")
@@ -240,10 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--int8", action="store_true", help=INT8_HELP)
     add_config_flags(evaluate, [*DATA_FIELDS, "max_eval_samples"], "data (default: as recorded with the model)")
 
-    predict = commands.add_parser("predict", help="classify new text with a saved model folder",
-                                  description="Label and top-k probabilities for each document.",
-                                  epilog=PREDICT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    predict.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    predict = command_parser(commands, "predict", "classify new text with a saved model folder",
+        "Label and top-k probabilities for each document.",
+        PREDICT_EXAMPLES)
     predict.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="documents to classify")
     predict.add_argument("--file", action="append", default=[], metavar="F",
@@ -268,13 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--onnx-model", metavar="PATH", help="the ONNX file for --runtime onnx "
                          "(default: MODEL_DIR/model.onnx, where 'gpt2clf export' writes it)")
 
-    export = commands.add_parser("export", help="write a model folder as an ONNX file (checked against PyTorch)",
-                                 description="Export to ONNX with dynamic batch and sequence dims: inputs input_ids\n"
-                                 "and attention_mask (int64 [batch, seq]), output logits ([batch, labels]); labels,\n"
-                                 "max_length and padding side in the file's metadata. The file is kept only if ONNX\n"
-                                 "Runtime's probabilities match PyTorch's within 1e-3 on sample texts.",
-                                 epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    export.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    export = command_parser(commands, "export", "write a model folder as an ONNX file (checked against PyTorch)",
+        "Export to ONNX with dynamic batch and sequence dims: inputs input_ids\n"
+        "and attention_mask (int64 [batch, seq]), output logits ([batch, labels]); labels,\n"
+        "max_length and padding side in the file's metadata. The file is kept only if ONNX\n"
+        "Runtime's probabilities match PyTorch's within 1e-3 on sample texts.",
+        EXPORT_EXAMPLES)
     export.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
     export.add_argument("--format", default="onnx", metavar="{onnx}", help="the export format (default: onnx)")
     export.add_argument("--output", "-o", metavar="FILE.onnx", help="where to write (default: MODEL_DIR/model.onnx)")
@@ -283,11 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more texts to check parity on, besides the built-in samples")
     export.add_argument("--json", action="store_true", help="print the export report as JSON")
 
-    serve = commands.add_parser("serve", help="an HTTP API and a web page for a saved model folder",
-                                description="Serve POST /v1/classify, GET /v1/model, /healthz, /readyz, /metrics "
-                                "and a web page at /. Concurrent requests share model calls (micro-batching).",
-                                epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    serve = command_parser(commands, "serve", "an HTTP API and a web page for a saved model folder",
+        "Serve POST /v1/classify, GET /v1/model, /healthz, /readyz, /metrics "
+        "and a web page at /. Concurrent requests share model calls (micro-batching).",
+        SERVE_EXAMPLES)
     serve.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
@@ -311,12 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--request-timeout-s", type=float, default=30.0,
                         help="seconds until a request gets 504 and its texts are dropped (default: 30)")
 
-    explain = commands.add_parser("explain", help="which tokens led a saved model to its label",
-                                  description="Per-token attributions towards the predicted label (or --label): "
-                                  "integrated gradients on the input embeddings (Captum), or the attention our "
-                                  "blocks pay from the pooled position.",
-                                  epilog=EXPLAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    explain.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    explain = command_parser(commands, "explain", "which tokens led a saved model to its label",
+        "Per-token attributions towards the predicted label (or --label): "
+        "integrated gradients on the input embeddings (Captum), or the attention our "
+        "blocks pay from the pooled position.",
+        EXPLAIN_EXAMPLES)
     explain.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
     explain.add_argument("texts", nargs="*", metavar="TEXT", help="documents to explain")
     explain.add_argument("--file", action="append", default=[], metavar="F",
@@ -332,20 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "tokens, attributions, method, delta, ...")
     explain.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
-    report = commands.add_parser("report", help="one self-contained HTML report of a finished run",
-                                 description="Config, data summary, learning curves, metrics, confusion, the "
-                                 "most confident test errors with highlighted tokens, timings and hardware.",
-                                 epilog=REPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    report = command_parser(commands, "report", "one self-contained HTML report of a finished run",
+        "Config, data summary, learning curves, metrics, confusion, the "
+        "most confident test errors with highlighted tokens, timings and hardware.",
+        REPORT_EXAMPLES)
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by 'gpt2clf train --output'")
     report.add_argument("--output", "-o", metavar="FILE.html", help="where to write (default: RUN_DIR/report.html)")
 
     data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
                                                                                metavar="SUBCOMMAND", required=True)
-    stats = data.add_parser("stats", help="documents, classes and token lengths of a dataset",
-                            description="Statistics of the dataset's own splits (before any validation split).",
-                            epilog=STATS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stats.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    stats = command_parser(data, "stats", "documents, classes and token lengths of a dataset",
+        "Statistics of the dataset's own splits (before any validation split).",
+        STATS_EXAMPLES)
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.add_argument("--plot", metavar="FILE.png", help="write class balance and token-length histogram")
     stats.add_argument("--tokenizer", default="gpt2", help="hub id or folder of the tokenizer (default: gpt2)")
