@@ -105,9 +105,13 @@ def chromium_path() -> str:
                 "or set GPT2CLF_CHROMIUM to its executable")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str):
-    """A headless Chromium through Playwright, pointed at the system executable (no downloads)."""
+    """A headless Chromium through Playwright, pointed at the system executable (no downloads).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread while
+    it is open, which would break later tests that call ``asyncio.run``.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -787,8 +787,8 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     """Fine-tune per ``config`` and write the run folder; return the metrics (or the plan, dry run).
 
     The run folder gets ``config.yaml`` (the resolved config), ``checkpoints/``, ``logs/``,
-    ``metrics.json``, ``model/`` and, unless ``report`` is False, ``report.html`` (see the
-    module docstring). ``notify`` receives the estimated wall time before training starts
+    ``metrics.json``, ``model/`` and, unless ``report`` is False, ``report.html`` (single-label
+    runs; see the module docstring). ``notify`` receives the estimated wall time before training starts
     (see :func:`fit`).
     """
     run_dir = Path(output_dir)
@@ -807,7 +807,7 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
         return {}
     result.save(run_dir / "model")
     atomic_write_json(run_dir / "metrics.json", result.metrics)
-    if report and result.test_probabilities is not None:
+    if report and result.test_probabilities is not None and not result.config.multi_label:
         from gpt2clf.report import ScoredSplit, write_run_report
 
         scored = ScoredSplit(result.data.texts["test"], result.data.test.labels, result.test_probabilities,
