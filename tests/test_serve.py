@@ -466,3 +466,16 @@ def test_signal_finishes_in_flight_requests_then_exits_0(tiny_model_dir: Path, s
     assert results[0].json()["predictions"][0]["label"] in {"a", "b", "c"}
     log = server.stdout.read()
     assert "Traceback" not in log
+
+
+def test_explain_endpoint_gives_one_attribution_per_token(predictor: Any, tiny_model_dir: Path) -> None:
+    with running_client(predictor, tiny_model_dir) as client:
+        answer = client.post("/v1/explain", json={"text": "hockey playoffs tonight", "steps": 8})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert "".join(body["tokens"]) == "hockey playoffs tonight"
+        assert len(body["attributions"]) == len(body["tokens"]) and body["target"] == body["label"]
+        assert client.post("/v1/explain", json={"text": "x", "label": "nope"}).status_code == 422
+        assert client.post("/v1/explain", json={"text": ""}).status_code == 422
+        assert client.post("/v1/explain", json={"text": "x", "steps": 0}).status_code == 422
+        assert client.post("/v1/explain", json={"text": "x" * 200_000}).status_code == 413

@@ -57,9 +57,12 @@ def test_page_classifies_typed_text_and_draws_bars(page, server_url: str, tmp_pa
     meter = results.nth(0).locator("[role=meter]").first
     assert 0 <= float(meter.get_attribute("aria-valuenow")) <= 100
     assert page.locator("#status").inner_text().startswith("Done: 2 results")
-    # no explain endpoint on this server: the highlighting hook leaves its container empty
-    assert page.evaluate("window.gpt2clf.state.explainAvailable") is False
-    assert page.locator(".highlights").first.inner_html() == ""
+    # POST /v1/explain shades each text's tokens by their attribution toward its label
+    assert page.evaluate("window.gpt2clf.state.explainAvailable") is True
+    page.wait_for_selector(".result >> nth=1 >> .token")
+    tokens = results.nth(0).locator(".token").all_inner_texts()
+    assert "".join(tokens) == "My X server crashes when I resize an xterm"
+    assert first_label in results.nth(0).locator(".highlights-legend").inner_text()
 
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot), full_page=True)

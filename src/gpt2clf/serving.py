@@ -152,6 +152,27 @@ class ClassifyRequest(BaseModel):
         return value
 
 
+class ExplainRequest(BaseModel):
+    """One text to explain: which tokens moved the model toward ``label`` (default: its prediction)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"text": "My X server crashes when I resize an xterm", "steps": 16}]})
+
+    text: StrictStr = Field(min_length=1, description="The document; at most max_text_chars characters (413).")
+    label: StrictStr | None = Field(None, description="The label to explain; default: the predicted one.")
+    steps: int = Field(16, ge=1, le=256, description="Integration steps of integrated gradients.")
+
+
+class ExplainResponse(BaseModel):
+    label: str = Field(description="The predicted label (of the whole document).")
+    target: str = Field(description="The label the attributions explain.")
+    tokens: list[str] = Field(description="The tokens read, as text pieces.")
+    attributions: list[float] = Field(description="One integrated-gradients attribution per token.")
+    delta: float | None = Field(description="Captum's convergence delta (small next to the logit difference).")
+    chunk: dict[str, int] | None = Field(None, description="For long documents read in windows: the window "
+                                         "explained, {index, count}.")
+
+
 class TextPrediction(BaseModel):
     label: str = Field(description="The most probable label.")
     probabilities: dict[str, float] = Field(description="Every label's probability; they sum to 1.")
@@ -683,6 +704,33 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
                                  "top_k": [[name, prob] for name, prob in p.top_k[:k]]} for p in predictions],
                 "model": service.model_name}
 
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES,
+              summary="Which tokens decided the label (integrated gradients)", tags=["classify"])
+    async def explain_text(body: Annotated[ExplainRequest, Body()]) -> dict[str, Any]:
+        """Per-token integrated-gradients attributions for one text (needs the ``explain`` extra, Captum)."""
+        require_ready()
+        if len(body.text) > settings.max_text_chars:
+            raise ApiError(413, "text_too_long", f"text has {len(body.text)} characters, over the limit of "
+                           f"{settings.max_text_chars}")
+        if body.label is not None and body.label not in service.predictor.label_names:
+            raise ApiError(422, "unknown_label", f"unknown label {body.label!r}; GET /v1/model lists the labels")
+        from gpt2clf.explain import explain
+
+        def run() -> Any:
+            return explain(service.predictor, body.text, label=body.label, steps=body.steps)
+
+        try:
+            # On the model thread, between batches: the model is not re-entrant.
+            result = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(service.executor, run),
+                                            settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"not explained within {settings.request_timeout_s:g} s; use fewer "
+                           "steps or a shorter text") from None
+        except UserError as err:  # e.g. Captum not installed, or an int8 model
+            raise ApiError(422, "cannot_explain", str(err)) from None
+        return {"label": result.label, "target": result.target, "tokens": result.tokens,
+                "attributions": result.attributions, "delta": result.delta, "chunk": result.chunk}
+
     @app.get("/v1/model", response_model=ModelInfo, responses={503: ERROR_RESPONSES[503]}, tags=["model"],
              summary="The model: labels, backbone, limits and recorded metrics")
     async def model_info() -> dict[str, Any]:
@@ -720,6 +768,12 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
             texts = schema["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
             texts["maxItems"] = settings.max_texts
             texts["items"]["maxLength"] = settings.max_text_chars
+            explain_body = schema["components"]["schemas"]["ExplainRequest"]["properties"]
+            explain_body["text"]["maxLength"] = settings.max_text_chars
+            if service.predictor is not None:  # the labels are known: the schema lists them
+                explain_body["label"] = {"anyOf": [{"enum": list(service.predictor.label_names), "type": "string"},
+                                                   {"type": "null"}],
+                                         "description": explain_body["label"].get("description", "")}
             app.openapi_schema = schema
         return app.openapi_schema
 

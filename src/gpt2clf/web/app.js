@@ -89,14 +89,42 @@ function renderBars(topK) {
 }
 
 // ---------------------------------------------------------------------------------------
-// TOKEN HIGHLIGHTING HOOK (for the `explain` feature, built separately).
-// When the server has POST /v1/explain (state.explainAvailable), this is called once per
-// text with the text and its <div class="highlights"> container. Fill the container with
-// the text's tokens, shaded by their attribution; it stays empty (and hidden) until then.
+// Token highlighting: when the server has POST /v1/explain (state.explainAvailable), each
+// text's tokens are shown shaded by their integrated-gradients attribution toward the
+// predicted label: green pushed toward it, red away from it, stronger for larger values.
 // ---------------------------------------------------------------------------------------
 async function renderHighlights(container, text, predictedLabel) {
   if (!state.explainAvailable) return;
-  void container; void text; void predictedLabel;   // to do: request /v1/explain and draw tokens
+  let explanation;
+  try {
+    const response = await fetch("/v1/explain", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ text, label: predictedLabel, steps: 16 }),
+    });
+    if (!response.ok) return;  // e.g. Captum not installed: the bars stand alone
+    explanation = await response.json();
+  } catch (_) {
+    return;
+  }
+  const peak = Math.max(1e-9, ...explanation.attributions.map(Math.abs));
+  const heading = document.createElement("p");
+  heading.className = "highlights-legend";
+  heading.textContent = `Why "${explanation.target}": tokens that pushed toward it in green, away in red`
+    + (explanation.chunk ? ` (window ${explanation.chunk.index + 1} of ${explanation.chunk.count})` : "");
+  const body = document.createElement("p");
+  body.className = "tokens";
+  explanation.tokens.forEach((token, i) => {
+    const value = explanation.attributions[i];
+    const span = document.createElement("span");
+    span.className = "token";
+    span.textContent = token;
+    const alpha = Math.min(1, Math.abs(value) / peak) * 0.75;
+    span.style.backgroundColor = value >= 0 ? `rgba(26, 127, 55, ${alpha})` : `rgba(207, 34, 46, ${alpha})`;
+    span.title = `${token.trim() || "(space)"}: ${value.toFixed(4)}`;
+    body.appendChild(span);
+  });
+  container.append(heading, body);
 }
 
 function renderResults(documents, predictions) {
