@@ -94,7 +94,8 @@ def load_pretrained_backbone(name_or_path: str, *, attn_implementation: str | No
 
 def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
                          attn_implementation: str | None = "sdpa") -> nn.Module:
-    """A randomly initialised base model built from a saved config dict (no download, no weights).
+    """A base model built from a saved config dict (no download), its weights left uninitialised
+    because the caller loads them next.
 
     ``origin`` names the file the config came from, for error messages.
 
@@ -112,13 +113,24 @@ def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
                              f"{first_line(err)}") from err
 
     def build(implementation: str | None) -> nn.Module:
-        return AutoModel.from_config(hf_config, attn_implementation=implementation, dtype=torch.float32)
+        # Its weights are about to be loaded: skip the random initialisation (seconds for GPT-2 small).
+        with _no_init_weights():
+            return AutoModel.from_config(hf_config, attn_implementation=implementation, dtype=torch.float32)
 
     try:
         model = _with_sdpa_fallback(build, attn_implementation)
     except (ValueError, TypeError, KeyError) as err:
         raise ModelLoadError(f"cannot build the backbone described in {origin}: {first_line(err)}") from err
     return _base_model(model)
+
+
+def _no_init_weights() -> contextlib.AbstractContextManager:
+    """transformers' context that builds a model without initialising its weights (a no-op if absent)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - other transformers layouts
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _with_sdpa_fallback(make: Any, attn_implementation: str | None) -> nn.Module:
