@@ -257,7 +257,8 @@ def main() -> int:
                                             "ratio": round(one / imports, 2)}
             log(f"one text: {one:.2f} s; import torch, transformers: {imports:.2f} s")
     if not args.skip_overhead:
-        report.update(framework_overhead())
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning's banners: keep stdout for the JSON
+            report.update(framework_overhead())
         log(f"framework overhead: {report['framework_overhead']}")
     print(json.dumps(report, indent=2) if args.json else report)
     return 0
