@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,15 +94,23 @@ def load_pretrained_backbone(name_or_path: str, *, attn_implementation: str | No
 
 
 def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
-                         attn_implementation: str | None = "sdpa") -> nn.Module:
+                         attn_implementation: str | None = "sdpa", native: bool = False) -> nn.Module:
     """A base model built from a saved config dict (no download), its weights left uninitialised
     because the caller loads them next.
 
-    ``origin`` names the file the config came from, for error messages.
+    ``origin`` names the file the config came from, for error messages. With ``native=True``
+    a plain GPT-2 config is built as :class:`~gpt2clf.gpt2_body.GPT2Body` (the same network
+    without importing ``transformers``' model classes: faster start-up for inference); other
+    configs are built by ``transformers`` as usual.
 
     Raises:
         ModelLoadError: the config names an unknown or unusable architecture.
     """
+    if native:
+        from gpt2clf.gpt2_body import GPT2Body, native_gpt2_reason
+
+        if native_gpt2_reason(backbone_config) is None:
+            return GPT2Body(backbone_config)
     from transformers import AutoConfig, AutoModel
 
     values = dict(backbone_config)
@@ -422,6 +431,8 @@ def use_fused_gelu(model: nn.Module) -> int:
     ~7 GB instead of ~9.5 GB (micro-batches of 4). Returns how many modules were replaced;
     the model has no new parameters, so saving and loading are unaffected.
     """
+    if "transformers.activations" not in sys.modules:  # then no module can be one: skip the import
+        return 0
     try:
         from transformers.activations import NewGELUActivation
     except ImportError:  # pragma: no cover - other transformers layouts
@@ -436,19 +447,23 @@ def use_fused_gelu(model: nn.Module) -> int:
 
 
 def conv1d_to_linear(module: nn.Module) -> None:
-    """Replace transformers' ``Conv1D`` (weight (in, out)) by the equivalent ``nn.Linear`` (weight (out, in))."""
-    try:
+    """Replace ``Conv1D`` layers (transformers' and :mod:`gpt2clf.gpt2_body`'s, weight (in, out)) by the
+    equivalent ``nn.Linear`` (weight (out, in))."""
+    from gpt2clf.gpt2_body import Conv1D as NativeConv1D
+
+    kinds: tuple[type, ...] = (NativeConv1D,)
+    if "transformers.pytorch_utils" in sys.modules:  # otherwise no module can be transformers' Conv1D
         from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - other transformers layouts
-        return
-    for name, child in list(module.named_children()):
-        if isinstance(child, Conv1D):
+
+        kinds += (Conv1D,)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, kinds):
+                continue
             n_in, n_out = child.weight.shape
             linear = nn.Linear(n_in, n_out, bias=child.bias is not None)
             with torch.no_grad():
                 linear.weight.copy_(child.weight.t())
                 if child.bias is not None:
                     linear.bias.copy_(child.bias)
-            setattr(module, name, linear)
-        else:
-            conv1d_to_linear(child)
+            setattr(parent, name, linear)

@@ -222,7 +222,7 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
         (their types kept) for folders written by :meth:`save`; for other folders, the label
         names as strings (``np.arange`` for multi-label ones).
         """
-        predictor = Predictor.from_folder(path)
+        predictor = Predictor.from_folder(path, fast_start=False)  # transformers' tokenizer: saved again by save()
         config = recorded_config(path)
         known = {f.name for f in dataclasses.fields(Config)}
         params = {name: getattr(config, name) for name in CONFIG_PARAMS}

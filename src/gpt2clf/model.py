@@ -522,12 +522,15 @@ class GPT2Classifier(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, attn_implementation: str | None = "sdpa"
+        cls, folder: str | Path, *, attn_implementation: str | None = "sdpa", native_backbone: bool = False
     ) -> GPT2Classifier:
         """Load a folder written by :meth:`save_pretrained`.
 
         Reads only JSON and safetensors (never pickle) and needs no network: the backbone is
-        rebuilt from its saved config, then every weight is loaded strictly.
+        rebuilt from its saved config, then every weight is loaded strictly. With
+        ``native_backbone=True`` a plain GPT-2 backbone is rebuilt as
+        :class:`~gpt2clf.gpt2_body.GPT2Body` (same outputs, about a second less start-up;
+        for inference), any other backbone by ``transformers``.
         """
         folder = Path(folder)
         config = read_model_config(folder)
@@ -538,10 +541,15 @@ class GPT2Classifier(nn.Module):
         if not (folder / WEIGHTS_NAME).is_file():
             raise ModelLoadError(f"{folder / WEIGHTS_NAME} is missing; the folder is incomplete: save the model again")
         backbone = backbone_from_config(config["backbone_config"], origin=str(folder / CONFIG_NAME),
-                                        attn_implementation=attn_implementation)
+                                        attn_implementation=attn_implementation, native=native_backbone)
         model = cls(backbone, spec, backbone_name=config.get("backbone_name"))
         tensors = read_weights(folder)
         check_weights_match(model, tensors, folder / WEIGHTS_NAME)
-        model.load_state_dict(tensors, strict=False)  # strictness checked above, tied names aside
+        # Strictness was checked above (tied names aside). When the file names every tensor (no
+        # ties to keep) in the model's dtypes, the loaded tensors become the parameters as they
+        # are: no second 0.5 GB copy for GPT-2 small.
+        expected = model.state_dict()
+        assign = set(expected) == set(tensors) and all(t.dtype == expected[n].dtype for n, t in tensors.items())
+        model.load_state_dict(tensors, strict=False, assign=assign)
         model.eval()
         return model

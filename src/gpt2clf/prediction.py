@@ -32,6 +32,7 @@ from gpt2clf.inference import (
     resolve_device,
     resolve_precision,
 )
+from gpt2clf.json_tokenizer import load_json_tokenizer
 from gpt2clf.model import GPT2Classifier
 from gpt2clf.model_io import read_model_extra, read_training_config
 
@@ -175,15 +176,22 @@ class Predictor:
                                                                              DEFAULT_BATCH_TOKENS["cpu"])
 
     @classmethod
-    def from_folder(cls, folder: str | Path, **kwargs: Any) -> Predictor:
+    def from_folder(cls, folder: str | Path, *, fast_start: bool = True, **kwargs: Any) -> Predictor:
         """Load a model folder written by training (weights, tokenizer and max length).
 
-        Keyword arguments are those of :class:`Predictor` (``device``, ``precision``, ...).
+        With ``fast_start`` (the default) a plain GPT-2 backbone is built by
+        :mod:`gpt2clf.gpt2_body` and a GPT-2 tokenizer read by :mod:`gpt2clf.json_tokenizer`,
+        which skips importing ``transformers`` (about 2 s of a one-text ``predict``) and gives
+        the same token ids and probabilities; other backbones and tokenizers, or
+        ``fast_start=False``, use ``transformers``' classes. Other keyword arguments are those
+        of :class:`Predictor` (``device``, ``precision``, ...).
         """
-        model = GPT2Classifier.from_pretrained(folder)
+        model = GPT2Classifier.from_pretrained(folder, native_backbone=fast_start)
         training = read_training_config(folder)
+        padding_side = training.get("padding_side", "right")
+        tokenizer = load_json_tokenizer(folder, padding_side) if fast_start else None
         try:
-            tokenizer = load_tokenizer(str(folder), padding_side=training.get("padding_side", "right"))
+            tokenizer = tokenizer or load_tokenizer(str(folder), padding_side=padding_side)
         except ModelLoadError as err:
             raise ModelLoadError(f"model folder {folder} has no usable tokenizer files: {err}") from err
         kwargs.setdefault("windowing", Windowing.of(training))
