@@ -50,11 +50,19 @@ RUNS: dict[str, dict[str, Any]] = {
     "frozen-chunks": dict(freeze="backbone", long_documents="chunks", max_chunks=4, chunk_aggregation="mean"),
     "top1-chunks": dict(train_top_layers=1, long_documents="chunks", max_chunks=4, chunk_aggregation="mean",
                         epochs=2, layerwise_lr_decay=None),
+    "top2-chunks": dict(train_top_layers=2, long_documents="chunks", max_chunks=4, chunk_aggregation="mean",
+                        epochs=3, layerwise_lr_decay=None),
+    "frozen-truncate-8": dict(freeze="backbone", long_documents="truncate", epochs=8),
+    "frozen-chunks-8": dict(freeze="backbone", long_documents="chunks", max_chunks=4, chunk_aggregation="attention",
+                            epochs=8),
 }
 LABELS = {
     "frozen-truncate": "frozen + truncate (256)",
     "frozen-chunks": "frozen + chunks (4 x 256)",
     "top1-chunks": "top-1 layer fine-tuned + chunks (4 x 256)",
+    "top2-chunks": "top-2 layers fine-tuned + chunks (4 x 256), 3 epochs",
+    "frozen-truncate-8": "frozen + truncate (256), 8 epochs",
+    "frozen-chunks-8": "frozen + chunks (4 x 256, attention aggregation), 8 epochs",
 }
 
 
