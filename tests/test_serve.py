@@ -95,6 +95,17 @@ class GatedPredictor:
             raise RuntimeError("test gate never opened")
         return self.inner.predict(texts, top_k=top_k)
 
+    def hold(self, client: Any, text: str, results: list) -> threading.Thread:
+        """Close the gate and start one request for ``text``; return once it is inside the model."""
+        self.gate.clear()
+        self.calls.clear()
+        self.entered.clear()
+        running = threading.Thread(target=lambda: results.append(
+            client.post("/v1/classify", json={"texts": [text]})))
+        running.start()
+        self.entered.wait(WAIT_GUARD_S)
+        return running
+
 
 def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
     samples = {}
@@ -261,13 +272,8 @@ def test_merged_batches_give_the_same_numbers_as_texts_alone(predictor, tiny_mod
 def test_batches_respect_the_token_budget(predictor, tiny_model_dir: Path) -> None:
     gated = GatedPredictor(predictor)
     with running_client(gated, tiny_model_dir, max_batch_tokens=64, max_wait_ms=0) as client:
-        gated.gate.clear()
-        gated.calls.clear()
-        gated.entered.clear()
         results: list[httpx.Response] = []
-        first = threading.Thread(target=lambda: results.append(client.post("/v1/classify", json={"texts": ["x"]})))
-        first.start()
-        gated.entered.wait(WAIT_GUARD_S)  # the first request runs; the next ones queue behind it
+        first = gated.hold(client, "x", results)  # the first request runs; the next ones queue behind it
         service = client.app.state.service
         others = [threading.Thread(target=lambda t=t: results.append(
             client.post("/v1/classify", json={"texts": [t] * 2}))) for t in ("word " * 20, "short", "tiny")]
@@ -292,17 +298,9 @@ def test_a_full_queue_answers_503_with_retry_after(predictor, tiny_model_dir: Pa
     gated = GatedPredictor(predictor)
     with running_client(gated, tiny_model_dir, max_queue=1, max_wait_ms=0) as client:
         service = client.app.state.service
-        gated.gate.clear()
-        gated.entered.clear()
         results: list[httpx.Response] = []
-
-        def post() -> None:
-            results.append(client.post("/v1/classify", json={"texts": ["hello"]}))
-
-        running = threading.Thread(target=post)
-        running.start()
-        gated.entered.wait(WAIT_GUARD_S)
-        queued = threading.Thread(target=post)
+        running = gated.hold(client, "hello", results)
+        queued = threading.Thread(target=lambda: results.append(client.post("/v1/classify", json={"texts": ["hello"]})))
         queued.start()
         wait_until(lambda: len(service.batcher.queue) == 1, "one queued request")
         rejected = client.post("/v1/classify", json={"texts": ["hello"]})
@@ -320,13 +318,8 @@ def test_timed_out_requests_leave_nothing_behind(predictor, tiny_model_dir: Path
     gated = GatedPredictor(predictor)
     with running_client(gated, tiny_model_dir, request_timeout_s=0.2, max_wait_ms=0) as client:
         service = client.app.state.service
-        gated.gate.clear()
-        gated.entered.clear()
         results: list[httpx.Response] = []
-        running = threading.Thread(target=lambda: results.append(
-            client.post("/v1/classify", json={"texts": ["stuck in the model"]})))
-        running.start()
-        gated.entered.wait(WAIT_GUARD_S)
+        running = gated.hold(client, "stuck in the model", results)
         # queued behind the stuck batch, it times out and must leave the queue
         assert_error(client.post("/v1/classify", json={"texts": ["stuck in the queue"]}), 504, "timeout")
         running.join(WAIT_GUARD_S)
