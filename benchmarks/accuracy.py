@@ -7,16 +7,16 @@ recipes (frozen backbone, long-document chunks, top-layer fine-tuning, TF-IDF fu
 real weights; they are not GPT-2 figures.
 
 Data: the standard "bydate" split, raw posts (no header/footer/quote stripping, as the
-published GPT-2 experiment did): 11,314 training posts, of which a seeded stratified share (20% unless a run sets
-``validation_ratio``) is the validation split (model selection and the fusion weight), and all
-7,532 test posts.
+published GPT-2 experiment did): 11,314 training posts, of which a seeded stratified share
+(20% unless a run sets ``validation_ratio``) is the validation split (model selection and the
+fusion weight), and all 7,532 test posts.
 
 Each configuration trains once (``gpt2clf.fit``) in its own process (so peak RSS is its own)
 and saves its model folder to ``runs/accuracy-NAME/model``;
-with ``fusion: tfidf`` one run gives three rows: the network alone, the fused model, and (once)
-TF-IDF alone. Results go to a JSON-lines file as each run ends; ``--report`` turns that file
-into ACCURACY.md, with the hand-written reading of the results from
-``benchmarks/accuracy_notes.md`` (so regenerating the tables never drops it).
+with ``fusion: tfidf`` one run gives three rows: the network alone, the fused model, and
+TF-IDF alone (shown once per training-split size). Results go to a JSON-lines file as each
+run ends; ``--report`` turns that file into ACCURACY.md, with the hand-written reading of the
+results from ``benchmarks/accuracy_notes.md`` (so regenerating the tables never drops it).
 
 Usage::
 
@@ -127,6 +127,8 @@ def validation_documents(row: dict[str, Any]) -> int:
 
 def report(results: Path, markdown: Path, notes: Path | None = None) -> None:
     """Write ACCURACY.md from the JSON-lines ``results``; ``notes`` (markdown) goes in verbatim."""
+    from gpt2clf.files import atomic_write_text
+
     rows = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip()]
     splits = sorted({validation_documents(r) for r in rows}, reverse=True)
     split_text = "; ".join(f"training {TRAINING_POSTS - v:,} and validation {v:,} posts "
@@ -202,7 +204,7 @@ def report(results: Path, markdown: Path, notes: Path | None = None) -> None:
                   "python benchmarks/accuracy.py --runs " + " ".join(dict.fromkeys(r["run"] for r in rows))
                   + " --out accuracy.jsonl",
                   "python benchmarks/accuracy.py --report accuracy.jsonl --markdown ACCURACY.md", "```", ""]
-    markdown.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(markdown, "\n".join(lines))
 
 
 def main() -> None:
