@@ -59,6 +59,9 @@ RUNS: dict[str, dict[str, Any]] = {
                             epochs=8),
     "top2-chunks-val10": dict(train_top_layers=2, long_documents="chunks", max_chunks=4, chunk_aggregation="mean",
                               epochs=4, layerwise_lr_decay=None, validation_ratio=0.1),
+    "top2-chunks-val10-5ep": dict(train_top_layers=2, long_documents="chunks", max_chunks=4,
+                                  chunk_aggregation="mean", epochs=5, layerwise_lr_decay=None,
+                                  validation_ratio=0.1),
 }
 LABELS = {
     "frozen-truncate": "frozen + truncate (256)",
@@ -68,6 +71,7 @@ LABELS = {
     "frozen-truncate-8": "frozen + truncate (256), 8 epochs",
     "frozen-chunks-8": "frozen + chunks (4 x 256, attention aggregation), 8 epochs",
     "top2-chunks-val10": "top-2 layers fine-tuned + chunks (4 x 256), 4 epochs, 10% validation",
+    "top2-chunks-val10-5ep": "top-2 layers fine-tuned + chunks (4 x 256), 5 epochs, 10% validation",
 }
 TRAINING_POSTS = 11_314  # the bydate training split; validation is carved out of it
 TFIDF_ROW = "TF-IDF (word 1-2 grams) + calibrated linear SVM alone"
@@ -85,6 +89,13 @@ def cpu_description() -> dict[str, Any]:
         flags = ""
     bf16 = "amx_bf16" if "amx_bf16" in flags else ("avx512_bf16" if "avx512_bf16" in flags else None)
     return {"model": model, "cores": os.cpu_count(), "bf16": bf16}
+
+
+def machine_text(row: dict[str, Any]) -> str:
+    """One run's CPU and precision, as the report's machine line gives it."""
+    cpu = row["cpu"]
+    return (f"{cpu['model']}, {cpu['cores']} cores, native bf16: {cpu['bf16'] or 'no (AVX2 only)'}, "
+            f"precision {row['precision']} (`auto`)")
 
 
 def run_one(name: str, out: Path, cache_dir: str | None) -> None:
@@ -166,11 +177,12 @@ def report(results: Path, markdown: Path, notes: Path | None = None) -> None:
         lines.append(f"| {label} | {100 * test['accuracy']:.1f}% | {100 * test['macro_f1']:.1f} | "
                      f"{test['loss']:.3f} | {weight} | {wall} | {rss} |")
     if rows:
-        cpu = rows[0]["cpu"]
+        machines = sorted({machine_text(row) for row in rows})
+        dates = sorted({row["date"] for row in rows})
+        date_text = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
         lines += [
             "",
-            f"Machine: {cpu['model']}, {cpu['cores']} cores, native bf16: {cpu['bf16'] or 'no (AVX2 only)'}; "
-            f"precision {rows[0]['precision']} (`auto`); date {rows[0]['date']}. Wall time is the whole `fit` "
+            f"Machine: {'; '.join(machines)}; dates {date_text}. Wall time is the whole `fit` "
             "call: tokenizing, the one-off backbone pass into the feature cache, training, scoring validation "
             "and test, and fitting TF-IDF.",
             "",
