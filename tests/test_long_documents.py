@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from gpt2clf import Config, fit
 from gpt2clf.batching import PaddingCollator, TokenizedDataset, Windowing, encode_documents, window_starts
 from gpt2clf.cli import main
 from gpt2clf.corpora import labelled_texts
+from gpt2clf.fusion import MIX_MODES, TfidfModel, choose_fusion
 from gpt2clf.prediction import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +128,8 @@ def test_fused_chunked_models_evaluate_and_predict_without_flags(fused_chunked_m
     assert 0.0 <= metrics["fusion"]["weight"] <= 1.0
     assert metrics["fusion"]["mode"] in ("probabilities", "log-probabilities")
     assert (fused_chunked_model / "fusion" / "tfidf.npz").is_file()
+    saved = json.loads((fused_chunked_model / "fusion" / "fusion.json").read_text())
+    assert len(saved["validation"]["grid"]) == 42  # 21 weights x 2 mix modes
     capsys.readouterr()
     assert main(["evaluate", str(fused_chunked_model), "--json", "--precision", "32-true"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -172,3 +176,21 @@ def test_explain_picks_a_window_of_a_chunked_model(fused_chunked_model: Path) ->
         dict(zip(predictor.label_names, predictor.predict_proba([text])[0].tolist(), strict=True)), abs=1e-6)
     assert 0 < len(explanation.tokens) <= 16 and "window" in explanation.summary()
     json.dumps(explanation.to_dict())
+
+
+def test_fusion_keeps_every_candidate_and_picks_the_most_accurate() -> None:
+    texts, labels = late_keyword_texts(60, seed=3, lead=4)
+    names = sorted(KEYWORDS)
+    y = [names.index(label) for label in labels]
+    tfidf = TfidfModel.fit(texts, y, len(names), seed=0)
+    # A network that is always sure of the wrong class: only weights that lean on TF-IDF can win.
+    network = np.full((len(y), len(names)), 0.01)
+    network[np.arange(len(y)), (np.asarray(y) + 1) % len(names)] = 0.98
+    fusion = choose_fusion(tfidf, network, texts, y)
+    grid = fusion.validation["grid"]
+    assert {(c["mode"], c["weight"]) for c in grid} == {(m, w / 20) for m in MIX_MODES for w in range(21)}
+    best = max(c["accuracy"] for c in grid)
+    chosen = next(c for c in grid if (c["mode"], c["weight"]) == (fusion.mode, fusion.weight))
+    assert chosen["accuracy"] == best == fusion.validation["fused_accuracy"]
+    assert fusion.weight < 0.5
+    assert next(c for c in grid if c["weight"] == 1.0)["accuracy"] == 0.0

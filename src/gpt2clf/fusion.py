@@ -183,6 +183,10 @@ def choose_fusion(tfidf: TfidfModel, network_validation: np.ndarray, validation_
                   validation_labels: Sequence[int]) -> Fusion:
     """The weight and mode that score best on the validation split (ties: the lower log loss).
 
+    Every candidate (21 weights from 0 to 1 for each mix mode) is scored; the returned
+    :attr:`Fusion.validation` keeps the whole grid under ``"grid"`` with each one's accuracy and
+    log loss, and the model folder saves it in ``fusion/fusion.json``.
+
     Raises:
         ConfigError: a validation split too small to choose a weight on.
     """
@@ -193,12 +197,14 @@ def choose_fusion(tfidf: TfidfModel, network_validation: np.ndarray, validation_
                           "--validation-ratio, or --fusion none)")
     tfidf_validation = tfidf.predict_proba(validation_texts)
     best: tuple[float, float, float, str] | None = None  # (accuracy, -log loss, weight, mode)
+    grid: list[dict[str, Any]] = []
     rows = np.arange(len(y))
     for mode in MIX_MODES:
         for weight in np.round(np.linspace(0.0, 1.0, 21), 2):
             mixed = mix_probabilities(network_validation, tfidf_validation, float(weight), mode)
             accuracy = float((mixed.argmax(axis=1) == y).mean())
             log_loss = float(-np.log(np.maximum(mixed[rows, y], _EPS)).mean())
+            grid.append({"mode": mode, "weight": float(weight), "accuracy": accuracy, "loss": log_loss})
             candidate = (accuracy, -log_loss, float(weight), mode)
             if best is None or candidate[:2] > best[:2]:
                 best = candidate
@@ -210,5 +216,7 @@ def choose_fusion(tfidf: TfidfModel, network_validation: np.ndarray, validation_
         "tfidf_accuracy": float((tfidf_validation.argmax(axis=1) == y).mean()),
         "fused_accuracy": accuracy,
         "fused_loss": -neg_loss,
+        # Every candidate's score, so a reader can see how clear the choice was.
+        "grid": grid,
     }
     return Fusion(tfidf, weight, mode, summary)
