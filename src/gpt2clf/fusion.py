@@ -196,27 +196,22 @@ def choose_fusion(tfidf: TfidfModel, network_validation: np.ndarray, validation_
                           f"documents; it needs at least {MIN_VALIDATION_DOCUMENTS} (use more data or a larger "
                           "--validation-ratio, or --fusion none)")
     tfidf_validation = tfidf.predict_proba(validation_texts)
-    best: tuple[float, float, float, str] | None = None  # (accuracy, -log loss, weight, mode)
-    grid: list[dict[str, Any]] = []
     rows = np.arange(len(y))
-    for mode in MIX_MODES:
-        for weight in np.round(np.linspace(0.0, 1.0, 21), 2):
-            mixed = mix_probabilities(network_validation, tfidf_validation, float(weight), mode)
-            accuracy = float((mixed.argmax(axis=1) == y).mean())
-            log_loss = float(-np.log(np.maximum(mixed[rows, y], _EPS)).mean())
-            grid.append({"mode": mode, "weight": float(weight), "accuracy": accuracy, "loss": log_loss})
-            candidate = (accuracy, -log_loss, float(weight), mode)
-            if best is None or candidate[:2] > best[:2]:
-                best = candidate
-    assert best is not None
-    accuracy, neg_loss, weight, mode = best
+
+    def score(mode: str, weight: float) -> dict[str, Any]:
+        mixed = mix_probabilities(network_validation, tfidf_validation, weight, mode)
+        return {"mode": mode, "weight": weight, "accuracy": float((mixed.argmax(axis=1) == y).mean()),
+                "loss": float(-np.log(np.maximum(mixed[rows, y], _EPS)).mean())}
+
+    grid = [score(mode, float(weight)) for mode in MIX_MODES for weight in np.round(np.linspace(0.0, 1.0, 21), 2)]
+    best = max(grid, key=lambda candidate: (candidate["accuracy"], -candidate["loss"]))  # first of exact ties
     summary = {
         "documents": len(y),
         "network_accuracy": float((network_validation.argmax(axis=1) == y).mean()),
         "tfidf_accuracy": float((tfidf_validation.argmax(axis=1) == y).mean()),
-        "fused_accuracy": accuracy,
-        "fused_loss": -neg_loss,
+        "fused_accuracy": best["accuracy"],
+        "fused_loss": best["loss"],
         # Every candidate's score, so a reader can see how clear the choice was.
         "grid": grid,
     }
-    return Fusion(tfidf, weight, mode, summary)
+    return Fusion(tfidf, best["weight"], best["mode"], summary)
