@@ -17,7 +17,7 @@ from gpt2clf import Config, fit
 from gpt2clf.batching import PaddingCollator, TokenizedDataset, Windowing, encode_documents, window_starts
 from gpt2clf.cli import main
 from gpt2clf.corpora import labelled_texts
-from gpt2clf.fusion import MIX_MODES, TfidfModel, choose_fusion
+from gpt2clf.fusion import FUSION_FOLDER, MIX_MODES, Fusion, TfidfModel, choose_fusion, refit_fusion
 from gpt2clf.prediction import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +130,9 @@ def test_fused_chunked_models_evaluate_and_predict_without_flags(fused_chunked_m
     assert (fused_chunked_model / "fusion" / "tfidf.npz").is_file()
     saved = json.loads((fused_chunked_model / "fusion" / "fusion.json").read_text())
     assert len(saved["validation"]["grid"]) == 42  # 21 weights x 2 mix modes
+    # The default refit: TF-IDF was refit on training + validation after the choice, never on test.
+    assert saved["tfidf_splits"] == ["train", "validation"]
+    assert saved["tfidf_documents"] == 300 - metrics["test"]["documents"]
     capsys.readouterr()
     assert main(["evaluate", str(fused_chunked_model), "--json", "--precision", "32-true"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -137,6 +140,8 @@ def test_fused_chunked_models_evaluate_and_predict_without_flags(fused_chunked_m
     assert result["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
     # TF-IDF alone reads every word, the keyword included: it is the strong part here.
     assert result["components"]["tfidf"]["accuracy"] >= 0.9
+    assert main(["evaluate", str(fused_chunked_model), "--split", "validation", "--precision", "32-true"]) == 0
+    assert "TF-IDF part was fit on the validation split" in capsys.readouterr().err
     text = " ".join(["the"] * 30 + ["guitar"])
     assert main(["predict", str(fused_chunked_model), "--json", text]) == 0
     prediction = json.loads(capsys.readouterr().out)
@@ -194,3 +199,45 @@ def test_fusion_keeps_every_candidate_and_picks_the_most_accurate() -> None:
     assert chosen["accuracy"] == best == fusion.validation["fused_accuracy"]
     assert fusion.weight < 0.5
     assert next(c for c in grid if c["weight"] == 1.0)["accuracy"] == 0.0
+
+
+def test_refit_keeps_the_validation_choice_and_learns_from_validation_too(tmp_path: Path) -> None:
+    texts, labels = late_keyword_texts(60, seed=5, lead=4)
+    names = sorted(KEYWORDS)
+    y = [names.index(label) for label in labels]
+    train_texts, train_y, validation_texts, validation_y = texts[:40], y[:40], texts[40:], y[40:]
+    for i in (0, 1):  # a word only validation has, in two documents (TF-IDF keeps words of two or more)
+        validation_texts[i] += " zeppelin"
+    chosen = choose_fusion(TfidfModel.fit(train_texts, train_y, 3), np.full((20, 3), 1 / 3), validation_texts,
+                           validation_y)
+    refit = refit_fusion(chosen, train_texts + validation_texts, train_y + validation_y, 3)
+    assert (refit.weight, refit.mode, refit.validation) == (chosen.weight, chosen.mode, chosen.validation)
+    assert (chosen.tfidf_splits, refit.tfidf_splits, refit.tfidf_documents) == (("train",), ("train", "validation"), 60)
+    assert "zeppelin" not in chosen.tfidf.terms and "zeppelin" in refit.tfidf.terms
+    refit.save(tmp_path)
+    loaded = Fusion.load(tmp_path)
+    assert loaded is not None and (loaded.tfidf_splits, loaded.tfidf_documents) == (("train", "validation"), 60)
+    np.testing.assert_allclose(loaded.tfidf.predict_proba(texts), refit.tfidf.predict_proba(texts), atol=1e-6)
+    # A folder saved before the refit existed says nothing about it: its TF-IDF saw the training split only.
+    meta_path = tmp_path / FUSION_FOLDER / "fusion.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["tfidf_splits"], meta["tfidf_documents"]
+    meta_path.write_text(json.dumps(meta))
+    older = Fusion.load(tmp_path)
+    assert older is not None and (older.tfidf_splits, older.tfidf_documents) == (("train",), None)
+
+
+@pytest.mark.slow
+def test_no_fusion_refit_keeps_the_training_only_tfidf_and_the_same_choice(tiny_backbone: Path) -> None:
+    texts, labels = late_keyword_texts(150, seed=6)
+    test_texts, test_labels = late_keyword_texts(30, seed=7)
+    data = labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels)
+    refit = fit(small_config(tiny_backbone, epochs=2, fusion="tfidf"), data)
+    kept = fit(small_config(tiny_backbone, epochs=2, fusion="tfidf", fusion_refit=False), data)
+    assert refit.fusion is not None and kept.fusion is not None
+    assert kept.fusion.tfidf_splits == ("train",) and kept.fusion.tfidf_documents == 120  # 20% validation
+    assert refit.fusion.tfidf_splits == ("train", "validation") and refit.fusion.tfidf_documents == 150
+    # The refit comes after the choice: weight, mode and every validation figure are the same.
+    assert (refit.fusion.weight, refit.fusion.mode) == (kept.fusion.weight, kept.fusion.mode)
+    assert refit.metrics["validation"] == kept.metrics["validation"]
+    assert not np.allclose(refit.fusion.tfidf.predict_proba(test_texts), kept.fusion.tfidf.predict_proba(test_texts))

@@ -156,6 +156,10 @@ class Config:
     fusion: str = "none"
     """tfidf: also fit a TF-IDF (word 1-2 grams) linear model on the training split and mix its
     probabilities with the network's, the weight chosen on the validation split; none: the network alone."""
+    fusion_refit: bool = True
+    """With fusion: after the weight is chosen on validation (with TF-IDF fit on the training part only), refit
+    TF-IDF on training + validation and keep the weight, as scikit-learn's GridSearchCV refits after choosing;
+    test is never seen. --no-fusion-refit keeps the training-only TF-IDF."""
 
     # --- hardware and reproducibility -------------------------------------------------
     precision: str = "auto"

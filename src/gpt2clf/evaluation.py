@@ -11,6 +11,7 @@ from its own functions. Nothing here imports Lightning.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from gpt2clf.config import Config
-from gpt2clf.corpora import splits_for
+from gpt2clf.corpora import DataWarning, splits_for
 from gpt2clf.errors import DataError
 from gpt2clf.files import atomic_write_json, atomic_write_text
 from gpt2clf.model import GPT2Classifier
@@ -295,6 +296,10 @@ def evaluate_folder(model_dir: str | Path, *, split: str = "test", data_override
     """
     predictor = Predictor.from_folder(model_dir, **{k: v for k, v in predictor_options.items() if v is not None})
     config = evaluation_config(model_dir, data_overrides)
+    if predictor.fusion is not None and split in predictor.fusion.tfidf_splits:
+        warnings.warn(DataWarning(f"this model's TF-IDF part was fit on the {split} split (the fusion refit), so "
+                                  f"its {split} figures are optimistic; the test split gives an honest estimate"),
+                      stacklevel=2)
     dataset = splits_for(config).split(split)
     labels = remap_labels(dataset.labels, dataset.label_names, predictor.label_names)
     if predictor.multi_label:

@@ -8,7 +8,10 @@ probabilities with a weight chosen on the validation split only:
     p = w * p_network + (1 - w) * p_tfidf                    ("probabilities"), or
     p = softmax(w * log p_network + (1 - w) * log p_tfidf)   ("log-probabilities"),
 
-whichever of the two, and whichever ``w`` on a 0.05 grid, scores best on validation.
+whichever of the two, and whichever ``w`` on a 0.05 grid, scores best on validation. By default
+the TF-IDF model is then refit on training + validation with ``w`` and the mode kept
+(:func:`refit_fusion`, the refit scikit-learn's ``GridSearchCV`` does after choosing); the test
+split is never seen. ``fusion.json`` records which splits the saved TF-IDF model was fit on.
 
 The linear model is scikit-learn's ``LinearSVC`` calibrated with ``CalibratedClassifierCV``
 (sigmoid, ``ensemble=False``): one weight matrix and one sigmoid per class. On disk (a
@@ -31,7 +34,7 @@ import numpy as np
 from gpt2clf.errors import ConfigError, ModelLoadError, first_line
 from gpt2clf.files import atomic_write_bytes, atomic_write_json
 
-__all__ = ["FUSION_FOLDER", "Fusion", "TfidfModel", "choose_fusion", "mix_probabilities"]
+__all__ = ["FUSION_FOLDER", "Fusion", "TfidfModel", "choose_fusion", "mix_probabilities", "refit_fusion"]
 
 FUSION_FOLDER = "fusion"
 MIX_MODES = ("probabilities", "log-probabilities")
@@ -151,6 +154,11 @@ class Fusion:
     mode: str
     validation: dict[str, Any]
     """What the choice saw on the validation split: accuracy of each model and of the mix."""
+    tfidf_splits: tuple[str, ...] = ("train",)
+    """The splits :attr:`tfidf` was fit on: ``("train",)``, or ``("train", "validation")`` after
+    :func:`refit_fusion` (the validation figures above are from before the refit)."""
+    tfidf_documents: int | None = None
+    """How many documents :attr:`tfidf` was fit on (None in folders saved before this was recorded)."""
 
     def mix(self, network: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         return mix_probabilities(network, self.tfidf.predict_proba(texts), self.weight, self.mode)
@@ -160,6 +168,8 @@ class Fusion:
         folder = Path(model_folder) / FUSION_FOLDER
         self.tfidf.save(folder)
         atomic_write_json(folder / "fusion.json", {"weight": self.weight, "mode": self.mode,
+                                                   "tfidf_splits": list(self.tfidf_splits),
+                                                   "tfidf_documents": self.tfidf_documents,
                                                    "validation": self.validation})
 
     @classmethod
@@ -171,12 +181,15 @@ class Fusion:
         try:
             meta = json.loads((folder / "fusion.json").read_text(encoding="utf-8"))
             weight, mode = float(meta["weight"]), str(meta["mode"])
+            # Folders saved before the refit existed always fit TF-IDF on the training split alone.
+            splits = tuple(str(s) for s in meta.get("tfidf_splits", ["train"]))
+            documents = None if meta.get("tfidf_documents") is None else int(meta["tfidf_documents"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ModelLoadError(f"{folder}/fusion.json is missing or malformed ({first_line(err)}); "
                                  "save the model again") from err
         if mode not in MIX_MODES or not 0.0 <= weight <= 1.0:
             raise ModelLoadError(f"{folder}/fusion.json has an invalid weight or mode; save the model again")
-        return cls(TfidfModel.load(folder), weight, mode, dict(meta.get("validation", {})))
+        return cls(TfidfModel.load(folder), weight, mode, dict(meta.get("validation", {})), splits, documents)
 
 
 def choose_fusion(tfidf: TfidfModel, network_validation: np.ndarray, validation_texts: Sequence[str],
@@ -215,3 +228,16 @@ def choose_fusion(tfidf: TfidfModel, network_validation: np.ndarray, validation_
         "grid": grid,
     }
     return Fusion(tfidf, best["weight"], best["mode"], summary)
+
+
+def refit_fusion(fusion: Fusion, texts: Sequence[str], labels: Sequence[int], num_labels: int, *,
+                 seed: int = 0) -> Fusion:
+    """``fusion`` with its TF-IDF model refit on ``texts`` (training + validation); weight and mode kept.
+
+    The weight and mode were chosen on validation with a TF-IDF model that never saw it, so the
+    validation figures stay honest; refitting afterwards lets the final TF-IDF model learn from
+    every labelled document (about 11% more on 20 Newsgroups with a 10% validation split). Never
+    pass test documents.
+    """
+    refit = TfidfModel.fit(texts, labels, num_labels, seed=seed)
+    return Fusion(refit, fusion.weight, fusion.mode, fusion.validation, ("train", "validation"), len(texts))

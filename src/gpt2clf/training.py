@@ -77,7 +77,7 @@ from gpt2clf.feature_cache import (
     logits_from_features,
 )
 from gpt2clf.files import atomic_write_json
-from gpt2clf.fusion import MIN_VALIDATION_DOCUMENTS, Fusion, TfidfModel, choose_fusion
+from gpt2clf.fusion import MIN_VALIDATION_DOCUMENTS, Fusion, TfidfModel, choose_fusion, refit_fusion
 from gpt2clf.inference import autocast_context, cpu_has_native_bf16, resolve_precision
 from gpt2clf.model import ClassifierSpec, GPT2Classifier
 from gpt2clf.prediction import batched_logits
@@ -895,8 +895,14 @@ def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData
         validation = compute_metrics(torch.log(torch.from_numpy(
             fusion.mix(torch.softmax(validation_logits, dim=-1).numpy(), data.texts["validation"])).clamp_min(1e-12)),
             data.validation.labels, data.label_names)
+        if config.fusion_refit:  # after the choice, so the validation figures above stay honest
+            fusion = refit_fusion(fusion, [*data.texts["train"], *data.texts["validation"]],
+                                  [*data.train.labels, *data.validation.labels], len(data.label_names),
+                                  seed=config.seed)
+        else:
+            fusion.tfidf_documents = len(data.texts["train"])
         if test is not None and test_probabilities is not None:
-            tfidf_test = torch.from_numpy(tfidf.predict_proba(data.texts["test"]))
+            tfidf_test = torch.from_numpy(fusion.tfidf.predict_proba(data.texts["test"]))
             components["test"] = {"network": figures(test),
                                   "tfidf": figures(compute_metrics(torch.log(tfidf_test.clamp_min(1e-12)),
                                                                    data.test.labels, data.label_names))}
@@ -915,6 +921,7 @@ def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData
     }
     if fusion is not None:
         metrics["fusion"] = {"weight": fusion.weight, "mode": fusion.mode, "validation": fusion.validation,
+                             "tfidf_splits": list(fusion.tfidf_splits), "tfidf_documents": fusion.tfidf_documents,
                              "components": components}
     return FitResult(model=model, tokenizer=data.tokenizer, config=config, metrics=metrics, data=data,
                      test_probabilities=test_probabilities, fusion=fusion)
