@@ -233,7 +233,7 @@ def report(results: Path, markdown: Path, notes: Path | None = None) -> None:
         "weights. **They are not GPT-2 figures.**",
         "",
         f"Data: 20 Newsgroups bydate, raw posts. Splits used: {split_text or 'none yet'}. Model selection",
-        "and the fusion weight are chosen on validation, never on test; rows marked \"TF-IDF refit\" then",
+        "and the fusion weight are chosen on validation, never on test; rows that say \"refit\" then",
         "refit the TF-IDF part on training + validation, keeping that choice; test is all 7,532 posts.",
         "Reference points on the same test split: the published GPT-2 experiment 78%, TF-IDF + linear",
         "SVM 86.3%, RoBERTaGCN 89.5%.",
