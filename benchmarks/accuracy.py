@@ -22,7 +22,7 @@ results from ``benchmarks/accuracy_notes.md`` (so regenerating the tables never 
 default since these runs) does at the end of training: it keeps the network and the fusion
 weight and mode chosen on validation, refits TF-IDF on training + validation, and scores test.
 The network's test figures are recomputed from the feature cache and checked against the run's
-own row, so the refit row provably uses the same network.
+own row, so a refit row is known to use the same network.
 
 Usage::
 
@@ -173,7 +173,8 @@ def refit_one(name: str, out: Path, cache_dir: str | None) -> None:
     cpu = torch.device("cpu")
     network, logits = score_split(model, data, config, "test", cpu)
     saved = Fusion.load(folder)
-    assert saved is not None
+    if saved is None:
+        raise SystemExit(f"{folder} has no fusion/ folder; only fused runs can be refit")
     network_test = torch.softmax(logits, dim=-1).numpy()
 
     def scored(probabilities: Any) -> dict[str, Any]:
