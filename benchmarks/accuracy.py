@@ -153,7 +153,7 @@ def refit_one(name: str, out: Path, cache_dir: str | None) -> None:
     """Refit the TF-IDF of run ``name``'s saved model on training + validation; append its rows to ``out``."""
     import torch
 
-    from gpt2clf.evaluation import compute_metrics
+    from gpt2clf.evaluation import score_probabilities
     from gpt2clf.fusion import Fusion, refit_fusion
     from gpt2clf.model import GPT2Classifier
     from gpt2clf.training import attach_features, prepare_data, resolved_config, score_split
@@ -175,24 +175,27 @@ def refit_one(name: str, out: Path, cache_dir: str | None) -> None:
     saved = Fusion.load(folder)
     if saved is None:
         raise SystemExit(f"{folder} has no fusion/ folder; only fused runs can be refit")
-    network_test = torch.softmax(logits, dim=-1).numpy()
+    network_test = torch.softmax(logits, dim=-1)
 
-    def scored(probabilities: Any) -> dict[str, Any]:
-        result = compute_metrics(torch.log(torch.from_numpy(probabilities).clamp_min(1e-12)), data.test.labels,
-                                 data.label_names)
-        return {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "loss": result.loss,
-                "documents": result.num_documents}
+    def scored(fusion: Fusion) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Test figures of the network mixed by ``fusion``, and of its TF-IDF part alone."""
+        tfidf_test = torch.from_numpy(fusion.tfidf.predict_proba(data.texts["test"]))
+        fused_test = torch.from_numpy(fusion.mix(network_test.numpy(), data.texts["test"]))
+        result = score_probabilities({"network": network_test, "tfidf": tfidf_test, "fused": fused_test},
+                                     data.test.labels, data.label_names)
+        fused = {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "loss": result.loss,
+                 "documents": result.num_documents}
+        return fused, {**result.components["tfidf"], "documents": result.num_documents}
 
     # The same network and saved fusion must give the run's own figures before anything is refit.
-    before = scored(saved.mix(network_test, data.texts["test"]))
+    before, _ = scored(saved)
     for kind, figures in (("network", {"accuracy": network.accuracy}), ("fused", before)):
         if abs(figures["accuracy"] - own[kind]["test"]["accuracy"]) > 2 / 7532:
             raise SystemExit(f"{name}: {kind} test accuracy {figures['accuracy']:.4f} here against "
                              f"{own[kind]['test']['accuracy']:.4f} in {out}; not the same model")
     refit = refit_fusion(saved, [*data.texts["train"], *data.texts["validation"]],
                          [*data.train.labels, *data.validation.labels], len(data.label_names), seed=config.seed)
-    fused = scored(refit.mix(network_test, data.texts["test"]))
-    tfidf = scored(refit.tfidf.predict_proba(data.texts["test"]))
+    fused, tfidf = scored(refit)
     seconds = time.perf_counter() - started
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     common = {**{k: own["fused"][k] for k in ("config", "validation", "fusion_validation", "precision")},
