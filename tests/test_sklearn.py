@@ -127,3 +127,50 @@ def test_bad_inputs_to_fit_are_value_errors(tiny_backbone: Path) -> None:
         small_classifier(tiny_backbone, multi_label=True).fit(["a", "b"], [["x"], ["y"]])
     with pytest.raises(DataError, match="multi_label=True"):
         clf.fit(["a", "b"], np.eye(2))
+
+
+def test_fusion_tfidf_is_kept_by_fit_predict_proba_save_and_load(tiny_backbone: Path, tmp_path: Path) -> None:
+    """fusion="tfidf": predict_proba is the fused probability, save writes fusion/, and the saved folder
+    (loaded with pickle blocked) gives the same probabilities. One epoch of a random network is near
+    chance here while TF-IDF reads the keyword, so a lost TF-IDF part shows as chance accuracy."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    texts, labels = keyword_data(200)
+    test_texts, test_labels = keyword_data(90, seed=1)
+    clf = small_classifier(tiny_backbone, fusion="tfidf", epochs=1, freeze="none", learning_rate=1e-5,
+                           head_learning_rate=1e-5)
+    clf.fit(texts, labels)
+    assert clf.fusion_ is not None
+    proba = clf.predict_proba(test_texts)
+    components = clf.predictor_.component_probabilities(test_texts)
+    np.testing.assert_allclose(proba, components["fused"].numpy(), atol=1e-6)
+    tfidf_alone = float(np.mean(clf.classes_[components["tfidf"].numpy().argmax(1)] == test_labels))
+    network_alone = float(np.mean(clf.classes_[components["network"].numpy().argmax(1)] == test_labels))
+    accuracy = clf.score(test_texts, test_labels)
+    assert tfidf_alone >= 0.9 and network_alone < 0.6, (tfidf_alone, network_alone)
+    assert accuracy >= tfidf_alone - 0.02, (accuracy, tfidf_alone)
+
+    folder = tmp_path / "estimator-model"
+    clf.save(folder)
+    assert (folder / "fusion" / "fusion.json").is_file()
+    code = (
+        "import json, pickle, sys\n"
+        "def blocked(*args, **kwargs):\n"
+        "    raise RuntimeError('pickle is blocked')\n"
+        "pickle.load = pickle.loads = blocked\n"
+        "pickle.Unpickler = type('BlockedUnpickler', (pickle.Unpickler,), {'load': blocked})\n"
+        "from gpt2clf.prediction import Predictor\n"
+        f"predictor = Predictor.from_folder({str(folder)!r}, precision='32-true')\n"
+        "assert predictor.fusion is not None\n"
+        f"print(json.dumps(predictor.predict_proba({test_texts!r}).tolist()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.asarray(json.loads(done.stdout)), proba, atol=1e-5)
+    again = GPT2TextClassifier.load(folder)
+    assert again.fusion_ is not None and again.fusion_.weight == clf.fusion_.weight
+    np.testing.assert_allclose(again.predict_proba(test_texts), proba, atol=1e-5)

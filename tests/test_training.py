@@ -428,3 +428,56 @@ def test_the_readmes_gpu_commands_run_on_a_cpu(tiny_backbone: Path, tmp_path: Pa
     for i, command in enumerate(commands):
         command = [str(tmp_path / f"run{i}") if part.startswith("runs/") else part for part in command]
         assert main([*command, *shrink]) == 0, command
+
+
+@pytest.mark.parametrize("setting", [dict(freeze="none"), dict(freeze="backbone"), dict(train_top_layers=1),
+                                     dict(train_top_layers=1, feature_cache=False)])
+def test_trainable_parts_train_with_dropout_and_frozen_parts_stay_in_eval_mode(tiny_backbone: Path,
+                                                                                 setting: dict) -> None:
+    """During a training step every trainable part is in train mode (the backbone's own dropout on, as in
+    its fine-tuning), the frozen part in eval mode; validation runs everything in eval mode."""
+    import warnings
+
+    from gpt2clf import Config, fit
+    from gpt2clf.corpora import labelled_texts
+    from gpt2clf.training import ClassificationModule
+
+    seen: dict[str, list[dict[str, bool]]] = {"train": [], "validation": []}
+    original_train, original_val = ClassificationModule.training_step, ClassificationModule.validation_step
+
+    def modes(module: ClassificationModule) -> dict[str, bool]:
+        model = module.model
+        layers = model.backbone_layers()
+        return {"backbone": model.backbone.training, "embedding_dropout": model.backbone.drop.training,
+                "lower_layer": layers[0].training, "lower_dropout": layers[0].attn.resid_dropout.training,
+                "top_layer": layers[-1].training, "top_dropout": layers[-1].mlp.dropout.training,
+                "final_norm": model.backbone.ln_f.training, "blocks": model.blocks[0].training,
+                "head": model.head.training}
+
+    def recording_train(self, batch, batch_idx):
+        seen["train"].append(modes(self))
+        return original_train(self, batch, batch_idx)
+
+    def recording_val(self, batch, batch_idx):
+        seen["validation"].append(modes(self))
+        return original_val(self, batch, batch_idx)
+
+    texts, labels = keyword_texts(60)
+    config = Config(backbone=str(tiny_backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=2, batch_size=16,
+                    n_embed=32, n_heads=2, n_blocks=1, precision="32-true", **setting)
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patch.setattr(ClassificationModule, "training_step", recording_train)
+        patch.setattr(ClassificationModule, "validation_step", recording_val)
+        fit(config, labelled_texts(texts, labels))
+    assert seen["train"] and seen["validation"]
+    full = setting.get("freeze") == "none"
+    top = "train_top_layers" in setting
+    expected = {"backbone": full, "embedding_dropout": full, "lower_layer": full, "lower_dropout": full,
+                "top_layer": full or top, "top_dropout": full or top, "final_norm": full or top,
+                "blocks": True, "head": True}
+    # The second epoch (after a validation pass) as well as the first.
+    assert all(step == expected for step in seen["train"]), (seen["train"][0], expected)
+    assert all(not any(step.values()) for step in seen["validation"]), seen["validation"][0]
+    eval_mode_warnings = [w for w in caught if "in eval mode at the start of training" in str(w.message)]
+    assert not eval_mode_warnings, [str(w.message) for w in eval_mode_warnings]

@@ -355,9 +355,14 @@ class BackboneAdapter:
 
     # --- training helpers -------------------------------------------------------------------
     def set_trainable(self, train: bool, top_layers: int | None = None) -> None:
-        """Train everything (``train``), nothing, or with ``top_layers=K`` only the top ``K`` layers and final norm."""
+        """Train everything (``train``), nothing, or with ``top_layers=K`` only the top ``K`` layers and final norm.
+
+        :meth:`trained_modules` then names the parts that train, which :meth:`set_train_mode` puts
+        in train mode (dropout on) while the rest of the backbone stays in eval mode.
+        """
         if top_layers is None:
             self.module.requires_grad_(train)
+            self._trained = [self.module] if train else []
             return
         if top_layers < 0:
             raise ConfigError(f"train_top_layers must be 0 or more, got {top_layers}")
@@ -365,12 +370,28 @@ class BackboneAdapter:
         if top_layers > len(layers):
             raise ConfigError(f"train_top_layers is {top_layers} but the backbone has only {len(layers)} layers")
         self.module.requires_grad_(False)
+        self._trained = []
         if top_layers == 0:
             return
-        for layer in layers[len(layers) - top_layers:]:
-            layer.requires_grad_(True)
-        for norm in self.final_norms():
-            norm.requires_grad_(True)
+        self._trained = [*layers[len(layers) - top_layers:], *self.final_norms()]
+        for module in self._trained:
+            module.requires_grad_(True)
+
+    def trained_modules(self) -> list[nn.Module]:
+        """The parts of the backbone that train (the whole backbone unless :meth:`set_trainable` froze some)."""
+        return list(getattr(self, "_trained", [self.module]))
+
+    def set_train_mode(self, mode: bool) -> None:
+        """Train mode for the parts that train, eval mode for the frozen rest (``mode=False``: all eval).
+
+        ``from_pretrained`` returns a backbone in eval mode, so without this a fine-tuned backbone
+        would train with its own dropout off. Frozen parts stay in eval mode: they compute what
+        a feature cache computed (no dropout), and a frozen layer has nothing to regularise.
+        """
+        self.module.eval()
+        if mode:
+            for module in self.trained_modules():
+                module.train()
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the backbone's activations in the backward pass, where the architecture supports it."""

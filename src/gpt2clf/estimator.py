@@ -37,7 +37,7 @@ from gpt2clf.batching import Windowing
 from gpt2clf.config import Config
 from gpt2clf.corpora import join_fields, labelled_texts
 from gpt2clf.errors import DataError
-from gpt2clf.model_io import read_model_extra, recorded_config
+from gpt2clf.model_io import read_training_record, recorded_config, save_model
 from gpt2clf.prediction import Predictor
 
 __all__ = ["GPT2TextClassifier"]
@@ -68,9 +68,14 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
     ``np.arange(n_labels)`` and ``predict`` returns an indicator matrix using per-label
     thresholds tuned on the validation split (``thresholds_``).
 
+    With ``fusion="tfidf"`` the TF-IDF part is kept (``fusion_``): ``predict_proba`` gives the
+    fused probabilities that ``gpt2clf train`` with the same settings gives, and ``save`` writes
+    the same ``fusion/`` folder.
+
     Fitted attributes: ``classes_``, ``model_`` (a :class:`~gpt2clf.model.GPT2Classifier`),
-    ``tokenizer_``, ``config_`` (the resolved Config), ``predictor_``, ``metrics_`` (validation
-    figures), ``thresholds_`` (multi-label, else None).
+    ``tokenizer_``, ``fusion_`` (a :class:`~gpt2clf.fusion.Fusion`, or None), ``config_`` (the
+    resolved Config), ``predictor_``, ``metrics_`` (validation figures), ``thresholds_``
+    (multi-label, else None).
 
     Example::
 
@@ -165,21 +170,24 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
             data = labelled_texts(texts, [str(v) for v in labels], label_names=label_names)
         result = fit(config, data)
         self.classes_ = classes
-        self._set_fitted(result.model, result.tokenizer, result.config, result.metrics, result.thresholds,
-                         result.data.source)
+        self._record = result.record()
+        self._set_fitted(Predictor(result.model, result.tokenizer, windowing=Windowing.of(result.config),
+                                   batch_size=result.config.batch_size,
+                                   device="cpu" if result.config.accelerator == "cpu" else None,
+                                   multi_label=result.config.multi_label, thresholds=result.thresholds,
+                                   fusion=result.fusion),
+                         result.config, result.metrics)
         return self
 
-    def _set_fitted(self, model: Any, tokenizer: Any, config: Config, metrics: dict[str, Any],
-                    thresholds: list[float] | None, source: dict[str, Any]) -> None:
-        self.model_ = model
-        self.tokenizer_ = tokenizer
+    def _set_fitted(self, predictor: Predictor, config: Config, metrics: dict[str, Any]) -> None:
+        """The fitted attributes, all from one :class:`~gpt2clf.prediction.Predictor` (network, tokenizer, fusion)."""
+        self.predictor_ = predictor
+        self.model_ = predictor.model
+        self.tokenizer_ = predictor.tokenizer
+        self.fusion_ = predictor.fusion
         self.config_ = config
         self.metrics_ = metrics
-        self.thresholds_ = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-        self._data_source = source
-        self.predictor_ = Predictor(model, tokenizer, windowing=Windowing.of(config), batch_size=config.batch_size,
-                                    device="cpu" if config.accelerator == "cpu" else None,
-                                    multi_label=config.multi_label, thresholds=thresholds)
+        self.thresholds_ = (np.asarray(predictor.thresholds, dtype=np.float64) if config.multi_label else None)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Probabilities (n_samples, n_classes), columns in ``classes_`` order; rows sum to 1
@@ -207,12 +215,8 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         classes = [c.item() if hasattr(c, "item") else c for c in self.classes_]
         recorded = classes if all(isinstance(c, (int, float, str, bool)) for c in classes) else None
-        extra: dict[str, Any] = {"config": self.config_.to_dict(), "data_source": self._data_source,
-                                 "test_metrics": self.metrics_.get("test"),
-                                 "sklearn": {"classes": recorded}}
-        if self.thresholds_ is not None:
-            extra["thresholds"] = dict(zip(self.model_.label_names, self.thresholds_.tolist(), strict=True))
-        self.model_.save_pretrained(path, tokenizer=self.tokenizer_, extra=extra)
+        record = dataclasses.replace(self._record, sklearn_classes=recorded)
+        save_model(path, self.model_, self.tokenizer_, record, fusion=self.fusion_)
 
     @classmethod
     def load(cls, path: str | Path) -> GPT2TextClassifier:
@@ -224,6 +228,7 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
         """
         predictor = Predictor.from_folder(path, fast_start=False)  # transformers' tokenizer: saved again by save()
         config = recorded_config(path)
+        record = read_training_record(path)
         known = {f.name for f in dataclasses.fields(Config)}
         params = {name: getattr(config, name) for name in CONFIG_PARAMS}
         defaults = Config()
@@ -231,18 +236,15 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
                      if getattr(config, name) != getattr(defaults, name)}
         estimator = cls(**params, config_overrides=overrides or None)
         names = predictor.label_names
-        saved = (read_model_extra(path).get("sklearn") or {}).get("classes")
+        saved = record.sklearn_classes
         if config.multi_label:
             estimator.classes_ = np.arange(len(names))
         elif isinstance(saved, list) and [str(c) for c in saved] == names:
             estimator.classes_ = np.asarray(saved)
         else:
             estimator.classes_ = np.asarray(names)
-        extra = read_model_extra(path)
-        thresholds = predictor.thresholds if config.multi_label else None
-        estimator._set_fitted(predictor.model, predictor.tokenizer, config,
-                              {"test": extra.get("test_metrics")}, thresholds, extra.get("data_source") or {})
-        estimator.predictor_ = predictor
+        estimator._record = record
+        estimator._set_fitted(predictor, config, {"test": record.test_metrics})
         return estimator
 
 

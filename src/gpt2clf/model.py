@@ -458,6 +458,17 @@ class GPT2Classifier(nn.Module):
             module.requires_grad_(True)
         self.adapter.set_trainable(freeze == "none", train_top_layers)
 
+    def train(self, mode: bool = True) -> GPT2Classifier:
+        """Train mode for every part that trains, eval mode for the frozen part of the backbone.
+
+        Our blocks and head, and the backbone's trainable layers (all of them with
+        ``freeze="none"``, the top ``K`` with ``train_top_layers=K``), get train mode, so their
+        dropout is on as in the pretrained model's own fine-tuning; ``eval()`` turns everything off.
+        """
+        super().train(mode)
+        self.adapter.set_train_mode(mode)
+        return self
+
     def _own_modules(self) -> list[nn.Module]:
         """Everything that is not the backbone: projection, blocks, ln_f, pooler, head."""
         own: list[nn.Module] = [self.input_projection, self.blocks, self.ln_f, self.head]

@@ -15,13 +15,21 @@ Guarantees: a folder is written into a temporary folder and renamed into place w
 (:func:`gpt2clf.files.atomic_directory`); reading uses only JSON and safetensors (never
 pickle) and no network; every inconsistency (missing file, truncated weights, a config that
 does not match the weights) raises :class:`~gpt2clf.errors.ModelLoadError` naming it.
+
+One reader and one writer. :func:`read_model_config` is the only code that parses
+``config.json`` (a test checks that no other module opens it); :class:`TrainingRecord` is the
+only definition of what ``extra`` holds, and :func:`save_model` the one way a trained model is
+written, by ``gpt2clf train`` (:class:`~gpt2clf.training.FitResult`) and by the scikit-learn
+estimator alike, so a folder has the same parts (fusion included) whoever wrote it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +47,73 @@ WEIGHTS_NAME = "model.safetensors"
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "TrainingRecord",
     "check_weights_match",
+    "config_sha256",
     "read_model_config",
     "read_model_extra",
     "read_training_config",
+    "read_training_record",
     "read_weights",
     "recorded_config",
+    "save_model",
     "write_model_folder",
 ]
+
+
+@dataclass
+class TrainingRecord:
+    """What a model folder records about how its model was trained (``config.json`` -> ``extra``).
+
+    Written by :func:`save_model`, read by :func:`read_training_record`: the one definition of
+    these keys. Keys this version does not know are kept in ``other`` and written back as they were.
+    """
+
+    config: dict[str, Any] = field(default_factory=dict)
+    """The training :class:`~gpt2clf.config.Config` as a dict (paths absolute, precision resolved)."""
+    data_source: dict[str, Any] = field(default_factory=dict)
+    """Where the data came from (dataset name, files), for ``evaluate`` and reports."""
+    test_metrics: dict[str, Any] | None = None
+    """The test figures of the best epoch, when the run had a test split."""
+    thresholds: dict[str, float] | None = None
+    """Multi-label: each label's decision threshold, tuned on the validation split."""
+    sklearn_classes: list[Any] | None = None
+    """The scikit-learn estimator's ``classes_`` as JSON values (None for folders written by ``train``)."""
+    other: dict[str, Any] = field(default_factory=dict)
+
+    def to_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {**self.other, "config": self.config, "data_source": self.data_source,
+                                 "test_metrics": self.test_metrics}
+        if self.thresholds is not None:
+            extra["thresholds"] = dict(self.thresholds)
+        if self.sklearn_classes is not None:
+            extra["sklearn"] = {"classes": list(self.sklearn_classes)}
+        return extra
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> TrainingRecord:
+        def mapping(value: Any) -> dict[str, Any] | None:
+            return dict(value) if isinstance(value, dict) else None
+
+        known = ("config", "data_source", "test_metrics", "thresholds", "sklearn")
+        sklearn = mapping(extra.get("sklearn")) or {}
+        classes = sklearn.get("classes")
+        return cls(config=mapping(extra.get("config")) or {}, data_source=mapping(extra.get("data_source")) or {},
+                   test_metrics=mapping(extra.get("test_metrics")), thresholds=mapping(extra.get("thresholds")),
+                   sklearn_classes=list(classes) if isinstance(classes, list) else None,
+                   other={k: v for k, v in extra.items() if k not in known})
+
+
+def save_model(folder: str | Path, model: Any, tokenizer: Any, record: TrainingRecord, *,
+               fusion: Any = None) -> None:
+    """Write a trained model's folder atomically: weights, tokenizer, ``config.json`` with ``record``,
+    and ``fusion/`` when the model has a TF-IDF part.
+
+    ``model`` is a :class:`~gpt2clf.model.GPT2Classifier` (its ``save_pretrained`` lays out the
+    architecture and weights); ``fusion`` a :class:`~gpt2clf.fusion.Fusion` (it writes its own part).
+    """
+    model.save_pretrained(folder, tokenizer=tokenizer, extra=record.to_extra(),
+                          write_more=fusion.save if fusion is not None else None)
 
 
 def write_model_folder(folder: str | Path, *, spec: dict[str, Any], backbone_name: str | None,
@@ -111,25 +178,24 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
+def read_training_record(folder: str | Path) -> TrainingRecord:
+    """The :class:`TrainingRecord` of a model folder (empty fields when it records none).
+
+    Raises:
+        ModelLoadError: as :func:`read_model_config`.
+    """
+    extra = read_model_config(folder).get("extra")
+    return TrainingRecord.from_extra(extra if isinstance(extra, dict) else {})
+
+
 def read_model_extra(folder: str | Path) -> dict[str, Any]:
-    """The ``extra`` metadata of a model folder's ``config.json`` (training config, thresholds, ...); {} if none."""
-    try:
-        meta = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    extra = meta.get("extra") if isinstance(meta, dict) else None
-    return dict(extra) if isinstance(extra, dict) else {}
+    """The ``extra`` metadata of a model folder's ``config.json`` as a dict (see :class:`TrainingRecord`)."""
+    return read_training_record(folder).to_extra()
 
 
 def read_training_config(folder: str | Path) -> dict[str, Any]:
     """The training :class:`~gpt2clf.config.Config` (as a dict) recorded in a model folder; {} if none."""
-    try:
-        meta = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    extra = meta.get("extra") if isinstance(meta, dict) else None
-    config = extra.get("config") if isinstance(extra, dict) else None
-    return dict(config) if isinstance(config, dict) else {}
+    return dict(read_training_record(folder).config)
 
 
 def recorded_config(folder: str | Path) -> Config:
@@ -137,6 +203,12 @@ def recorded_config(folder: str | Path) -> Config:
     known = {f.name for f in dataclasses.fields(Config)}
     saved = read_training_config(folder)
     return Config().updated(**{k: v for k, v in saved.items() if k in known})
+
+
+def config_sha256(folder: str | Path) -> str:
+    """SHA-256 of a model folder's ``config.json`` bytes ("" without one): what an exported file was made from."""
+    path = Path(folder) / CONFIG_NAME
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def read_weights(folder: str | Path) -> dict[str, Tensor]:

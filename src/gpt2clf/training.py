@@ -80,6 +80,7 @@ from gpt2clf.files import atomic_write_json
 from gpt2clf.fusion import MIN_VALIDATION_DOCUMENTS, Fusion, TfidfModel, choose_fusion, refit_fusion
 from gpt2clf.inference import autocast_context, cpu_has_native_bf16, resolve_precision
 from gpt2clf.model import ClassifierSpec, GPT2Classifier
+from gpt2clf.model_io import TrainingRecord, save_model
 from gpt2clf.prediction import batched_logits
 
 RUN_MARKER = "config.yaml"
@@ -381,6 +382,11 @@ class ClassificationModule(pl.LightningModule):
         result = compute_metrics(logits.cpu(), labels.cpu().tolist(), self.model.spec.label_names)
         self.log_dict({"val_acc": result.accuracy, "val_macro_f1": result.macro_f1, "val_loss": result.loss},
                       prog_bar=True, rank_zero_only=False, sync_dist=False)
+
+    def on_fit_start(self) -> None:
+        # from_pretrained returns the backbone in eval mode and Lightning 2.x keeps each module's
+        # mode: put every trainable part in train mode (dropout on), the frozen part in eval mode.
+        self.model.train()
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         # Dropout masks depend only on (seed, epoch, rank), never on what ran before, so a
@@ -701,15 +707,17 @@ class FitResult:
     thresholds: list[float] | None = None
     """Multi-label: each label's decision threshold, tuned on the validation split (None otherwise)."""
 
-    def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def save(self, folder: str | Path) -> None:
         """Write the model folder (weights, tokenizer, config, fusion, thresholds and where the data came
-        from); ``extra`` adds JSON-able entries to the folder's metadata."""
-        metadata: dict[str, Any] = {"config": self.config.to_dict(), "data_source": self.data.source,
-                                    "test_metrics": self.metrics["test"]}
-        if self.thresholds is not None:
-            metadata["thresholds"] = dict(zip(self.model.label_names, self.thresholds, strict=True))
-        self.model.save_pretrained(folder, tokenizer=self.tokenizer, extra={**metadata, **(extra or {})},
-                                   write_more=self.fusion.save if self.fusion is not None else None)
+        from) with :func:`gpt2clf.model_io.save_model`."""
+        save_model(folder, self.model, self.tokenizer, self.record(), fusion=self.fusion)
+
+    def record(self) -> TrainingRecord:
+        """What the model folder records about this training run."""
+        thresholds = (None if self.thresholds is None
+                      else dict(zip(self.model.label_names, self.thresholds, strict=True)))
+        return TrainingRecord(config=self.config.to_dict(), data_source=self.data.source,
+                              test_metrics=self.metrics.get("test"), thresholds=thresholds)
 
 
 def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_dir: str | Path | None = None,
@@ -758,8 +766,12 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     try:
         try:
             # weights_only: resuming never unpickles anything but tensors and plain containers.
-            trainer.fit(module, datamodule=ClassificationDataModule(prepared, config),
-                        ckpt_path=str(last) if resume else None, weights_only=True)
+            with warnings.catch_warnings():
+                if model.adapter.trained_modules() != [model.backbone]:
+                    # The frozen part of the backbone is in eval mode by design (ClassificationModule.on_fit_start).
+                    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+                trainer.fit(module, datamodule=ClassificationDataModule(prepared, config),
+                            ckpt_path=str(last) if resume else None, weights_only=True)
         except SystemExit:
             # Lightning turns Ctrl-C into a graceful shutdown and SystemExit(1); the last
             # epoch's checkpoint is complete and resumable, so report it as an interruption.
