@@ -249,3 +249,40 @@ def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path
         err = capsys.readouterr().err
         expected = precision == "bf16-mixed" and not cpu_has_native_bf16()
         assert ("gpt2clf: warning: --precision bf16-mixed on a CPU without native bf16" in err) == expected, err
+
+
+def test_train_without_a_preset_picks_the_recipe_for_the_hardware(tiny_backbone: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --preset: the cpu recipe on a machine without CUDA, best with one, the plain defaults once the user
+    sets a recipe's own setting; one line on stderr says which and why, and config.yaml records it."""
+    import torch
+    import yaml
+
+    from gpt2clf.cli import build_parser, config_from_args
+
+    texts = [f"{word} " * 5 + "and some filler words here" for word in ("rocket", "guitar", "hockey") * 40]
+    labels = ["space", "music", "sport"] * 40
+    rows = "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True))
+    csv = write(tmp_path / "train.csv", "text,label\n" + rows)
+    common = ["train", "--train-file", str(csv), "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*common, "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "recipe     cpu" in captured.out
+    assert "recipe: cpu (" in captured.err and "because there is no CUDA GPU" in captured.err
+
+    lines: list[str] = []
+    assert config_from_args(build_parser().parse_args([*common, "--freeze", "none"]), lines.append).preset == "none"
+    assert "because you set --freeze" in lines[-1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = config_from_args(build_parser().parse_args(common), lines.append)
+    assert (gpu.preset, gpu.freeze, gpu.long_documents, gpu.fusion) == ("best", "none", "chunks", "tfidf")
+    assert "because a CUDA GPU is present" in lines[-1]
+    assert config_from_args(build_parser().parse_args([*common, "--preset", "blog"]), lines.append).preset == "blog"
+    assert config_from_args(build_parser().parse_args([*common, "--preset", "none"]), lines.append).preset == "none"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "run"
+    assert main([*common, "--no-progress", "--no-report", "--output", str(run)]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["preset"] == "cpu"

@@ -14,7 +14,15 @@ import pytest
 import torch
 
 from gpt2clf import Config, fit
-from gpt2clf.batching import PaddingCollator, TokenizedDataset, Windowing, encode_documents, window_starts
+from gpt2clf.batching import (
+    PaddingCollator,
+    TokenizedDataset,
+    Windowing,
+    encode_documents,
+    reading_coverage,
+    tokens_read,
+    window_starts,
+)
 from gpt2clf.cli import main
 from gpt2clf.corpora import labelled_texts
 from gpt2clf.fusion import FUSION_FOLDER, MIX_MODES, Fusion, TfidfModel, choose_fusion, refit_fusion
@@ -59,6 +67,54 @@ def test_windows_cover_the_whole_document_with_special_tokens(tokenizer) -> None
     head_tail = encode_documents([" ".join(str(i) for i in range(40))], tokenizer, Windowing(8, "head-tail"))[0]
     assert len(head_tail) == 8 and tokenizer.decode(head_tail).split() == ["0", "1", "34", "35", "36", "37", "38",
                                                                             "39"]
+
+
+def test_default_windows_read_everything_up_to_the_token_budget_then_spread() -> None:
+    windowing = Windowing(max_length=64, mode="chunks")  # body 64, stride 56, budget 4096
+    assert windowing.window_limit(64) == 73  # 64 + 72 * 56 = 4096 tokens
+    assert tokens_read(900, windowing) == 900 and len(window_starts(900, 64, windowing)) == 16
+    assert tokens_read(4096, windowing) == 4096
+    # A longer document gets the same 73 windows, spread evenly (no longer overlapping): 73 x 64 tokens read.
+    assert len(window_starts(10_000, 64, windowing)) == 73 and tokens_read(10_000, windowing) == 73 * 64
+    # An explicit window count still wins, exactly as before the budget existed.
+    capped = Windowing(max_length=8, mode="chunks", max_chunks=4)
+    assert window_starts(100, 8, capped) == [0, 31, 61, 92] and tokens_read(100, capped) == 32
+    assert Windowing(max_length=512, mode="chunks", token_budget=1000).window_limit(512) == 2
+
+
+def test_reading_coverage_counts_the_tokens_each_mode_leaves_unread() -> None:
+    lengths = [10, 40, 100]
+    truncate = reading_coverage(lengths, Windowing(32), special_tokens=2)  # 30 body tokens read
+    assert (truncate.partly_read, truncate.tokens, truncate.unread_tokens) == (2, 150, 10 + 70)
+    assert truncate.unread_share == pytest.approx(80 / 150)
+    chunks = reading_coverage(lengths, Windowing(32, "chunks", max_chunks=2), special_tokens=2)
+    # 100 tokens, 2 windows of 30 spread from the first token to the last: 60 read, 40 unread.
+    assert (chunks.partly_read, chunks.unread_tokens) == (1, 40)
+    whole = reading_coverage(lengths, Windowing(32, "chunks"), special_tokens=2)
+    assert (whole.partly_read, whole.unread_tokens, whole.unread_share) == (0, 0, 0.0)
+    assert "1 of 3 documents read in part" in chunks.describe()
+
+
+def test_dry_run_data_stats_and_train_say_what_goes_unread(tiny_backbone: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    texts, labels = late_keyword_texts(60, seed=5)  # 28 tokens each
+    csv = write_csv(tmp_path / "train.csv", texts, labels)
+    common = ["--train-file", str(csv), "--max-length", "16"]
+    assert main(["train", *common, "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--dry-run",
+                 "--output", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "reads      the first 16 tokens; tokens unread: train 42.9%" in out, out
+    assert main(["data", "stats", *common, "--tokenizer", str(TOKENIZER), "--json", "--long-documents", "chunks",
+                 "--max-chunks", "1"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["splits"]["train"]["unread"]["unread_share"] == pytest.approx(12 / 28)
+    assert stats["splits"]["train"]["unread"]["partly_read"] == stats["splits"]["train"]["documents"]
+    assert main(["data", "stats", *common, "--tokenizer", str(TOKENIZER), "--json", "--long-documents",
+                 "chunks"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"]["test"]["unread"]["unread_tokens"] == 0
+    with pytest.warns(UserWarning, match=r"of the training split, \d+ of \d+ documents read in part, 42.9% of the "
+                                         r"tokens unread \(--long-documents chunks reads whole documents\)"):
+        fit(small_config(tiny_backbone, epochs=1), labelled_texts(texts, labels))
 
 
 def test_collated_windows_carry_their_document() -> None:

@@ -36,15 +36,21 @@ if TYPE_CHECKING:
 __all__ = [
     "LengthGroupedSampler",
     "PaddingCollator",
+    "ReadingCoverage",
     "TokenizedDataset",
     "Windowing",
+    "body_lengths",
+    "encode_and_measure",
     "encode_documents",
     "flatten_windows",
     "index_and_labels",
     "length_sorted_batches",
     "load_tokenizer",
+    "reading_coverage",
+    "special_tokens_around",
     "token_lengths",
     "tokenize_texts",
+    "tokens_read",
 ]
 
 
@@ -126,8 +132,10 @@ class Windowing:
     * ``head-tail``: the first quarter and the last three quarters of ``max_length`` (the end of
       a post often names its topic again: signatures, closing questions);
     * ``chunks``: overlapping windows of ``max_length`` tokens every ``stride`` tokens (default
-      7/8 of ``max_length``), at most ``max_chunks`` of them; when more would be needed the
-      windows are spread evenly from the first token to the last, so the whole document is seen.
+      7/8 of ``max_length``), as many as reading the first ``token_budget`` tokens takes (or at most
+      ``max_chunks`` when that is set); a longer document gets that many windows spread evenly from
+      its first token to its last, and the gaps between them go unread (:func:`reading_coverage`
+      counts them).
 
     Each window gets the tokenizer's special tokens (BERT's [CLS] ... [SEP]; none for GPT-2).
     """
@@ -135,26 +143,52 @@ class Windowing:
     max_length: int
     mode: str = "truncate"
     stride: int | None = None
-    max_chunks: int = 8
+    max_chunks: int | None = None
+    token_budget: int = 4096
 
     def __post_init__(self) -> None:
         if self.mode not in LONG_DOCUMENT_CHOICES:
             raise ValueError(f"long-document mode must be one of {', '.join(LONG_DOCUMENT_CHOICES)}; "
                              f"got {self.mode!r}")
-        if self.max_length < 1 or self.max_chunks < 1 or (self.stride is not None and self.stride < 1):
-            raise ValueError("max_length, max_chunks and stride must be at least 1")
+        if (self.max_length < 1 or self.token_budget < 1 or (self.max_chunks is not None and self.max_chunks < 1)
+                or (self.stride is not None and self.stride < 1)):
+            raise ValueError("max_length, max_chunks, token_budget and stride must be at least 1")
 
     @classmethod
     def of(cls, settings: Any) -> Windowing:
         """The windowing a :class:`~gpt2clf.config.Config` (or its recorded dict) describes."""
         get = settings.get if isinstance(settings, dict) else lambda name, default=None: getattr(settings, name)
+        max_chunks = get("max_chunks", None)
         return cls(int(get("max_length", 512)), str(get("long_documents", "truncate") or "truncate"),
-                   get("chunk_stride", None), int(get("max_chunks", 8) or 8))
+                   get("chunk_stride", None), None if max_chunks is None else int(max_chunks),
+                   int(get("chunk_token_budget", 4096) or 4096))
 
     @property
     def windowed(self) -> bool:
         """Whether a document may become several windows (its items are lists of windows)."""
         return self.mode == "chunks"
+
+    def stride_for(self, body: int) -> int:
+        """Tokens from one window's start to the next, for windows of ``body`` tokens (special tokens aside)."""
+        return self.stride or max(1, body - body // 8)
+
+    def window_limit(self, body: int) -> int:
+        """The most windows a document gets: ``max_chunks``, or as many as fit in ``token_budget`` tokens."""
+        if self.max_chunks is not None:
+            return self.max_chunks
+        if self.token_budget <= body:
+            return 1
+        return (self.token_budget - body) // self.stride_for(body) + 1
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``chunks of 512 tokens, up to 4096 tokens``."""
+        if self.mode == "truncate":
+            return f"the first {self.max_length} tokens"
+        if self.mode == "head-tail":
+            return f"the first and last tokens, {self.max_length} in all"
+        limit = f"at most {self.max_chunks} windows" if self.max_chunks is not None else \
+            f"up to {self.token_budget} tokens"
+        return f"windows of {self.max_length} tokens, {limit}"
 
 
 def encode_documents(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing,
@@ -163,7 +197,24 @@ def encode_documents(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, w
 
     ``truncate`` gives exactly :func:`tokenize_texts`. Every window has at least one token.
     """
+    return _encode(texts, tokenizer, windowing, batch_size, None)
+
+
+def encode_and_measure(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing,
+                       batch_size: int = 1000) -> tuple[list[Any], ReadingCoverage]:
+    """:func:`encode_documents`, and what the windows leave unread of the texts (:func:`reading_coverage`)."""
+    lengths: list[int] = []
+    items = _encode(texts, tokenizer, windowing, batch_size, lengths)
+    prefix, suffix = special_tokens_around(tokenizer)
+    return items, reading_coverage(lengths, windowing, len(prefix) + len(suffix))
+
+
+def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing, batch_size: int,
+            lengths: list[int] | None) -> list[Any]:
+    """The encoding of :func:`encode_documents`; appends each text's untruncated body length to ``lengths``."""
     if windowing.mode == "truncate":
+        if lengths is not None:
+            lengths += body_lengths(texts, tokenizer, batch_size)
         return tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)
     if isinstance(texts, str):
         raise TypeError("encode_documents takes a sequence of texts, not a single string")
@@ -181,6 +232,8 @@ def encode_documents(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, w
     for batch in _encode_batches(texts, tokenizer, batch_size, truncation=False, add_special_tokens=False):
         for ids in batch:
             ids = list(ids)
+            if lengths is not None:
+                lengths.append(len(ids))
             if windowing.mode == "head-tail":
                 head = body // 4
                 out.append(finish(ids if len(ids) <= body else ids[:head] + ids[len(ids) - (body - head):]))
@@ -208,14 +261,67 @@ def window_starts(n: int, body: int, windowing: Windowing) -> list[int]:
     """Where the windows of an ``n``-token document start (``body`` tokens each, special tokens aside)."""
     if n <= body:
         return [0]
-    stride = windowing.stride or max(1, body - body // 8)
+    stride = windowing.stride_for(body)
     needed = math.ceil((n - body) / stride) + 1
-    if needed <= windowing.max_chunks:
+    count = windowing.window_limit(body)
+    if needed <= count:
         return [min(i * stride, n - body) for i in range(needed)]
-    count = windowing.max_chunks
     if count == 1:
         return [0]
     return [round(i * (n - body) / (count - 1)) for i in range(count)]
+
+
+def tokens_read(n: int, windowing: Windowing, special_tokens: int = 0) -> int:
+    """How many of a document's ``n`` tokens (special tokens aside) the model reads under ``windowing``.
+
+    ``special_tokens`` is how many the tokenizer adds around one sequence (BERT: 2; GPT-2: 0).
+    """
+    body = max(1, windowing.max_length - special_tokens)
+    if windowing.mode != "chunks" or n <= body:
+        return min(n, body)
+    read, covered_to = 0, 0
+    for start in window_starts(n, body, windowing):
+        stop = min(start + body, n)
+        read += max(0, stop - max(start, covered_to))
+        covered_to = max(covered_to, stop)
+    return read
+
+
+@dataclass(frozen=True)
+class ReadingCoverage:
+    """How much of a split's text the model reads: documents read only in part and tokens left unread."""
+
+    documents: int
+    partly_read: int
+    tokens: int
+    unread_tokens: int
+
+    @property
+    def unread_share(self) -> float:
+        """Unread tokens as a share of all the split's tokens (special tokens aside)."""
+        return self.unread_tokens / self.tokens if self.tokens else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"documents": self.documents, "partly_read": self.partly_read, "tokens": self.tokens,
+                "unread_tokens": self.unread_tokens, "unread_share": round(self.unread_share, 6)}
+
+    def describe(self) -> str:
+        """One phrase, e.g. ``31 of 9051 documents read in part, 2.4% of the tokens unread``."""
+        return (f"{self.partly_read} of {self.documents} documents read in part, {self.unread_share:.1%} of "
+                "the tokens unread")
+
+
+def reading_coverage(lengths: Sequence[int], windowing: Windowing, special_tokens: int = 0) -> ReadingCoverage:
+    """What ``windowing`` leaves unread of documents of ``lengths`` tokens each (untruncated, no special tokens)."""
+    read = [tokens_read(n, windowing, special_tokens) for n in lengths]
+    return ReadingCoverage(len(lengths), sum(r < n for r, n in zip(read, lengths, strict=True)), int(sum(lengths)),
+                           int(sum(lengths) - sum(read)))
+
+
+def body_lengths(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, batch_size: int = 1000) -> list[int]:
+    """Untruncated token count per text without the tokenizer's special tokens (what windows are cut from)."""
+    return [len(ids) for batch in _encode_batches(texts, tokenizer, batch_size, truncation=False,
+                                                  add_special_tokens=False) for ids in batch]
 
 
 def token_count(item: list[int] | list[list[int]]) -> int:

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gpt2clf.config import PRESETS, Config, field_help
+from gpt2clf.config import PRESET_CHOICES, Config, choose_preset, field_help
 from gpt2clf.errors import DataError, PerformanceWarning, UserError
 
 EXIT_USER_ERROR = 2
@@ -38,6 +38,8 @@ EXIT_INTERRUPTED = 130
 # Config fields that the data-reading commands (data stats, train, evaluate) share.
 DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column",
                "label_column")  # = evaluation's
+# Config fields that say how a long document is read (data stats reports what they leave unread).
+READING_FIELDS = ("long_documents", "chunk_stride", "max_chunks", "chunk_token_budget")
 # Fields that may change when a run is resumed: where and how it runs, not what it computes.
 RESUMABLE_FIELDS = ("accelerator", "devices", "strategy", "num_nodes", "num_workers")
 
@@ -180,7 +182,8 @@ def training_field_groups() -> list[tuple[str, list[str]]]:
         ("data", [*DATA_FIELDS, "multi_label", "validation_ratio", "test_ratio", "max_train_samples",
                   "max_eval_samples"]),
         ("tokenization and batching", ["tokenizer", "max_length", "padding_side", "group_by_length",
-                                       "long_documents", "chunk_stride", "max_chunks", "chunk_aggregation"]),
+                                       "long_documents", "chunk_stride", "max_chunks", "chunk_token_budget",
+                                       "chunk_aggregation"]),
         ("model", ["backbone", "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "train_top_layers",
                    "gradient_checkpointing", "compile", "feature_cache", "cache_dir", "fusion",
                    "fusion_refit"]),
@@ -190,7 +193,7 @@ def training_field_groups() -> list[tuple[str, list[str]]]:
         ("hardware and reproducibility", ["precision", "accelerator", "devices", "strategy", "num_nodes",
                                           "num_workers", "seed"]),
     ]
-    covered = {n for _, group in sections for n in group}
+    covered = {n for _, group in sections for n in group} | {"preset"}  # --preset has its own flag (auto)
     missing = [n for n in names if n not in covered]
     if missing:  # a new Config field always gets a flag
         sections.append(("other", missing))
@@ -222,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         TRAIN_EXAMPLES)
     run = train.add_argument_group("run")
     run.add_argument("--output", "-o", metavar="RUN_DIR", help="run folder to write (required unless --dry-run)")
-    run.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default: none)")
+    run.add_argument("--preset", choices=PRESET_CHOICES,
+                     help="a named recipe (default: auto: best where a CUDA GPU is present, else cpu; the plain "
+                          "defaults if you set one of the recipes' settings yourself; none: the plain defaults)")
     run.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (default: none)")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     run.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
@@ -353,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--tokenizer", default="gpt2", help="hub id or folder of the tokenizer (default: gpt2)")
     stats.add_argument("--max-length", default="512", help="length to report the share above (default: 512)")
     add_config_flags(stats, [*DATA_FIELDS, "multi_label"], "data")
+    add_config_flags(stats, READING_FIELDS, "how the model would read long documents (what goes unread)")
     return parser
 
 
@@ -362,12 +368,20 @@ def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = Non
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults, then --preset, then --config, then flags."""
-    config = Config.from_preset(args.preset) if args.preset else Config()
+def config_from_args(args: argparse.Namespace, say: Any = None) -> Config:
+    """Defaults, then --preset (auto: the recipe for this machine, the line saying why goes to ``say``),
+    then --config, then flags."""
+    overrides = config_overrides(args)
+    preset = args.preset or "auto"
+    if preset == "auto":
+        explicit = set(overrides) | set(Config.yaml_keys(args.config) if args.config else ())
+        preset, why = choose_preset(explicit, gpu=None if args.accelerator in (None, "auto", "gpu", "cuda") else False)
+        if say is not None:
+            say(why)
+    config = Config.from_preset(preset)
     if args.config:
         config = Config.from_yaml(args.config, base=config)
-    return config.updated(**config_overrides(args))
+    return config.updated(**overrides)
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,11 +390,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def command_train(args: argparse.Namespace) -> int:
     from gpt2clf.training import train
 
-    config = resumed_config(args) if args.resume else config_from_args(args)
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    config = resumed_config(args) if args.resume else config_from_args(args, say)
     if not args.output and not args.dry_run:
         raise UserError("train needs --output RUN_DIR (or --dry-run)")
     result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume, dry_run=args.dry_run,
-                   enable_progress_bar=not args.no_progress, notify=lambda line: print(line, file=sys.stderr),
+                   enable_progress_bar=not args.no_progress, notify=say,
                    report=not args.no_report)
     if not result:  # a DDP worker process: rank 0 reports
         return 0
@@ -428,6 +443,7 @@ def print_plan(plan: dict[str, Any]) -> None:
     from gpt2clf.training import describe_estimate
 
     counts = plan["parameters"]
+    print(f"recipe     {plan['config']['preset']}")
     print(f"backbone   {plan['backbone']}")
     print(f"precision  {plan['precision']}")
     print("parameters " + "  ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
@@ -437,6 +453,10 @@ def print_plan(plan: dict[str, Any]) -> None:
     else:
         print(f"data       {data['num_classes']} classes; train {data['train']}, validation {data['validation']}, "
               f"test {data['test']} documents; {data['train_tokens']} training tokens")
+        reading = data["reading"]
+        unread = ", ".join(f"{name} {reading[name]['unread_share']:.1%} ({reading[name]['partly_read']} documents "
+                           "read in part)" for name in ("train", "validation", "test") if name in reading)
+        print(f"reads      {reading['windows']}; tokens unread: {unread}")
         steps = plan["optimizer_steps"]
         print(f"steps      {steps['per_epoch']} per epoch, {steps['total']} in all")
         print(f"time       {describe_estimate(plan['estimated_seconds'])}")
@@ -551,7 +571,8 @@ def command_data_stats(args: argparse.Namespace) -> int:
     from gpt2clf.plots import plot_dataset_stats
     from gpt2clf.stats import describe_dataset
 
-    config = Config().updated(**config_overrides(args, [*DATA_FIELDS, "multi_label"]), max_length=args.max_length)
+    config = Config().updated(**config_overrides(args, [*DATA_FIELDS, "multi_label", *READING_FIELDS]),
+                              max_length=args.max_length)
     stats = describe_dataset(config, args.tokenizer, config.max_length)
     if args.plot:
         plot_dataset_stats(stats, args.plot)
@@ -559,11 +580,13 @@ def command_data_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
     else:
         print(f"{stats['num_classes']} classes; token lengths under {args.tokenizer}, max_length "
-              f"{config.max_length}")
+              f"{config.max_length}; the model reads {stats['reads']}")
         for name, split in stats["splits"].items():
             tokens = split["tokens"]
+            unread = split["unread"]
             print(f"{name:>5}: {split['documents']} documents; tokens p50 {tokens['p50']:.0f}, p90 "
-                  f"{tokens['p90']:.0f}, p99 {tokens['p99']:.0f}; {tokens['over_max_length']:.1%} over max_length")
+                  f"{tokens['p90']:.0f}, p99 {tokens['p99']:.0f}; {tokens['over_max_length']:.1%} over max_length; "
+                  f"unread: {unread['unread_share']:.1%} of tokens ({unread['partly_read']} documents read in part)")
         if args.plot:
             print(f"wrote {args.plot}")
     return 0

@@ -32,7 +32,7 @@ PADDING_SIDES = ("right", "left")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 LONG_DOCUMENT_CHOICES = ("truncate", "head-tail", "chunks")
-CHUNK_AGGREGATIONS = ("mean", "attention")
+CHUNK_AGGREGATIONS = ("mean", "max", "logsumexp", "max-pool", "attention")
 FUSION_CHOICES = ("none", "tfidf")
 STRIP_CHOICES = ("headers", "footers", "quotes")  # the order in which scikit-learn applies them
 # List fields whose string values are one item, never split on commas (column names may hold commas).
@@ -46,6 +46,11 @@ class Config:
     The defaults suit fine-tuning a real pretrained GPT-2 small on a GPU. Field names map
     one-to-one to command-line flags (underscores become dashes) and YAML keys.
     """
+
+    # --- recipe -----------------------------------------------------------------------
+    preset: str = "none"
+    """The named recipe these values started from (none: the plain defaults below). gpt2clf train's
+    --preset auto, its default, picks best where a CUDA GPU is present and cpu elsewhere (see choose_preset)."""
 
     # --- data -------------------------------------------------------------------------
     data_dir: str | None = None
@@ -92,11 +97,15 @@ class Config:
     three quarters of max_length), or chunks (overlapping windows, each read by the model, aggregated)."""
     chunk_stride: int | None = None
     """With chunks: tokens from one window's start to the next; None: 7/8 of max_length."""
-    max_chunks: int = 8
-    """With chunks: at most this many windows per document (spread evenly over longer ones)."""
+    max_chunks: int | None = None
+    """With chunks: at most this many windows per document (spread evenly over longer ones); None: as many
+    as reading chunk_token_budget tokens takes."""
+    chunk_token_budget: int = 4096
+    """With chunks and no max_chunks: each document is read whole up to this many tokens; a longer one gets
+    the windows this budget allows, spread evenly over it (train, --dry-run and data stats say what goes unread)."""
     chunk_aggregation: str = "mean"
-    """With chunks: one prediction per document from its windows' mean logits, or learned attention
-    over the window embeddings."""
+    """With chunks: how the windows give one prediction: mean, max or logsumexp of their logits, max-pool of
+    their embeddings, or learned attention over their embeddings."""
 
     # --- model ------------------------------------------------------------------------
     backbone: str = "gpt2"
@@ -186,26 +195,25 @@ class Config:
 
     @classmethod
     def from_preset(cls, name: str) -> Config:
-        """The defaults overlaid with preset ``name`` (see :data:`PRESETS`)."""
+        """The defaults overlaid with preset ``name`` (see :data:`PRESETS`; ``none``: the defaults; ``auto``:
+        the one :func:`choose_preset` picks for this machine)."""
+        if name == "auto":
+            name, _ = choose_preset(())
+        if name == "none":
+            return cls()
         if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-        return cls().updated(**PRESETS[name])
+            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESET_CHOICES)}")
+        return cls().updated(**PRESETS[name], preset=name)
 
     @classmethod
     def from_yaml(cls, path: str | Path, base: Config | None = None) -> Config:
         """``base`` (default: the defaults) overlaid with the keys of a YAML file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from err
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-        return (base or cls()).updated(**values)
+        return (base or cls()).updated(**_read_yaml_mapping(Path(path)))
+
+    @staticmethod
+    def yaml_keys(path: str | Path) -> list[str]:
+        """The config keys a YAML file sets (underscores for dashes)."""
+        return [str(key).replace("-", "_") for key in _read_yaml_mapping(Path(path))]
 
     def updated(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied, each checked for name and type, then validated."""
@@ -228,7 +236,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ["n_embed", "n_heads", "max_train_samples", "max_eval_samples", "eval_batch_size",
-                     "early_stopping_patience", "chunk_stride", "max_chunks"]:
+                     "early_stopping_patience", "chunk_stride", "max_chunks", "chunk_token_budget"]:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -259,6 +267,8 @@ class Config:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
         if self.n_embed is not None and self.n_heads is not None and self.n_embed % self.n_heads:
             raise ConfigError(f"n_embed ({self.n_embed}) must be divisible by n_heads ({self.n_heads})")
+        if self.preset not in ("none", *PRESETS):
+            raise ConfigError(f"preset must be one of none, {', '.join(PRESETS)}; got {self.preset!r}")
         choices = {"pooling": POOLING_CHOICES, "freeze": FREEZE_CHOICES, "padding_side": PADDING_SIDES,
                    "lr_schedule": SCHEDULES, "precision": PRECISIONS, "long_documents": LONG_DOCUMENT_CHOICES,
                    "chunk_aggregation": CHUNK_AGGREGATIONS, "fusion": FUSION_CHOICES}
@@ -374,6 +384,59 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=5, learning_rate=1e-3, head_learning_rate=1e-3, warmup_ratio=0.1, lr_schedule="cosine",
     ),
 }
+
+
+# What --preset accepts: auto picks a recipe for the machine, none keeps the plain defaults.
+PRESET_CHOICES = ("auto", "none", *PRESETS)
+# The settings the recipes that --preset auto picks from decide. Setting one of them yourself means you
+# are choosing the recipe, so auto then keeps the plain defaults rather than mixing your value into a
+# recipe you did not ask for (e.g. --freeze none into the cpu recipe's learning rate of 1e-3).
+RECIPE_FIELDS = tuple(sorted((set(PRESETS["cpu"]) | set(PRESETS["best"]) | {"train_top_layers"}) - {"backbone"}))
+
+
+def choose_preset(explicit: Any, *, gpu: bool | None = None) -> tuple[str, str]:
+    """The recipe ``--preset auto`` stands for, and one line saying why.
+
+    ``best`` (full fine-tuning) where a CUDA GPU is present, ``cpu`` (a frozen backbone run once
+    into the feature cache: about an hour on a laptop) elsewhere; ``none`` (the plain defaults)
+    when ``explicit``, the names of the fields set by hand, holds one of :data:`RECIPE_FIELDS`.
+    ``gpu`` None asks PyTorch whether CUDA is available.
+
+    Example::
+
+        >>> choose_preset(["epochs"], gpu=False)[0], choose_preset([], gpu=False)[0]
+        ('none', 'cpu')
+    """
+    given = sorted(set(explicit) & set(RECIPE_FIELDS))
+    if given:
+        names = ", ".join("--" + name.replace("_", "-") for name in given[:3])
+        return "none", (f"recipe: the plain defaults, because you set {names} (--preset auto picks a recipe only "
+                        "when none of its settings is given; --preset cpu or best starts from one)")
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    if gpu:
+        return "best", ("recipe: best (full fine-tuning, whole posts in windows, TF-IDF fusion), because a CUDA GPU "
+                        "is present; --preset cpu for the frozen one-hour recipe")
+    return "cpu", ("recipe: cpu (the backbone frozen and run once into a feature cache over the start and end of "
+                   "each post, one narrow block, TF-IDF fusion), because there is no CUDA GPU and full fine-tuning "
+                   "on a CPU takes many hours; --preset best fine-tunes anyway, --preset none keeps the defaults")
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds ({} for an empty file); a one-line ConfigError otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return values
 
 
 def _suggest(name: str, known: set[str]) -> str:

@@ -200,6 +200,12 @@ class AttentionPooling(nn.Module):
         return torch.einsum("bt,btc->bc", weights, values)
 
 
+def _segment_max(values: Tensor, index: Tensor, segments: int) -> Tensor:
+    """Row-wise maximum of ``values`` (R, C) within each segment ``index`` (R,) -> (segments, C)."""
+    out = values.new_full((segments, values.shape[1]), float("-inf"))
+    return out.scatter_reduce(0, index[:, None].expand_as(values), values, "amax", include_self=False)
+
+
 # ------------------------------------------------------------------------------------------
 # The classifier
 # ------------------------------------------------------------------------------------------
@@ -405,22 +411,45 @@ class GPT2Classifier(nn.Module):
         return self.aggregate_windows(pooled, document_index)
 
     def aggregate_windows(self, pooled: Tensor, document_index: Tensor) -> Tensor:
-        """Per-document logits from per-window embeddings (R, n_embed): mean logits or attention."""
+        """Per-document logits from per-window embeddings (R, n_embed), by ``spec.chunk_aggregation``.
+
+        * ``mean``: the mean of the windows' logits;
+        * ``max``: per class, the highest logit any window gives;
+        * ``logsumexp``: per class, ``log(mean(exp(window logits)))``, a smooth maximum (the mean when
+          the windows agree, near the maximum when one window stands out);
+        * ``max-pool``: the element-wise maximum of the window embeddings, then the head;
+        * ``attention``: the softmax-weighted mean of the window embeddings (one learned score per
+          window), then the head.
+
+        With the maximum and ``logsumexp`` the window that decides gets the whole gradient; the mean
+        divides it by the number of windows.
+        """
         documents = int(document_index.max()) + 1 if document_index.numel() else 0
-        if self.window_scorer is None:  # mean of the windows' logits
-            logits = self.head(pooled)
-            total = logits.new_zeros(documents, logits.shape[1]).index_add_(0, document_index, logits)
-            count = torch.bincount(document_index, minlength=documents).clamp(min=1).to(logits.dtype)
-            return total / count[:, None]
+        mode = self._spec.chunk_aggregation or "mean"
+        if mode == "attention":
+            return self.head(self._attend_to_windows(pooled, document_index, documents))
+        if mode == "max-pool":
+            return self.head(_segment_max(pooled, document_index, documents))
+        logits = self.head(pooled)
+        count = torch.bincount(document_index, minlength=documents).clamp(min=1).to(logits.dtype)[:, None]
+        if mode == "max":
+            return _segment_max(logits, document_index, documents)
+        if mode == "logsumexp":
+            peak = _segment_max(logits, document_index, documents).detach()  # for stability only
+            total = logits.new_zeros(documents, logits.shape[1]).index_add_(
+                0, document_index, torch.exp(logits - peak[document_index]))
+            return peak + torch.log(total / count)
+        return logits.new_zeros(documents, logits.shape[1]).index_add_(0, document_index, logits) / count
+
+    def _attend_to_windows(self, pooled: Tensor, document_index: Tensor, documents: int) -> Tensor:
+        assert self.window_scorer is not None
         scores = self.window_scorer(pooled).squeeze(-1).float()
         # A softmax within each document: subtract its own maximum, then normalise by its own sum.
         peak = scores.new_full((documents,), float("-inf")).scatter_reduce(0, document_index, scores, "amax")
         weights = torch.exp(scores - peak[document_index])
         norm = weights.new_zeros(documents).index_add_(0, document_index, weights)
         weights = (weights / norm[document_index]).to(pooled.dtype)
-        embedded = pooled.new_zeros(documents, pooled.shape[1]).index_add_(0, document_index,
-                                                                             weights[:, None] * pooled)
-        return self.head(embedded)
+        return pooled.new_zeros(documents, pooled.shape[1]).index_add_(0, document_index, weights[:, None] * pooled)
 
     def pooled_states(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """One vector per document (B, n_embed): projection, blocks, ln_f and pooling, before the head."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpt2clf.batching import token_lengths
+from gpt2clf.batching import Windowing, body_lengths, reading_coverage, special_tokens_around
 from gpt2clf.corpora import DatasetSplits
 
 if TYPE_CHECKING:
@@ -33,26 +33,35 @@ class DatasetStats(dict):
         self.lengths: dict[str, list[int]] = lengths or {}
 
 
-def dataset_stats(splits: DatasetSplits, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetStats:
-    """Class balance and token lengths of the train and test splits.
+def dataset_stats(splits: DatasetSplits, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  windowing: Windowing | None = None) -> DatasetStats:
+    """Class balance and token lengths of the train and test splits, and what the model would leave unread.
 
     Keys: ``num_classes``, ``label_names``, ``max_length``, ``tokenizer`` (its name or
-    path), ``source`` and ``splits.<train|test>`` with ``documents``, ``per_class`` (label
-    name -> count, every label) and ``tokens`` = ``{mean, min, p50, p90, p99, max,
-    over_max_length}``. Token counts are measured without truncation (special tokens
-    included); ``over_max_length`` is the share of documents longer than ``max_length``.
-    The raw lengths are in the result's ``lengths`` attribute (see :class:`DatasetStats`).
+    path), ``source``, ``reads`` (how ``windowing`` reads a document; default: truncation at
+    ``max_length``) and ``splits.<train|test>`` with ``documents``, ``per_class`` (label
+    name -> count, every label), ``tokens`` = ``{mean, min, p50, p90, p99, max,
+    over_max_length}`` and ``unread`` (:meth:`~gpt2clf.batching.ReadingCoverage.to_dict`: documents
+    read in part and the share of tokens the windows leave unread). Token counts are measured
+    without truncation (special tokens included); ``over_max_length`` is the share of documents
+    longer than ``max_length``. The raw lengths are in the result's ``lengths`` attribute (see
+    :class:`DatasetStats`).
     """
+    windowing = windowing or Windowing(max_length)
+    prefix, suffix = special_tokens_around(tokenizer)
+    specials = len(prefix) + len(suffix)
     stats = DatasetStats(
         num_classes=len(splits.label_names),
         label_names=list(splits.label_names),
         max_length=max_length,
         tokenizer=str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__),
         source=splits.source,
+        reads=f"{windowing.mode}: {windowing.describe()}",
         splits={},
     )
     for name, ds in (("train", splits.train), ("test", splits.test)):
-        lengths = token_lengths(ds.texts, tokenizer)
+        bodies = body_lengths(ds.texts, tokenizer)
+        lengths = [n + specials for n in bodies]  # as the tokenizer encodes them, special tokens included
         stats.lengths[name] = lengths
         if ds.multi_label:  # documents per label (a document may count for several)
             counts = Counter({i: int(n) for i, n in enumerate(np.asarray(ds.labels, dtype=np.int64).reshape(
@@ -72,14 +81,16 @@ def dataset_stats(splits: DatasetSplits, tokenizer: PreTrainedTokenizerBase, max
             "documents": len(ds),
             "per_class": {label: counts.get(i, 0) for i, label in enumerate(splits.label_names)},
             "tokens": tokens,
+            "unread": reading_coverage(bodies, windowing, specials).to_dict(),
         }
     return stats
 
 
 def describe_dataset(config: Any, tokenizer_name: str, max_length: int) -> DatasetStats:
-    """:func:`dataset_stats` of the dataset ``config`` (a :class:`~gpt2clf.config.Config`) names."""
+    """:func:`dataset_stats` of the dataset ``config`` (a :class:`~gpt2clf.config.Config`) names, read as its
+    long-document settings say."""
     from gpt2clf.batching import load_tokenizer
     from gpt2clf.corpora import config_dataset
 
     splits = config_dataset(config)
-    return dataset_stats(splits, load_tokenizer(tokenizer_name), max_length)
+    return dataset_stats(splits, load_tokenizer(tokenizer_name), max_length, Windowing.of(config))

