@@ -83,6 +83,7 @@ from gpt2clf.inference import autocast_context, cpu_has_native_bf16, resolve_pre
 from gpt2clf.model import ClassifierSpec, GPT2Classifier
 from gpt2clf.model_io import TrainingRecord, save_model
 from gpt2clf.prediction import batched_logits
+from gpt2clf.report import ERROR_STEPS, NUM_ERRORS
 
 RUN_MARKER = "config.yaml"
 
@@ -168,7 +169,7 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
                 model, flat, None if windowed else tokens.labels, cache_root=config.cache_dir,
                 tokenizer_name=config.tokenizer_name, batch_size=config.effective_eval_batch_size, device=device,
                 precision=config.precision, max_length=config.max_length, train_top_layers=config.train_top_layers,
-                progress=progress)
+                progress=progress, from_lower=config.feature_cache_from_lower)
             data.features[split] = (WindowedFeatures(cached, [len(doc) for doc in tokens.input_ids], tokens.labels)
                                     if windowed else cached)
     model.to("cpu")
@@ -516,75 +517,133 @@ def check_fusion_data(config: Config, data: PreparedData) -> None:
                           "data or a larger --validation-ratio, or --fusion none)")
 
 
-def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData) -> dict[str, Any]:
-    """The run's wall time on this machine, from a short measured warm-up and the planned tokens.
+def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, *,
+                     report: bool = False) -> dict[str, Any]:
+    """The run's wall time on this machine, from short measured passes and the planned tokens.
 
-    One small batch of median-length training documents runs forward and backward (and, when a
-    feature cache will be computed, through the backbone alone) on the run's device and
-    precision; seconds per token then scale to every epoch's training tokens, the evaluation
-    passes and the cache pass. The model's weights do not change (no optimizer step) and its
-    gradients are cleared afterwards. A rough figure: expect it within about a factor of 1.5.
+    A small batch of training windows of median length runs, on the run's device and precision:
+    forward and backward as a training step computes it (from cached backbone states when the
+    run uses a feature cache), forward alone as evaluation computes it, and the frozen part of
+    the backbone alone (the one-off feature-cache pass, counted only for splits not cached yet).
+    Seconds per token then scale to every epoch's training tokens, the validation passes (one per
+    epoch and one at the end), the test pass, the feature cache and, with ``report``, the
+    integrated-gradients pass over the report's ten test errors; TF-IDF fusion is timed on a
+    sample of the training texts. The model's weights do not change (no optimizer step) and its
+    gradients are cleared afterwards. A rough figure (the checks in ACCURACY.md compare it with
+    measured runs).
     """
-    device = compute_device(config)
-    lengths = sorted(data.train.lengths)
-    if not lengths:
+    windows = [w for item in data.train.input_ids for w in (item if data.train.input_ids and
+                                                              isinstance(item[0], list) else [item])]
+    if not windows:
         return {}
-    median = lengths[len(lengths) // 2]
+    device = compute_device(config)
+    lengths = sorted(len(w) for w in windows)
+    rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report)
+    tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
+    cache_share = {}  # per split, the share of the frozen layers the cache pass still has to run
+    if uses_feature_cache(config, model):
+        frozen = len(model.backbone_layers()) - (config.train_top_layers or 0)
+        cache_share = {split: _cache_layers(config, model, data, split) / frozen for split in tokens if tokens[split]}
+    estimate: dict[str, Any] = {
+        "training": config.epochs * tokens["train"] * rates["train"],
+        "evaluation": ((config.epochs + 1) * tokens["validation"] + tokens["test"]) * rates["eval"],
+        "feature_cache": sum(tokens[split] * share for split, share in cache_share.items()) * rates.get("cache", 0.0),
+        "fusion": _fusion_seconds(config, data),
+        "report": (NUM_ERRORS * (ERROR_STEPS + 1) * min(lengths[len(lengths) // 2], config.max_length) * rates["full"]
+                   if report and len(data.test) else 0.0),
+        "device": device.type,
+        "precision": config.precision,
+        "tokens_per_second": {name: round(1 / rate) for name, rate in rates.items() if rate > 0},
+    }
+    estimate["total"] = sum(estimate[part] for part in ESTIMATE_PARTS)
+    return estimate
+
+
+# The parts of an estimate that add up to its total, in the order describe_estimate names them.
+ESTIMATE_PARTS = ("training", "evaluation", "feature_cache", "fusion", "report")
+
+
+def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: torch.device, *,
+                    full_pass: bool) -> dict[str, float]:
+    """Seconds per token of a training step, an evaluation forward, the cache pass and (``full_pass``) a
+    forward and backward through the whole model, each timed once after a warm-up call."""
     rows = min(config.batch_size, 4)
-    ids = torch.randint(0, 100, (rows, median), device=device)
+    ids = torch.randint(0, 100, (rows, min(length, config.max_length)), device=device)
     mask = torch.ones_like(ids)
     cached = uses_feature_cache(config, model)
-    start_layer = None
-    if cached and config.train_top_layers:
-        start_layer = len(model.backbone_layers()) - config.train_top_layers
+    start_layer = len(model.backbone_layers()) - config.train_top_layers if cached and config.train_top_layers \
+        else None
     model.to(device)
     was_training = model.training
-    model.train()
 
-    def step() -> None:
-        with autocast_context(device, config.precision):
-            if cached:
-                with torch.no_grad():
-                    hidden = model.backbone_hidden_states(ids, mask, num_layers=start_layer)
-                if start_layer is not None:
-                    hidden = model.backbone_from_layer(hidden, mask, start_layer)
-                logits = model.classify_hidden_states(hidden, mask)
-            else:
-                logits = model(ids, mask)
-        logits.float().sum().backward()
+    def top_part(hidden: torch.Tensor) -> torch.Tensor:
+        if start_layer is not None:
+            hidden = model.backbone_from_layer(hidden, mask, start_layer)
+        return model.classify_hidden_states(hidden, mask)
 
-    def timed(fn) -> float:
-        fn()  # warm-up: first-call allocations and kernel selection
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - started) / (rows * median)
+    def timed(fn: Callable[[], Any], *, train: bool) -> float:
+        model.train(train)
+        with autocast_context(device, config.precision), (torch.enable_grad() if train else torch.inference_mode()):
+            fn()  # warm-up: first-call allocations and kernel selection
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return (time.perf_counter() - started) / ids.numel()
 
     try:
-        train_per_token = timed(step)
-        with torch.inference_mode(), autocast_context(device, config.precision):
-            backbone_per_token = timed(lambda: model.backbone_hidden_states(ids, mask, num_layers=start_layer))
+        rates: dict[str, float] = {}
+        if cached:
+            with torch.inference_mode(), autocast_context(device, config.precision):
+                hidden = model.backbone_hidden_states(ids, mask, num_layers=start_layer).clone()
+            rates["cache"] = timed(lambda: model.backbone_hidden_states(ids, mask, num_layers=start_layer),
+                                   train=False)
+            rates["train"] = timed(lambda: top_part(hidden).float().sum().backward(), train=True)
+            rates["eval"] = timed(lambda: top_part(hidden), train=False)
+        else:
+            rates["train"] = timed(lambda: model(ids, mask).float().sum().backward(), train=True)
+            rates["eval"] = timed(lambda: model(ids, mask), train=False)
+        if full_pass:
+            rates["full"] = rates["train"] if not cached else timed(
+                lambda: model(ids, mask).float().sum().backward(), train=False)
+        return rates
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         model.to("cpu")
-    if cached:  # the step above included a backbone pass that cached training skips
-        train_per_token = max(train_per_token - backbone_per_token, train_per_token * 0.05)
-    train_tokens = sum(data.train.lengths)
-    eval_tokens = sum(data.validation.lengths) * config.epochs + sum(data.test.lengths)
-    all_tokens = train_tokens + sum(data.validation.lengths) + sum(data.test.lengths)
-    estimate = {
-        "training": config.epochs * train_tokens * train_per_token,
-        "evaluation": eval_tokens * train_per_token / 3,  # forward only: about a third of a step
-        "feature_cache": all_tokens * backbone_per_token if cached else 0.0,
-        "device": device.type,
-        "precision": config.precision,
-    }
-    estimate["total"] = estimate["training"] + estimate["evaluation"] + estimate["feature_cache"]
-    return estimate
+
+
+def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> int:
+    """How many backbone layers the feature-cache pass will run over ``split`` (0: it is cached already)."""
+    from gpt2clf.feature_cache import layers_to_compute
+
+    tokens = getattr(data, split)
+    flat = [w for doc in tokens.input_ids for w in doc] if config.long_documents == "chunks" else tokens.input_ids
+    return layers_to_compute(model, flat, cache_root=config.cache_dir, tokenizer_name=config.tokenizer_name,
+                             precision=config.precision, max_length=config.max_length,
+                             train_top_layers=config.train_top_layers, from_lower=config.feature_cache_from_lower)
+
+
+def _fusion_seconds(config: Config, data: PreparedData) -> float:
+    """TF-IDF fusion's fit (and refit) time: a fit on a sample of the training texts, scaled to the run's sizes.
+
+    The calibrated linear SVM's cost grows about linearly with the documents, as does scoring."""
+    if config.fusion != "tfidf" or not len(data.train):
+        return 0.0
+    texts = data.texts["train"]
+    sample = min(len(texts), 1000)
+    step = max(1, len(texts) // sample)
+    picked = texts[::step][:sample]
+    labels = data.train.labels[::step][:sample]
+    if len(set(labels)) < 2:
+        return 0.0
+    started = time.perf_counter()
+    TfidfModel.fit(picked, labels, len(data.label_names), seed=config.seed)
+    per_document = (time.perf_counter() - started) / len(picked)
+    fitted = len(texts) + ((len(texts) + len(data.validation)) if config.fusion_refit else 0)
+    return per_document * fitted
 
 
 def describe_estimate(estimate: dict[str, Any]) -> str:
@@ -596,14 +655,14 @@ def describe_estimate(estimate: dict[str, Any]) -> str:
         minutes = seconds / 60
         return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(minutes, 0.1):.1f} min"
 
-    parts = [f"training {clock(estimate['training'])}", f"evaluation {clock(estimate['evaluation'])}"]
-    if estimate["feature_cache"]:
-        parts.append(f"feature cache {clock(estimate['feature_cache'])}")
+    names = {"feature_cache": "feature cache", "fusion": "TF-IDF fusion", "report": "report"}
+    parts = [f"{names.get(part, part)} {clock(estimate[part])}" for part in ESTIMATE_PARTS
+             if part in ("training", "evaluation") or estimate.get(part)]
     line = (f"estimated time on this {estimate['device'].upper()} ({estimate['precision']}): "
             f"~{clock(estimate['total'])} ({', '.join(parts)})")
     if estimate["device"] == "cpu" and estimate["total"] > 2 * 3600:
-        line += ("; faster: --freeze backbone (one backbone pass into a feature cache), --preset cpu-quick, "
-                 "or a GPU")
+        line += ("; faster: --preset cpu (one backbone pass into a feature cache), --freeze backbone, "
+                 "--preset cpu-quick, or a GPU")
     return line
 
 
@@ -741,13 +800,14 @@ class FitResult:
 
 def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_dir: str | Path | None = None,
         resume: bool = False, enable_progress_bar: bool = False,
-        notify: Callable[[str], None] | None = None) -> FitResult:
+        notify: Callable[[str], None] | None = None, estimate_report: bool = False) -> FitResult:
     """Train per ``config`` and return the model of the best validation epoch with its figures.
 
     ``data`` gives the texts in memory (see :func:`gpt2clf.corpora.labelled_texts`); None reads
     the dataset ``config`` names. ``run_dir`` receives checkpoints and logs (None: a temporary
     folder, removed afterwards). Nothing else is written: :func:`train` writes the run folder.
-    ``notify(line)``, when given, receives the estimated wall time before training starts.
+    ``notify(line)``, when given, receives the estimated wall time before training starts (with
+    ``estimate_report``, including the report that :func:`train` writes afterwards).
 
     Example::
 
@@ -771,7 +831,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     seed_all(config.seed)
     model = build_model(config, prepared.label_names)
     if notify is not None:
-        notify(describe_estimate(estimate_seconds(config, model, prepared)))
+        notify(describe_estimate(estimate_seconds(config, model, prepared, report=estimate_report)))
         seed_all(config.seed)
     if config.compile:
         model.compile(dynamic=True)  # in place: parameter names (and saved folders) stay the same
@@ -825,7 +885,7 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     """
     run_dir = Path(output_dir)
     if dry_run:
-        return plan_run(config)
+        return plan_run(config, report=report)
     worker = is_worker_process()
     if not worker:
         check_run_dir(run_dir, overwrite=overwrite, resume=resume)
@@ -834,7 +894,7 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved_config(config).save(run_dir / RUN_MARKER)
     result = fit(config, run_dir=run_dir, resume=resume, enable_progress_bar=enable_progress_bar,
-                 notify=None if worker else notify)
+                 notify=None if worker else notify, estimate_report=report and not config.multi_label)
     if not result.metrics:  # a DDP worker process: rank 0 writes
         return {}
     result.save(run_dir / "model")
@@ -848,7 +908,7 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     return result.metrics
 
 
-def plan_run(config: Config) -> dict[str, Any]:
+def plan_run(config: Config, *, report: bool = True) -> dict[str, Any]:
     """What a run would do (``--dry-run``): data sizes, model and parameter counts, the resolved config.
 
     A dataset or tokenizer that cannot be loaded is noted in the plan, and the model is still
@@ -866,7 +926,7 @@ def plan_run(config: Config) -> dict[str, Any]:
     check_fusion_data(config, data)
     model = build_model(config, data.label_names)
     plan = make_plan(config, model, data)
-    plan["estimated_seconds"] = estimate_seconds(config, model, data)
+    plan["estimated_seconds"] = estimate_seconds(config, model, data, report=report and not config.multi_label)
     return plan
 
 
