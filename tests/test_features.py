@@ -416,3 +416,41 @@ def test_no_stray_files_in_the_cache_root(tmp_path: Path) -> None:
     assert sorted(p.name for p in dataset.folder.iterdir()) == sorted(
         [features.META_FILE, features.HIDDEN_FILE, features.OFFSETS_FILE])
     assert os.path.getsize(dataset.folder / features.HIDDEN_FILE) == 2 * 64 * sum(dataset.lengths)
+
+
+def test_from_lower_runs_only_the_layers_above_a_top_layers_cache(tmp_path: Path, monkeypatch) -> None:
+    """A frozen run after a top-K run on the same documents may start from the top-K run's cache (opt-in): only
+    the layers above it run, the states match a full pass up to float16 rounding, and the cache has its own key."""
+    from gpt2clf.feature_cache import layers_to_compute
+
+    model = tiny_model(n_layer=3)
+    tokens = token_lists()
+    lower = cache(model, tokens, tmp_path, train_top_layers=2)  # the output of layer 0
+    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER, from_lower=True) == 2
+    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == 3
+    ran: list[int] = []
+    original = model.adapter.run_layers
+
+    def counted(hidden, mask, start, stop=None):
+        ran.append(start)
+        return original(hidden, mask, start, stop)
+
+    monkeypatch.setattr(model.adapter, "run_layers", counted)
+    backbone_runs = count_backbone_runs(model, monkeypatch)
+    derived = cache(model, tokens, tmp_path, from_lower=True)
+    assert ran and set(ran) == {1} and not backbone_runs  # layers 1 and 2 only, from the stored states
+    assert derived.start_layer is None and derived.meta["derived_from_layer"] == 1
+    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER, from_lower=True) == 0
+    torch.testing.assert_close(feature_logits(model, derived, batch_size=3), full_logits(model, tokens),
+                               atol=1e-2, rtol=0)
+    # Layer 1's output (a top-1 cache) can come from the same lower cache.
+    middle = cache(model, tokens, tmp_path, train_top_layers=1, from_lower=True)
+    assert middle.start_layer == 2 and middle.meta["derived_from_layer"] == 1
+    direct = cache(model, tokens, tmp_path / "direct", train_top_layers=1)
+    for i in range(len(tokens)):
+        torch.testing.assert_close(middle[i]["hidden_states"].float(), direct[i]["hidden_states"].float(),
+                                   atol=2e-2, rtol=1e-2)
+    # Without the opt-in, a full pass computes the direct cache: its own key, not the derived one.
+    full = cache(model, tokens, tmp_path)
+    assert full.key not in (derived.key, lower.key) and "derived_from_layer" not in full.meta
+    assert len(backbone_runs) > 0

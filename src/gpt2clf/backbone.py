@@ -329,7 +329,20 @@ class BackboneAdapter:
         ids exactly as in a full pass; ``hidden`` replaces the input of layer ``start_layer``.
         Not re-entrant: the layer list is swapped for the duration of the call.
         """
+        return self.run_layers(hidden, attention_mask, start_layer)
+
+    def run_layers(self, hidden: Tensor, attention_mask: Tensor, start_layer: int, stop_layer: int | None = None
+                   ) -> Tensor:
+        """Layers ``start_layer`` to ``stop_layer - 1`` over ``hidden``, the input of layer ``start_layer``.
+
+        ``stop_layer`` None runs to the end (the final norm included, as :meth:`from_layer`); otherwise
+        the result is the output of layer ``stop_layer - 1``, what :meth:`hidden_states` with
+        ``num_layers=stop_layer`` returns.
+        """
         layers = self._split_layers(start_layer)
+        stop = len(layers) if stop_layer is None else stop_layer
+        if not start_layer < stop <= len(layers):
+            raise ConfigError(f"cannot run layers {start_layer} to {stop} of a {len(layers)}-layer backbone")
         hidden = hidden.to(next(self.module.parameters()).dtype)
 
         def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -337,15 +350,23 @@ class BackboneAdapter:
                 return (hidden, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": hidden}
 
-        handle = layers[start_layer].register_forward_pre_hook(inject, with_kwargs=True)
+        captured: list[Tensor] = []
+
+        def keep(module: nn.Module, args: Any, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+
+        handles = [layers[start_layer].register_forward_pre_hook(inject, with_kwargs=True)]
+        if stop_layer is not None:
+            handles.append(layers[stop - 1].register_forward_hook(keep))
         # Token id 0 everywhere: the embeddings are computed (cheap) and then discarded.
         placeholder = torch.zeros(attention_mask.shape, dtype=torch.long, device=attention_mask.device)
         try:
-            with _only_layers(layers, start_layer, len(layers)):
+            with _only_layers(layers, start_layer, stop):
                 output = self.module(input_ids=placeholder, **self.forward_kwargs(attention_mask))
         finally:
-            handle.remove()
-        return _last_hidden_state(output)
+            for handle in handles:
+                handle.remove()
+        return captured[-1] if stop_layer is not None else _last_hidden_state(output)
 
     def _split_layers(self, layer: int) -> nn.ModuleList:
         layers = self.layers()

@@ -134,6 +134,10 @@ class Config:
     """With a frozen backbone, compute its hidden states once and train from a disk cache."""
     cache_dir: str | None = None
     """Where the feature cache lives; None: ``~/.cache/gpt2clf/features``."""
+    feature_cache_from_lower: bool = False
+    """When the cache of the same documents' lower backbone layers exists (a train_top_layers run's), compute
+    only the layers above it: hours less on a CPU, but the states then differ from a full pass by float16
+    rounding, so it is off unless asked for."""
 
     # --- optimisation -----------------------------------------------------------------
     batch_size: int = 16

@@ -289,6 +289,7 @@ def cached_features(
     train_top_layers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     max_batch_tokens: int | None = None,
+    from_lower: bool = False,
 ) -> FeatureDataset:
     """The frozen backbone's hidden states for ``token_lists``: loaded from the cache, or computed once.
 
@@ -298,6 +299,12 @@ def cached_features(
     never runs the backbone. ``train_top_layers=K`` (``0 < K <`` number of layers) caches the
     output of the layers below the top ``K`` instead; ``None`` or 0: the backbone's output.
     ``progress(done, total)`` is called after each batch of a computation.
+
+    ``from_lower``: on a miss, when a cache of the same documents at a lower split layer exists
+    (a ``train_top_layers`` run's), run only the layers above it, reading its stored states. That
+    takes a fraction of the time, but the states differ from a full pass by the float16 rounding
+    of the lower cache, so such a cache has a key of its own (``derived_from_layer``) and is used
+    only when ``from_lower`` asks for it.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -314,6 +321,61 @@ def cached_features(
     if _read_meta(folder) is not None:
         log.info("feature cache hit: %s", folder)
         return FeatureDataset(folder, labels)
+    lower = _lower_cache(model, root, fields) if from_lower and root.is_dir() else None
+    if lower is not None:
+        fields = {**fields, "derived_from_layer": lower.start_layer}
+        if _read_meta(root / cache_key(fields)) is not None:
+            return FeatureDataset(root / cache_key(fields), labels)
+    return _compute_cache(model, token_lists, labels, root, fields, batch_size=batch_size, device=device,
+                          precision=precision, start_layer=start_layer, progress=progress,
+                          max_batch_tokens=max_batch_tokens, source=lower)
+
+
+def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]], *,
+                      cache_root: str | Path | None, tokenizer_name: str, precision: str = "32-true",
+                      max_length: int | None = None, train_top_layers: int | None = None,
+                      from_lower: bool = False) -> int:
+    """How many backbone layers :func:`cached_features` with these arguments would run over the documents:
+    0 on a hit, fewer than the frozen part's with ``from_lower`` and a lower cache (for time estimates)."""
+    start_layer = _start_layer(model, train_top_layers)
+    fields = cache_key_fields(model, token_lists, tokenizer_name=tokenizer_name, max_length=max_length,
+                              precision=precision, start_layer=start_layer)
+    root = cache_root_dir(cache_root)
+    if _read_meta(root / cache_key(fields)) is not None:
+        return 0
+    target = start_layer if start_layer is not None else len(model.backbone_layers())
+    lower = _lower_cache(model, root, fields) if from_lower and root.is_dir() else None
+    if lower is None:
+        return target
+    derived = {**fields, "derived_from_layer": lower.start_layer}
+    return 0 if _read_meta(root / cache_key(derived)) is not None else target - int(lower.start_layer or 0)
+
+
+def _lower_cache(model: GPT2Classifier, root: Path, fields: dict[str, Any]) -> FeatureDataset | None:
+    """The complete cache of the same tokens at the highest split layer below ``fields``' (None: none)."""
+    target = fields["start_layer"] if fields["start_layer"] is not None else len(model.backbone_layers())
+    same = ("format_version", "tokenizer", "tokens", "max_length", "precision", "storage_dtype")
+    found: set[int] = set()
+    for meta_path in root.glob(f"*/{META_FILE}"):
+        meta = _read_meta(meta_path.parent)
+        if (meta is not None and all(meta.get(k) == fields[k] for k in same) and "derived_from_layer" not in meta
+                and isinstance(meta.get("start_layer"), int) and meta["start_layer"] < target):
+            found.add(meta["start_layer"])
+    for layer in sorted(found, reverse=True):
+        lower = {**fields, "start_layer": layer, "backbone": backbone_fingerprint(model, layer)}
+        if _read_meta(root / cache_key(lower)) is not None:  # the same frozen weights below that layer
+            return FeatureDataset(root / cache_key(lower))
+    return None
+
+
+def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: Sequence[Any] | None, root: Path,
+                   fields: dict[str, Any], *, batch_size: int, device: torch.device | str, precision: str,
+                   start_layer: int | None, progress: Callable[[int, int], None] | None,
+                   max_batch_tokens: int | None, source: FeatureDataset | None = None) -> FeatureDataset:
+    """Run the backbone over ``token_lists`` (or its layers above ``source``, a lower cache of them) into a new
+    cache folder under ``root``, atomically, under a lock."""
+    key = cache_key(fields)
+    folder = root / key
     root.mkdir(parents=True, exist_ok=True)
     # One writer at a time per cache root: a second run computing the same cache waits, then finds it complete.
     with _exclusive_lock(root):
@@ -335,7 +397,7 @@ def cached_features(
         try:
             _compute_into(tmp, model, token_lists, lengths, width, batch_size=batch_size,
                           device=torch.device(device), precision=precision, start_layer=start_layer,
-                          progress=progress, max_batch_tokens=max_batch_tokens)
+                          progress=progress, max_batch_tokens=max_batch_tokens, source=source)
             meta = {**fields, "key": key, "width": width, "num_documents": len(lengths),
                     "num_tokens": int(sum(lengths)), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             atomic_write_json(tmp / META_FILE, meta)  # last: a folder without it is incomplete
@@ -361,14 +423,19 @@ def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | N
 def _compute_into(folder: Path, model: GPT2Classifier, token_lists: Sequence[Sequence[int]], lengths: list[int],
                   width: int, *, batch_size: int, device: torch.device, precision: str,
                   start_layer: int | None, progress: Callable[[int, int], None] | None,
-                  max_batch_tokens: int | None = None) -> None:
+                  max_batch_tokens: int | None = None, source: FeatureDataset | None = None) -> None:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     offsets.tofile(folder / OFFSETS_FILE)
     hidden = np.memmap(folder / HIDDEN_FILE, dtype=STORAGE_DTYPE, mode="w+", shape=(int(offsets[-1]), width))
     collate = PaddingCollator(pad_token_id=0, padding_side="right")  # the pad id is masked: any id will do
+    read_states = FeatureCollator()
 
     def run_batch(indices: list[int]) -> Tensor:
+        if source is not None:  # only the layers above a lower cache of the same documents
+            batch = read_states([source[i] for i in indices])
+            return model.adapter.run_layers(batch["hidden_states"].to(device), batch["attention_mask"].to(device),
+                                            int(source.start_layer or 0), start_layer)
         batch = collate([{"input_ids": token_lists[i], "index": i} for i in indices])
         return model.backbone_hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                             num_layers=start_layer)
