@@ -51,14 +51,9 @@ def main() -> int:
     from transformers import GPT2Config, GPT2Model
 
     from gpt2clf.config import Config
-    from gpt2clf.training import (
-        ClassificationDataModule,
-        ClassificationModule,
-        build_model,
-        build_trainer,
-        prepare_data,
-        resolved_config,
-    )
+    from gpt2clf.preflight import resolved_config
+    from gpt2clf.prepared import build_model, prepare_data
+    from gpt2clf.training import ClassificationDataModule, ClassificationModule, build_trainer
 
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)

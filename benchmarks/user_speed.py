@@ -137,13 +137,9 @@ def framework_overhead(steps: int = 60) -> dict[str, Any]:
     from gpt2clf.config import Config
     from gpt2clf.corpora import labelled_texts, load_20newsgroups
     from gpt2clf.model import ClassifierSpec, GPT2Classifier
-    from gpt2clf.training import (
-        ClassificationDataModule,
-        ClassificationModule,
-        build_trainer,
-        lr_lambda,
-        prepare_data,
-    )
+    from gpt2clf.optimization import lr_lambda
+    from gpt2clf.prepared import prepare_data
+    from gpt2clf.training import ClassificationDataModule, ClassificationModule, build_trainer
 
     news = load_20newsgroups("train", ARCHIVE)
     config = Config(backbone="unused", tokenizer=str(TOKENIZER), max_length=64, batch_size=16, epochs=1,

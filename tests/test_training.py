@@ -191,6 +191,22 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_backbone: Path, s
     assert got["validation"] == expected["validation"]
 
 
+def test_resuming_with_a_changed_setting_is_refused_by_the_library_as_by_the_cli(
+        tiny_backbone: Path, small_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gpt2clf import Config, train
+    from gpt2clf.errors import UserError
+
+    before = {p: p.stat().st_mtime_ns for p in small_run.rglob("*") if p.is_file()}
+    assert main([*small_train_args(tiny_backbone, small_run), "--epochs", "5", "--resume"]) == 2
+    cli_message = capsys.readouterr().err.strip().removeprefix("gpt2clf: error: ")
+    assert "--epochs (2 -> 5)" in cli_message
+    with pytest.raises(UserError) as refused:
+        train(Config.from_yaml(small_run / "config.yaml").updated(epochs=5), small_run, resume=True)
+    assert str(refused.value) == cli_message
+    # Where the run runs may change; nothing was written by either refusal.
+    assert {p: p.stat().st_mtime_ns for p in small_run.rglob("*") if p.is_file()} == before
+
+
 def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(tiny_backbone: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "interrupted"
     process = subprocess.Popen([sys.executable, "-m", "gpt2clf.cli", *small_train_args(tiny_backbone, run_dir)],

@@ -40,8 +40,6 @@ DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_
                "label_column")  # = evaluation's
 # Config fields that say how a long document is read (data stats reports what they leave unread).
 READING_FIELDS = ("long_documents", "chunk_stride", "max_chunks", "chunk_token_budget")
-# Fields that may change when a run is resumed: where and how it runs, not what it computes.
-RESUMABLE_FIELDS = ("accelerator", "devices", "strategy", "num_nodes", "num_workers")
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -419,29 +417,19 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def resumed_config(args: argparse.Namespace) -> Config:
-    """The run's own config.yaml. Flags may repeat it, or change only where it runs."""
+    """The config --resume asks for: the run's saved config.yaml with the flags given on top (or, with
+    --preset or --config, those); train() refuses it if it changes what the run computes."""
+    from gpt2clf.preflight import saved_run_config
+
     if not args.output:
         raise UserError("--resume needs --output RUN_DIR, the run folder to continue")
-    saved_path = Path(args.output) / "config.yaml"
-    if not saved_path.is_file():
-        raise UserError(f"nothing to resume: {saved_path} does not exist")
-    saved = Config.from_yaml(saved_path)
-    asked = config_from_args(args) if (args.preset or args.config) else saved.updated(**config_overrides(args))
-    # The saved config is resolved (absolute paths, concrete precision); compare like with like.
-    asked = asked.with_absolute_paths()
-    if asked.precision == "auto":
-        asked = asked.updated(precision=saved.precision)
-    changed = [name for name in saved.to_dict() if name not in RESUMABLE_FIELDS
-               and getattr(asked, name) != getattr(saved, name)]
-    if changed:
-        what = ", ".join(f"{flag(n)} ({getattr(saved, n)!r} -> {getattr(asked, n)!r})" for n in changed[:3])
-        raise UserError(f"--resume continues the run with its saved config.yaml, but these differ: {what}; "
-                        "drop them or start a new run")
-    return saved.updated(**config_overrides(args, RESUMABLE_FIELDS))
+    if args.preset or args.config:
+        return config_from_args(args)
+    return saved_run_config(args.output).updated(**config_overrides(args))
 
 
 def print_plan(plan: dict[str, Any]) -> None:
-    from gpt2clf.training import describe_estimate
+    from gpt2clf.preflight import describe_estimate
 
     counts = plan["parameters"]
     print(f"recipe     {plan['config']['preset']}")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gpt2clf.errors import ConfigError, ModelLoadError, first_line
 from gpt2clf.files import atomic_write_bytes, atomic_write_json
@@ -162,6 +163,13 @@ class Fusion:
 
     def mix(self, network: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         return mix_probabilities(network, self.tfidf.predict_proba(texts), self.weight, self.mode)
+
+    def component_probabilities(self, network: torch.Tensor, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``network`` (N, C) probabilities of ``texts`` with this TF-IDF model's and the mix of both
+        (``network``, ``tfidf``, ``fused``), TF-IDF run once."""
+        tfidf = self.tfidf.predict_proba(texts)
+        fused = mix_probabilities(network.numpy(), tfidf, self.weight, self.mode)
+        return {"network": network, "tfidf": torch.from_numpy(tfidf), "fused": torch.from_numpy(fused).float()}
 
     def save(self, model_folder: Path) -> None:
         """Write ``fusion/`` into a model folder (called while the folder is being assembled)."""

@@ -24,7 +24,7 @@ import torch
 from gpt2clf.backbone import use_fused_gelu
 from gpt2clf.batching import PaddingCollator, Windowing, encode_documents, load_tokenizer, token_count
 from gpt2clf.errors import ConfigError, ModelLoadError
-from gpt2clf.fusion import Fusion, mix_probabilities
+from gpt2clf.fusion import Fusion
 from gpt2clf.inference import (
     DEFAULT_BATCH_TOKENS,
     logits_in_input_order,
@@ -227,9 +227,7 @@ class Predictor:
         network = torch.softmax(self.logits(texts), dim=-1)
         if self.fusion is None:
             return {"network": network}
-        tfidf = self.fusion.tfidf.predict_proba(texts)
-        fused = mix_probabilities(network.numpy(), tfidf, self.fusion.weight, self.fusion.mode)
-        return {"network": network, "tfidf": torch.from_numpy(tfidf), "fused": torch.from_numpy(fused).float()}
+        return self.fusion.component_probabilities(network, texts)
 
     def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per text, streaming ``chunk_size`` texts at a time."""

@@ -9,9 +9,10 @@ loop, precision, DDP, checkpoints, progress bar and loggers to Lightning.
   the best validation epoch with its figures (:class:`FitResult`); it needs no run folder.
 * :func:`train` writes a run folder on top of :func:`fit`.
 
-Before anything runs, :func:`check_hardware` refuses in one line what this machine cannot
-run (an absent GPU, an unknown strategy, float16 on a CPU, ...), and precision ``auto`` is
-resolved for the device (:func:`gpt2clf.inference.resolve_precision`).
+Before anything runs, :mod:`gpt2clf.preflight` refuses in one line what this machine cannot
+run (an absent GPU, an unknown strategy, float16 on a CPU, ...), an output folder that holds
+a run, or a resumed run whose config changed, and resolves precision ``auto`` for the device;
+:mod:`gpt2clf.prepared` tokenizes the data, builds the model and fills the feature cache.
 
 Reproducibility. Lightning alone does not give equal metrics after a resume (the RNG
 state is not checkpointed and a sampler seeded from the global RNG replays epoch 0's order).
@@ -37,176 +38,87 @@ Run folder layout::
 
 from __future__ import annotations
 
-import math
-import os
-import random
 import shutil
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from gpt2clf.backbone import use_fused_gelu
 from gpt2clf.batching import (
     LengthGroupedSampler,
     PaddingCollator,
-    ReadingCoverage,
-    TokenizedDataset,
-    Windowing,
-    encode_and_measure,
-    load_tokenizer,
 )
 from gpt2clf.config import Config
-from gpt2clf.corpora import DatasetSplits, DataWarning, SplitSets, splits_for
-from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
-from gpt2clf.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics, tune_thresholds
+from gpt2clf.corpora import DatasetSplits, SplitSets
+from gpt2clf.errors import UserError
+from gpt2clf.evaluation import (
+    EvaluationResult,
+    compute_metrics,
+    compute_multilabel_metrics,
+    score_probabilities,
+    tune_thresholds,
+)
 from gpt2clf.feature_cache import (
     FeatureCollator,
-    WindowedFeatures,
-    cached_features,
-    feature_logits,
     logits_from_features,
 )
 from gpt2clf.files import atomic_write_json
-from gpt2clf.fusion import MIN_VALIDATION_DOCUMENTS, Fusion, TfidfModel, choose_fusion, refit_fusion
-from gpt2clf.inference import autocast_context, cpu_has_native_bf16, resolve_precision
-from gpt2clf.model import ClassifierSpec, GPT2Classifier
+from gpt2clf.fusion import Fusion, TfidfModel, choose_fusion, refit_fusion
+from gpt2clf.model import GPT2Classifier
 from gpt2clf.model_io import TrainingRecord, save_model
-from gpt2clf.prediction import batched_logits
-from gpt2clf.report import ERROR_STEPS, NUM_ERRORS
-
-RUN_MARKER = "config.yaml"
-
+from gpt2clf.optimization import fused_adamw_supported, lr_lambda, parameter_rates, rng_states, set_rng_states
+from gpt2clf.preflight import (
+    RUN_MARKER,
+    check_fusion_data,
+    check_hardware,
+    check_run_dir,
+    describe_estimate,
+    estimate_seconds,
+    is_worker_process,
+    plan_run,
+    resolved_config,
+    resumed_config,
+    warn_about_slow_settings,
+)
+from gpt2clf.prepared import (
+    PreparedData,
+    attach_features,
+    build_model,
+    compute_device,
+    data_split,
+    prepare_data,
+    seed_all,
+    split_logits,
+    uses_feature_cache,
+    warn_about_unread_text,
+)
 
 # ---------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------
-@dataclass
-class PreparedData:
-    """Tokenized train / validation / test sets and what is needed to rebuild them."""
-
-    label_names: list[str]
-    source: dict[str, Any]
-    tokenizer: Any
-    train: TokenizedDataset
-    validation: TokenizedDataset
-    test: TokenizedDataset
-    features: dict[str, Any] | None = None
-    """Per split, the frozen backbone's cached hidden states (a FeatureDataset), when used."""
-    texts: dict[str, list[str]] = field(default_factory=dict)
-    """Per split, the documents' texts (TF-IDF fusion and reports read them)."""
-    coverage: dict[str, ReadingCoverage] = field(default_factory=dict)
-    """Per split, what the windowing leaves unread (documents read in part, unread tokens)."""
 
 
-def data_split(data: PreparedData, split: str):
-    """The dataset a split trains or evaluates on: cached features when present, else tokens."""
-    if data.features is not None:
-        return data.features[split]
-    return getattr(data, split)
 
 
-def uses_feature_cache(config: Config, model: GPT2Classifier) -> bool:
-    """Whether the frozen part of the backbone runs once into a disk cache instead of every step.
-
-    It gives the same hidden states every epoch: the whole backbone with ``freeze=backbone``,
-    the layers below the top ``K`` with ``train_top_layers=K`` (when at least one layer is frozen).
-    """
-    if not config.feature_cache:
-        return False
-    if config.train_top_layers:
-        return config.train_top_layers < len(model.backbone_layers())
-    return config.freeze == "backbone" or config.train_top_layers == 0
 
 
-def compute_device(config: Config) -> torch.device:
-    """Where the run computes (and the feature cache's one-off backbone pass runs)."""
-    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
-def warn_about_slow_settings(config: Config) -> None:
-    """bf16 autocast on a CPU without bf16 hardware emulates it: ~30x slower than float32 (BENCHMARKS.md)."""
-    if config.precision.startswith("bf16") and compute_device(config).type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn(PerformanceWarning(
-            f"--precision {config.precision} on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and "
-            "runs many times slower than --precision 32-true (or auto)"), stacklevel=2)
 
 
-def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *,
-                    show_progress: bool = False) -> None:
-    """Run the frozen backbone over every split once (or load it from the disk cache)."""
-    from tqdm.auto import tqdm
-
-    device = compute_device(config)
-    model.to(device)
-    data.features = {}
-    for split in ("train", "validation", "test"):
-        tokens = getattr(data, split)
-        if not len(tokens):
-            continue
-        with tqdm(desc=f"feature cache, {split}", unit="batch", disable=not show_progress, leave=False,
-                  mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
-
-            def progress(done: int, total: int, bar=bar) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            windowed = config.long_documents == "chunks"
-            flat = [w for doc in tokens.input_ids for w in doc] if windowed else tokens.input_ids
-            cached = cached_features(
-                model, flat, None if windowed else tokens.labels, cache_root=config.cache_dir,
-                tokenizer_name=config.tokenizer_name, batch_size=config.effective_eval_batch_size, device=device,
-                precision=config.precision, max_length=config.max_length, train_top_layers=config.train_top_layers,
-                progress=progress, from_lower=config.feature_cache_from_lower)
-            data.features[split] = (WindowedFeatures(cached, [len(doc) for doc in tokens.input_ids], tokens.labels)
-                                    if windowed else cached)
-    model.to("cpu")
 
 
-def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, tokenizer: Any = None) -> PreparedData:
-    """Tokenized train, validation and test sets of ``config``'s dataset, or of ``data`` (in memory).
-
-    ``data`` as :class:`~gpt2clf.corpora.DatasetSplits` (train and test) gets the usual
-    validation carve-out and sample limits; as :class:`~gpt2clf.corpora.SplitSets` it is used as is.
-    """
-    sets = data if isinstance(data, SplitSets) else splits_for(config, data)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(config.tokenizer_name, padding_side=config.padding_side)
-
-    windowing = Windowing.of(config)
-    splits: dict[str, TokenizedDataset] = {}
-    coverage: dict[str, ReadingCoverage] = {}
-    for name in ("train", "validation", "test"):
-        ds = sets.split(name)
-        items, coverage[name] = encode_and_measure(ds.texts, tokenizer, windowing)
-        splits[name] = TokenizedDataset(items, ds.labels)
-    return PreparedData(sets.label_names, sets.source, tokenizer, splits["train"], splits["validation"],
-                        splits["test"], texts={name: list(sets.split(name).texts) for name in splits},
-                        coverage=coverage)
 
 
-def warn_about_unread_text(config: Config, data: PreparedData) -> None:
-    """One warning line when the windowing leaves part of the training documents unread."""
-    coverage = data.coverage.get("train")
-    if coverage is None or not coverage.unread_tokens:
-        return
-    hint = ("raise --chunk-token-budget (or --max-chunks)" if config.long_documents == "chunks"
-            else "--long-documents chunks reads whole documents")
-    warnings.warn(DataWarning(
-        f"--long-documents {config.long_documents} reads {Windowing.of(config).describe()}: of the training split, "
-        f"{coverage.describe()} ({hint})"), stacklevel=2)
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -249,100 +161,20 @@ class ClassificationDataModule(pl.LightningDataModule):
 # ---------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------
-def build_model(config: Config, label_names: list[str]) -> GPT2Classifier:
-    """The classifier of ``config``: pretrained backbone, our blocks, pooling and head."""
-    spec = ClassifierSpec(num_labels=len(label_names), label_names=list(label_names), n_embed=config.n_embed,
-                          n_heads=config.n_heads, n_blocks=config.n_blocks, dropout=config.dropout,
-                          pooling=config.pooling,
-                          chunk_aggregation=config.chunk_aggregation if config.long_documents == "chunks" else None)
-    model = GPT2Classifier.from_backbone(config.backbone, spec)
-    positions = max_positions(model)
-    if positions is not None and config.max_length > positions:
-        raise ConfigError(f"max_length {config.max_length} is more than the backbone's {positions} positions; "
-                          f"use --max-length {positions} or less")
-    model.set_trainable(config.freeze, config.train_top_layers)
-    use_fused_gelu(model)  # the same function as GPT-2's Python GELU, one kernel, less memory
-    if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    return model
 
 
-def max_positions(model: GPT2Classifier) -> int | None:
-    """How many positions the backbone has embeddings for (1024 for GPT-2), if it says."""
-    return model.adapter.max_positions
 
 
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
-    """Multiplier of the base learning rate at each optimiser step: linear warmup, then decay."""
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress
-
-    return factor
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
-def rng_states() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
-    version, internal, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(internal), gauss], "numpy": [torch.from_numpy(keys.astype(np.int64)), pos,
-                                                                   has_gauss, cached],
-            "torch": torch.get_rng_state()}
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
 
 
-def parameter_rates(model: GPT2Classifier, config: Config) -> list[tuple[list[torch.nn.Parameter], float]]:
-    """(parameters, learning rate) pairs: the backbone's, by layer with ``layerwise_lr_decay``, then ours.
-
-    With decay ``d`` and ``L`` layers, the top layer (and the final norm after it) keeps
-    ``learning_rate``, layer ``i`` gets ``learning_rate * d ** (L - 1 - i)`` (0-based, counting
-    from the bottom) and the embeddings ``learning_rate * d ** L``: lower layers hold more
-    general features and move less.
-    """
-    pairs: list[tuple[list[torch.nn.Parameter], float]] = []
-    decay = config.layerwise_lr_decay
-    if decay is None or decay == 1.0:
-        pairs.append((list(model.backbone_parameters()), config.learning_rate))
-    else:
-        depth = model.adapter.parameter_depths()
-        top = max(depth.values(), default=0)
-        by_depth: dict[int, list[torch.nn.Parameter]] = {}
-        for param in model.backbone_parameters():
-            by_depth.setdefault(depth.get(id(param), top), []).append(param)
-        for level in sorted(by_depth):
-            pairs.append((by_depth[level], config.learning_rate * decay ** (top - level)))
-    pairs.append((list(model.head_parameters()), config.effective_head_learning_rate))
-    return pairs
 
 
-def fused_adamw_supported(groups: list[dict[str, Any]]) -> bool:
-    """Whether ``AdamW(fused=True)`` takes these parameters: one kernel per step instead of a loop
-    over tensors (on CPU the optimiser step took 0.15 s instead of 0.55-3.8 s for GPT-2 small)."""
-    params = [p for group in groups for p in group["params"]]
-    cpu_fused = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4)
-    return bool(params) and all(
-        p.is_floating_point() and (p.device.type == "cuda" or (p.device.type == "cpu" and cpu_fused))
-        for p in params)
 
 
 class ClassificationModule(pl.LightningModule):
@@ -463,264 +295,29 @@ class ClassificationModule(pl.LightningModule):
 # ---------------------------------------------------------------------------------------
 # the whole job
 # ---------------------------------------------------------------------------------------
-def is_worker_process() -> bool:
-    """True in the extra processes that Lightning's DDP launcher starts (ranks other than 0)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
 
 
-def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber an existing run unless asked to resume it or overwrite it."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"output {run_dir} exists and is not a folder; choose another --output")
-    holds_run = (run_dir / RUN_MARKER).exists() or (run_dir / "model").exists()
-    if resume:
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            raise UserError(f"nothing to resume in {run_dir}: no checkpoints/last.ckpt; start it without --resume")
-    elif holds_run and not overwrite:
-        raise UserError(f"output folder {run_dir} already holds a run; pass --overwrite to replace it, "
-                        "--resume to continue it, or choose another --output")
-    elif run_dir.is_dir() and any(run_dir.iterdir()) and not holds_run and not overwrite:
-        raise UserError(f"output folder {run_dir} is not empty; pass --overwrite or choose another --output")
 
 
-def make_plan(config: Config, model: GPT2Classifier, data: PreparedData | None,
-              data_error: str | None = None) -> dict[str, Any]:
-    """A JSON-able summary of what a run will do (printed by ``--dry-run``)."""
-    plan: dict[str, Any] = {
-        "backbone": config.backbone,
-        "model": {"n_embed": model.spec.n_embed, "n_heads": model.spec.n_heads, "n_blocks": config.n_blocks,
-                  "pooling": config.pooling, "dropout": config.dropout, "freeze": config.freeze,
-                  "train_top_layers": config.train_top_layers},
-        "feature_cache": uses_feature_cache(config, model),
-        "precision": config.precision,
-        "parameters": model.parameter_counts(),
-    }
-    if data is not None:
-        steps = math.ceil(len(data.train) / config.batch_size / config.accumulate_grad_batches)
-        plan["data"] = {"source": data.source, "num_classes": len(data.label_names),
-                        "train": len(data.train), "validation": len(data.validation), "test": len(data.test),
-                        "train_tokens": int(sum(data.train.lengths)),
-                        "reading": {"windows": Windowing.of(config).describe(),
-                                    **{name: c.to_dict() for name, c in data.coverage.items()}}}
-        plan["optimizer_steps"] = {"per_epoch": steps, "total": steps * config.epochs}
-    else:
-        plan["data"] = {"error": data_error}
-    plan["config"] = config.to_dict()
-    return plan
 
 
-def check_fusion_data(config: Config, data: PreparedData) -> None:
-    """Refuse TF-IDF fusion before training when the validation split is too small to choose its weight."""
-    if config.fusion == "tfidf" and len(data.validation) < MIN_VALIDATION_DOCUMENTS:
-        raise ConfigError(f"--fusion tfidf chooses its weight on the validation split, which has "
-                          f"{len(data.validation)} documents; it needs at least {MIN_VALIDATION_DOCUMENTS} (use more "
-                          "data or a larger --validation-ratio, or --fusion none)")
 
 
-def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, *,
-                     report: bool = False) -> dict[str, Any]:
-    """The run's wall time on this machine, from short measured passes and the planned tokens.
-
-    A small batch of training windows of median length runs, on the run's device and precision:
-    forward and backward as a training step computes it (from cached backbone states when the
-    run uses a feature cache), forward alone as evaluation computes it, and the frozen part of
-    the backbone alone (the one-off feature-cache pass, counted only for splits not cached yet).
-    Seconds per token then scale to every epoch's training tokens, the validation passes (one per
-    epoch and one at the end), the test pass, the feature cache and, with ``report``, the
-    integrated-gradients pass over the report's ten test errors; TF-IDF fusion is timed on a
-    sample of the training texts. The model's weights do not change (no optimizer step) and its
-    gradients are cleared afterwards. A rough figure (the checks in ACCURACY.md compare it with
-    measured runs).
-    """
-    windows = [w for item in data.train.input_ids for w in (item if data.train.input_ids and
-                                                              isinstance(item[0], list) else [item])]
-    if not windows:
-        return {}
-    device = compute_device(config)
-    lengths = sorted(len(w) for w in windows)
-    rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report)
-    tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
-    cache_share = {}  # per split, the share of the frozen layers the cache pass still has to run
-    if uses_feature_cache(config, model):
-        frozen = len(model.backbone_layers()) - (config.train_top_layers or 0)
-        cache_share = {split: _cache_layers(config, model, data, split) / frozen for split in tokens if tokens[split]}
-    estimate: dict[str, Any] = {
-        "training": config.epochs * tokens["train"] * rates["train"],
-        "evaluation": ((config.epochs + 1) * tokens["validation"] + tokens["test"]) * rates["eval"],
-        "feature_cache": sum(tokens[split] * share for split, share in cache_share.items()) * rates.get("cache", 0.0),
-        "fusion": _fusion_seconds(config, data),
-        "report": (NUM_ERRORS * (ERROR_STEPS + 1) * min(lengths[len(lengths) // 2], config.max_length) * rates["full"]
-                   if report and len(data.test) else 0.0),
-        "device": device.type,
-        "precision": config.precision,
-        "tokens_per_second": {name: round(1 / rate) for name, rate in rates.items() if rate > 0},
-    }
-    estimate["total"] = sum(estimate[part] for part in ESTIMATE_PARTS)
-    return estimate
 
 
 # The parts of an estimate that add up to its total, in the order describe_estimate names them.
-ESTIMATE_PARTS = ("training", "evaluation", "feature_cache", "fusion", "report")
 
 
-def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: torch.device, *,
-                    full_pass: bool) -> dict[str, float]:
-    """Seconds per token of a training step, an evaluation forward, the cache pass and (``full_pass``) a
-    forward and backward through the whole model, each timed once after a warm-up call."""
-    rows = min(config.batch_size, 4)
-    ids = torch.randint(0, 100, (rows, min(length, config.max_length)), device=device)
-    mask = torch.ones_like(ids)
-    cached = uses_feature_cache(config, model)
-    start_layer = len(model.backbone_layers()) - config.train_top_layers if cached and config.train_top_layers \
-        else None
-    model.to(device)
-    was_training = model.training
-
-    def top_part(hidden: torch.Tensor) -> torch.Tensor:
-        if start_layer is not None:
-            hidden = model.backbone_from_layer(hidden, mask, start_layer)
-        return model.classify_hidden_states(hidden, mask)
-
-    def timed(fn: Callable[[], Any], *, train: bool) -> float:
-        model.train(train)
-        with autocast_context(device, config.precision), (torch.enable_grad() if train else torch.inference_mode()):
-            fn()  # warm-up: first-call allocations and kernel selection
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-        return (time.perf_counter() - started) / ids.numel()
-
-    try:
-        rates: dict[str, float] = {}
-        if cached:
-            with torch.inference_mode(), autocast_context(device, config.precision):
-                hidden = model.backbone_hidden_states(ids, mask, num_layers=start_layer).clone()
-            rates["cache"] = timed(lambda: model.backbone_hidden_states(ids, mask, num_layers=start_layer),
-                                   train=False)
-            rates["train"] = timed(lambda: top_part(hidden).float().sum().backward(), train=True)
-            rates["eval"] = timed(lambda: top_part(hidden), train=False)
-        else:
-            rates["train"] = timed(lambda: model(ids, mask).float().sum().backward(), train=True)
-            rates["eval"] = timed(lambda: model(ids, mask), train=False)
-        if full_pass:
-            rates["full"] = rates["train"] if not cached else timed(
-                lambda: model(ids, mask).float().sum().backward(), train=False)
-        return rates
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-        model.to("cpu")
 
 
-def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> int:
-    """How many backbone layers the feature-cache pass will run over ``split`` (0: it is cached already)."""
-    from gpt2clf.feature_cache import layers_to_compute
-
-    tokens = getattr(data, split)
-    flat = [w for doc in tokens.input_ids for w in doc] if config.long_documents == "chunks" else tokens.input_ids
-    return layers_to_compute(model, flat, cache_root=config.cache_dir, tokenizer_name=config.tokenizer_name,
-                             precision=config.precision, max_length=config.max_length,
-                             train_top_layers=config.train_top_layers, from_lower=config.feature_cache_from_lower)
 
 
-def _fusion_seconds(config: Config, data: PreparedData) -> float:
-    """TF-IDF fusion's fit (and refit) time: a fit on a sample of the training texts, scaled to the run's sizes.
-
-    The calibrated linear SVM's cost grows about linearly with the documents, as does scoring."""
-    if config.fusion != "tfidf" or not len(data.train):
-        return 0.0
-    texts = data.texts["train"]
-    sample = min(len(texts), 1000)
-    step = max(1, len(texts) // sample)
-    picked = texts[::step][:sample]
-    labels = data.train.labels[::step][:sample]
-    if len(set(labels)) < 2:
-        return 0.0
-    started = time.perf_counter()
-    TfidfModel.fit(picked, labels, len(data.label_names), seed=config.seed)
-    per_document = (time.perf_counter() - started) / len(picked)
-    fitted = len(texts) + ((len(texts) + len(data.validation)) if config.fusion_refit else 0)
-    return per_document * fitted
 
 
-def describe_estimate(estimate: dict[str, Any]) -> str:
-    """One line for an estimate, naming faster recipes when a CPU run would take over two hours."""
-    if not estimate:
-        return "estimated time: unknown (no training documents)"
-
-    def clock(seconds: float) -> str:
-        minutes = seconds / 60
-        return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(minutes, 0.1):.1f} min"
-
-    names = {"feature_cache": "feature cache", "fusion": "TF-IDF fusion", "report": "report"}
-    parts = [f"{names.get(part, part)} {clock(estimate[part])}" for part in ESTIMATE_PARTS
-             if part in ("training", "evaluation") or estimate.get(part)]
-    line = (f"estimated time on this {estimate['device'].upper()} ({estimate['precision']}): "
-            f"~{clock(estimate['total'])} ({', '.join(parts)})")
-    if estimate["device"] == "cpu" and estimate["total"] > 2 * 3600:
-        line += ("; faster: --preset cpu (one backbone pass into a feature cache), --freeze backbone, "
-                 "--preset cpu-quick, or a GPU")
-    return line
 
 
-def check_hardware(config: Config) -> None:
-    """Refuse, in one line, an accelerator, device count, strategy or precision this machine cannot run.
-
-    Lightning would raise its own (multi-line) errors later, some only after the data is loaded.
-    """
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    accelerator = config.accelerator
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    known = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
-    if accelerator not in known:
-        raise ConfigError(f"unknown accelerator {accelerator!r}; choose one of {', '.join(known)}")
-    if accelerator in ("gpu", "cuda") and gpus == 0:
-        raise ConfigError(f"--accelerator {accelerator} but no CUDA GPU is visible here; use --accelerator cpu "
-                          "(or auto)")
-    if accelerator == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("--accelerator mps but this machine has no Apple GPU; use --accelerator cpu (or auto)")
-    if accelerator in ("tpu", "hpu"):
-        raise ConfigError(f"--accelerator {accelerator} is not available on this machine; use cpu"
-                          f"{' or gpu' if gpus else ''} (or auto)")
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
-    devices = str(config.devices).strip()
-    if devices not in ("auto", "-1"):
-        try:
-            wanted = [int(d) for d in devices.strip("[]").split(",") if d.strip()]
-        except ValueError:
-            raise ConfigError(f"--devices must be auto, a count such as 2, or a list such as 0,1; "
-                              f"got {devices!r}") from None
-        if not wanted:
-            raise ConfigError(f"--devices must name at least one device; got {devices!r}")
-        if on_gpu:
-            listed = "," in devices or devices.startswith("[")
-            if listed and max(wanted) >= gpus:
-                raise ConfigError(f"--devices {devices} names GPU {max(wanted)}, but this machine has {gpus} "
-                                  f"(0 to {gpus - 1})")
-            if not listed and wanted[0] > gpus:
-                raise ConfigError(f"--devices {devices} asks for {wanted[0]} GPUs, but this machine has {gpus}")
-        elif wanted[0] < 1 or "," in devices:
-            raise ConfigError(f"--devices {devices}: on the CPU give a process count such as 1 or 2")
-    strategies = sorted({"auto", *StrategyRegistry.available_strategies()})
-    if config.strategy not in strategies:
-        variants = ("deepspeed_", "fsdp_", "ddp_fork", "ddp_notebook")
-        shown = ", ".join(s for s in strategies if not s.startswith(variants))
-        raise ConfigError(f"unknown strategy {config.strategy!r}; choose one of: {shown}")
-    if config.precision.startswith("16") and not on_gpu:
-        raise ConfigError(f"precision {config.precision} (float16) needs a GPU; on a CPU use bf16-mixed "
-                          "(fast with AVX512-BF16 or AMX), 32-true, or auto")
 
 
-def resolved_config(config: Config) -> Config:
-    """``config`` with what depends on this machine and folder settled: precision ``auto`` resolved
-    for the device the run uses, and local paths made absolute (a run or model folder then reads
-    the same files from anywhere)."""
-    precision = resolve_precision(config.precision, compute_device(config))
-    return config.with_absolute_paths().updated(precision=precision)
 
 
 def monitored_metric(config: Config) -> str:
@@ -830,8 +427,10 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     warn_about_unread_text(config, prepared)
     seed_all(config.seed)
     model = build_model(config, prepared.label_names)
+    estimate = None
     if notify is not None:
-        notify(describe_estimate(estimate_seconds(config, model, prepared, report=estimate_report)))
+        estimate = estimate_seconds(config, model, prepared, report=estimate_report)
+        notify(describe_estimate(estimate))
         seed_all(config.seed)
     if config.compile:
         model.compile(dynamic=True)  # in place: parameter names (and saved folders) stay the same
@@ -867,7 +466,11 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
             raise KeyboardInterrupt
         if not trainer.is_global_zero:
             return FitResult(model, prepared.tokenizer, config, {}, prepared)
-        return _best_model_result(config, model, prepared, trainer, train_seconds)
+        result = _best_model_result(config, model, prepared, trainer, train_seconds)
+        if estimate is not None:  # beside the measured time, so a run folder shows how good the estimate was
+            result.metrics["estimated_seconds"] = {k: round(v, 1) if isinstance(v, float) else v
+                                                   for k, v in estimate.items()}
+        return result
     finally:
         if run_dir is None:
             shutil.rmtree(trainer.default_root_dir, ignore_errors=True)
@@ -881,7 +484,9 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     The run folder gets ``config.yaml`` (the resolved config), ``checkpoints/``, ``logs/``,
     ``metrics.json``, ``model/`` and, unless ``report`` is False, ``report.html`` (single-label
     runs; see the module docstring). ``notify`` receives the estimated wall time before training starts
-    (see :func:`fit`).
+    (see :func:`fit`). An ``output_dir`` that holds a run is refused unless ``overwrite`` or ``resume``;
+    ``resume`` continues its saved ``config.yaml`` and refuses a ``config`` that differs from it in
+    anything but where the run runs (:func:`gpt2clf.preflight.resumed_config`).
     """
     run_dir = Path(output_dir)
     if dry_run:
@@ -889,6 +494,8 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     worker = is_worker_process()
     if not worker:
         check_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    if resume:  # the saved config, with only where the run runs taken from ``config``
+        config = resumed_config(run_dir, config)
     check_hardware(config)
     if not worker:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -908,137 +515,102 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     return result.metrics
 
 
-def plan_run(config: Config, *, report: bool = True) -> dict[str, Any]:
-    """What a run would do (``--dry-run``): data sizes, model and parameter counts, the resolved config.
-
-    A dataset or tokenizer that cannot be loaded is noted in the plan, and the model is still
-    built (20 Newsgroups has 20 classes).
-    """
-    check_hardware(config)
-    config = resolved_config(config)
-    warn_about_slow_settings(config)
-    seed_all(config.seed)
-    try:
-        data = prepare_data(config)
-    except UserError as err:
-        placeholder = [f"class_{i}" for i in range(20 if config.train_file is None else 2)]
-        return make_plan(config, build_model(config, placeholder), None, str(err))
-    check_fusion_data(config, data)
-    model = build_model(config, data.label_names)
-    plan = make_plan(config, model, data)
-    plan["estimated_seconds"] = estimate_seconds(config, model, data, report=report and not config.multi_label)
-    return plan
 
 
-def score_split(model: GPT2Classifier, data: PreparedData, config: Config, split: str,
-                device: torch.device) -> tuple[EvaluationResult, torch.Tensor]:
-    """Evaluate ``model`` on one prepared split (from cached features when the run used them)."""
-    dataset = getattr(data, split)
-    if data.features is not None:
-        logits = feature_logits(model, data.features[split], batch_size=config.effective_eval_batch_size,
-                                device=device, precision=config.precision)
-    else:
-        logits = batched_logits(model, dataset.input_ids, batch_size=config.effective_eval_batch_size,
-                                pad_token_id=data.tokenizer.pad_token_id, padding_side=config.padding_side,
-                                device=device, precision=config.precision)
-    if config.multi_label:
-        return compute_multilabel_metrics(torch.sigmoid(logits), dataset.labels, model.spec.label_names), logits
-    return compute_metrics(logits, dataset.labels, model.spec.label_names), logits
 
 
 def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData, trainer: pl.Trainer,
                        train_seconds: float) -> FitResult:
-    """Load the best epoch's weights and score the validation and test sets."""
+    """Load the best epoch's weights, score validation and test (fused with TF-IDF, or with tuned thresholds)."""
     checkpoint_cb = trainer.checkpoint_callback
     best_path = checkpoint_cb.best_model_path if checkpoint_cb is not None else ""
     if best_path and Path(best_path).is_file():
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     model = model.to(torch.device("cpu")).float()
-    device = trainer.strategy.root_device
-    model.to(device)
-    validation, validation_logits = score_split(model, data, config, "validation", device)
-    test, test_logits = score_split(model, data, config, "test", device) if len(data.test) else (None, None)
+    model.to(trainer.strategy.root_device)
+    logits = {split: split_logits(model, data, config, split, trainer.strategy.root_device)
+              for split in ("validation", "test") if len(getattr(data, split))}
     model.to("cpu")
+    scored = _multilabel_scores(data, logits) if config.multi_label else _single_label_scores(config, data, logits)
     best_score = checkpoint_cb.best_model_score if checkpoint_cb is not None else None
+    metrics: dict[str, Any] = {
+        "validation": _figures(scored.validation),
+        "test": _figures(scored.test),
+        f"best_{monitored_metric(config)}": float(best_score) if best_score is not None else None,
+        "epochs_completed": trainer.current_epoch,
+        "train_seconds": round(train_seconds, 2),
+        "parameters": model.parameter_counts(),
+        "precision": config.precision,
+    }
+    if scored.thresholds is not None:
+        metrics["thresholds"] = dict(zip(data.label_names, scored.thresholds, strict=True))
+    if scored.fusion is not None:
+        fusion = scored.fusion
+        components = {split: {name: {**figures, "documents": result.num_documents}
+                              for name, figures in result.components.items()}
+                      for split, result in (("validation", scored.validation), ("test", scored.test))
+                      if result is not None}
+        metrics["fusion"] = {"weight": fusion.weight, "mode": fusion.mode, "validation": fusion.validation,
+                             "tfidf_splits": list(fusion.tfidf_splits), "tfidf_documents": fusion.tfidf_documents,
+                             "components": components}
+    return FitResult(model=model, tokenizer=data.tokenizer, config=config, metrics=metrics, data=data,
+                     test_probabilities=scored.test_probabilities, fusion=scored.fusion, thresholds=scored.thresholds)
 
-    def figures(result: EvaluationResult | None) -> dict[str, Any] | None:
-        if result is None:
-            return None
-        values = {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "loss": result.loss,
-                  "documents": result.num_documents}
-        if result.multi_label:
-            values.update(micro_f1=result.micro_f1, subset_accuracy=result.subset_accuracy,
-                          hamming_loss=result.hamming_loss)
-        return values
 
-    if config.multi_label:
-        return _multilabel_result(config, model, data, figures, validation_logits, test_logits, best_score,
-                                  trainer, train_seconds)
+@dataclass
+class _Scores:
+    """Validation and test results of the best model, as the run reports them."""
 
+    validation: EvaluationResult
+    test: EvaluationResult | None
+    test_probabilities: torch.Tensor | None
+    fusion: Fusion | None = None
+    thresholds: list[float] | None = None
+
+
+def _figures(result: EvaluationResult | None) -> dict[str, Any] | None:
+    """The headline figures of a result, as metrics.json records them."""
+    if result is None:
+        return None
+    values = {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "loss": result.loss,
+              "documents": result.num_documents}
+    if result.multi_label:
+        values.update(micro_f1=result.micro_f1, subset_accuracy=result.subset_accuracy,
+                      hamming_loss=result.hamming_loss)
+    return values
+
+
+def _single_label_scores(config: Config, data: PreparedData, logits: dict[str, torch.Tensor]) -> _Scores:
+    """Softmax probabilities, and with ``fusion: tfidf`` the TF-IDF model chosen (and refit) on validation and
+    mixed in; scored by :func:`gpt2clf.evaluation.score_probabilities` (with each part's figures)."""
+    network = {split: torch.softmax(values, dim=-1) for split, values in logits.items()}
     fusion = None
-    test_probabilities = None if test_logits is None else torch.softmax(test_logits, dim=-1)
-    components: dict[str, Any] = {}
+    parts = {split: {"network": probabilities} for split, probabilities in network.items()}
     if config.fusion == "tfidf":
         tfidf = TfidfModel.fit(data.texts["train"], data.train.labels, len(data.label_names), seed=config.seed)
-        fusion = choose_fusion(tfidf, torch.softmax(validation_logits, dim=-1).numpy(), data.texts["validation"],
-                               data.validation.labels)
-        components["validation"] = {"network": figures(validation)}
-        validation = compute_metrics(torch.log(torch.from_numpy(
-            fusion.mix(torch.softmax(validation_logits, dim=-1).numpy(), data.texts["validation"])).clamp_min(1e-12)),
-            data.validation.labels, data.label_names)
+        fusion = choose_fusion(tfidf, network["validation"].numpy(), data.texts["validation"], data.validation.labels)
+        parts["validation"] = fusion.component_probabilities(network["validation"], data.texts["validation"])
         if config.fusion_refit:  # after the choice, so the validation figures above stay honest
             fusion = refit_fusion(fusion, [*data.texts["train"], *data.texts["validation"]],
                                   [*data.train.labels, *data.validation.labels], len(data.label_names),
                                   seed=config.seed)
         else:
             fusion.tfidf_documents = len(data.texts["train"])
-        if test is not None and test_probabilities is not None:
-            tfidf_test = torch.from_numpy(fusion.tfidf.predict_proba(data.texts["test"]))
-            components["test"] = {"network": figures(test),
-                                  "tfidf": figures(compute_metrics(torch.log(tfidf_test.clamp_min(1e-12)),
-                                                                   data.test.labels, data.label_names))}
-            test_probabilities = torch.from_numpy(
-                fusion.mix(test_probabilities.numpy(), data.texts["test"])).float()
-            test = compute_metrics(torch.log(test_probabilities.clamp_min(1e-12)), data.test.labels,
-                                   data.label_names)
-    metrics = {
-        "validation": figures(validation),
-        "test": figures(test),
-        "best_val_acc": float(best_score) if best_score is not None else None,
-        "epochs_completed": trainer.current_epoch,
-        "train_seconds": round(train_seconds, 2),
-        "parameters": model.parameter_counts(),
-        "precision": config.precision,
-    }
-    if fusion is not None:
-        metrics["fusion"] = {"weight": fusion.weight, "mode": fusion.mode, "validation": fusion.validation,
-                             "tfidf_splits": list(fusion.tfidf_splits), "tfidf_documents": fusion.tfidf_documents,
-                             "components": components}
-    return FitResult(model=model, tokenizer=data.tokenizer, config=config, metrics=metrics, data=data,
-                     test_probabilities=test_probabilities, fusion=fusion)
+        if "test" in network:
+            parts["test"] = fusion.component_probabilities(network["test"], data.texts["test"])
+    scored = {split: score_probabilities(parts[split], getattr(data, split).labels, data.label_names)
+              for split in parts}
+    test = parts.get("test")
+    return _Scores(scored["validation"], scored.get("test"),
+                   None if test is None else test.get("fused", test["network"]), fusion)
 
 
-def _multilabel_result(config: Config, model: GPT2Classifier, data: PreparedData, figures: Callable[..., Any],
-                       validation_logits: torch.Tensor, test_logits: torch.Tensor | None, best_score: Any,
-                       trainer: pl.Trainer, train_seconds: float) -> FitResult:
+def _multilabel_scores(data: PreparedData, logits: dict[str, torch.Tensor]) -> _Scores:
     """Tune each label's threshold on the validation split, then score validation and test with them."""
     names = data.label_names
-    validation_probs = torch.sigmoid(validation_logits)
-    thresholds = tune_thresholds(validation_probs.numpy(), data.validation.labels)
-    validation = compute_multilabel_metrics(validation_probs, data.validation.labels, names, thresholds)
-    test_probabilities = None if test_logits is None else torch.sigmoid(test_logits)
-    test = (None if test_probabilities is None
-            else compute_multilabel_metrics(test_probabilities, data.test.labels, names, thresholds))
-    metrics = {
-        "validation": figures(validation),
-        "test": figures(test),
-        f"best_{monitored_metric(config)}": float(best_score) if best_score is not None else None,
-        "epochs_completed": trainer.current_epoch,
-        "train_seconds": round(train_seconds, 2),
-        "parameters": model.parameter_counts(),
-        "precision": config.precision,
-        "thresholds": dict(zip(names, thresholds, strict=True)),
-    }
-    return FitResult(model=model, tokenizer=data.tokenizer, config=config, metrics=metrics, data=data,
-                     test_probabilities=test_probabilities, thresholds=thresholds)
+    probabilities = {split: torch.sigmoid(values) for split, values in logits.items()}
+    thresholds = tune_thresholds(probabilities["validation"].numpy(), data.validation.labels)
+    scored = {split: compute_multilabel_metrics(probs, getattr(data, split).labels, names, thresholds)
+              for split, probs in probabilities.items()}
+    return _Scores(scored["validation"], scored.get("test"), probabilities.get("test"), thresholds=thresholds)

@@ -1,0 +1,384 @@
+"""Before a run: what this machine can run, the resolved config, the run folder, the plan and its time estimate.
+
+Every check here guards the library, so Python callers of :func:`gpt2clf.training.train` get the
+same one-line refusals as the command line (which only turns them into messages):
+
+* :func:`check_hardware`: an accelerator, device count, strategy or precision this machine lacks;
+* :func:`check_run_dir`: an output folder that already holds a run (without ``overwrite``/``resume``);
+* :func:`resumed_config`: a resumed run whose config changed in anything but where it runs;
+* :func:`check_fusion_data`: a validation split too small to choose the fusion weight.
+
+:func:`resolved_config` settles what depends on the machine (precision ``auto``, absolute paths);
+:func:`estimate_seconds` times short passes of the real model and scales them to the planned tokens;
+:func:`plan_run` is ``--dry-run``. Nothing here trains.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2clf.batching import Windowing
+from gpt2clf.config import Config
+from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
+from gpt2clf.fusion import MIN_VALIDATION_DOCUMENTS, TfidfModel
+from gpt2clf.inference import autocast_context, cpu_has_native_bf16, resolve_precision
+from gpt2clf.model import GPT2Classifier
+from gpt2clf.prepared import (
+    PreparedData,
+    build_model,
+    compute_device,
+    prepare_data,
+    seed_all,
+    uses_feature_cache,
+)
+from gpt2clf.report import ERROR_STEPS, NUM_ERRORS
+
+__all__ = [
+    "RESUMABLE_FIELDS",
+    "RUN_MARKER",
+    "check_fusion_data",
+    "check_hardware",
+    "check_run_dir",
+    "describe_estimate",
+    "estimate_seconds",
+    "is_worker_process",
+    "make_plan",
+    "plan_run",
+    "resolved_config",
+    "resumed_config",
+    "saved_run_config",
+    "warn_about_slow_settings",
+]
+
+# Fields that may change when a run is resumed: where and how it runs, not what it computes.
+RESUMABLE_FIELDS = ("accelerator", "devices", "strategy", "num_nodes", "num_workers")
+
+
+RUN_MARKER = "config.yaml"
+
+
+def warn_about_slow_settings(config: Config) -> None:
+    """bf16 autocast on a CPU without bf16 hardware emulates it: ~30x slower than float32 (BENCHMARKS.md)."""
+    if config.precision.startswith("bf16") and compute_device(config).type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(PerformanceWarning(
+            f"--precision {config.precision} on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and "
+            "runs many times slower than --precision 32-true (or auto)"), stacklevel=2)
+
+
+def is_worker_process() -> bool:
+    """True in the extra processes that Lightning's DDP launcher starts (ranks other than 0)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0
+
+
+def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber an existing run unless asked to resume it or overwrite it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output {run_dir} exists and is not a folder; choose another --output")
+    holds_run = (run_dir / RUN_MARKER).exists() or (run_dir / "model").exists()
+    if resume:
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise UserError(f"nothing to resume in {run_dir}: no checkpoints/last.ckpt; start it without --resume")
+    elif holds_run and not overwrite:
+        raise UserError(f"output folder {run_dir} already holds a run; pass --overwrite to replace it, "
+                        "--resume to continue it, or choose another --output")
+    elif run_dir.is_dir() and any(run_dir.iterdir()) and not holds_run and not overwrite:
+        raise UserError(f"output folder {run_dir} is not empty; pass --overwrite or choose another --output")
+
+
+def make_plan(config: Config, model: GPT2Classifier, data: PreparedData | None,
+              data_error: str | None = None) -> dict[str, Any]:
+    """A JSON-able summary of what a run will do (printed by ``--dry-run``)."""
+    plan: dict[str, Any] = {
+        "backbone": config.backbone,
+        "model": {"n_embed": model.spec.n_embed, "n_heads": model.spec.n_heads, "n_blocks": config.n_blocks,
+                  "pooling": config.pooling, "dropout": config.dropout, "freeze": config.freeze,
+                  "train_top_layers": config.train_top_layers},
+        "feature_cache": uses_feature_cache(config, model),
+        "precision": config.precision,
+        "parameters": model.parameter_counts(),
+    }
+    if data is not None:
+        steps = math.ceil(len(data.train) / config.batch_size / config.accumulate_grad_batches)
+        plan["data"] = {"source": data.source, "num_classes": len(data.label_names),
+                        "train": len(data.train), "validation": len(data.validation), "test": len(data.test),
+                        "train_tokens": int(sum(data.train.lengths)),
+                        "reading": {"windows": Windowing.of(config).describe(),
+                                    **{name: c.to_dict() for name, c in data.coverage.items()}}}
+        plan["optimizer_steps"] = {"per_epoch": steps, "total": steps * config.epochs}
+    else:
+        plan["data"] = {"error": data_error}
+    plan["config"] = config.to_dict()
+    return plan
+
+
+def check_fusion_data(config: Config, data: PreparedData) -> None:
+    """Refuse TF-IDF fusion before training when the validation split is too small to choose its weight."""
+    if config.fusion == "tfidf" and len(data.validation) < MIN_VALIDATION_DOCUMENTS:
+        raise ConfigError(f"--fusion tfidf chooses its weight on the validation split, which has "
+                          f"{len(data.validation)} documents; it needs at least {MIN_VALIDATION_DOCUMENTS} (use more "
+                          "data or a larger --validation-ratio, or --fusion none)")
+
+
+def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, *,
+                     report: bool = False) -> dict[str, Any]:
+    """The run's wall time on this machine, from short measured passes and the planned tokens.
+
+    A small batch of training windows of median length runs, on the run's device and precision:
+    forward and backward as a training step computes it (from cached backbone states when the
+    run uses a feature cache), forward alone as evaluation computes it, and the frozen part of
+    the backbone alone (the one-off feature-cache pass, counted only for splits not cached yet).
+    Seconds per token then scale to every epoch's training tokens, the validation passes (one per
+    epoch and one at the end), the test pass, the feature cache and, with ``report``, the
+    integrated-gradients pass over the report's ten test errors; TF-IDF fusion is timed on a
+    sample of the training texts. The model's weights do not change (no optimizer step) and its
+    gradients are cleared afterwards. A rough figure (the checks in ACCURACY.md compare it with
+    measured runs).
+    """
+    windows = [w for item in data.train.input_ids for w in (item if data.train.input_ids and
+                                                              isinstance(item[0], list) else [item])]
+    if not windows:
+        return {}
+    device = compute_device(config)
+    lengths = sorted(len(w) for w in windows)
+    rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report)
+    tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
+    cache_share = {}  # per split, the share of the frozen layers the cache pass still has to run
+    if uses_feature_cache(config, model):
+        frozen = len(model.backbone_layers()) - (config.train_top_layers or 0)
+        cache_share = {split: _cache_layers(config, model, data, split) / frozen for split in tokens if tokens[split]}
+    estimate: dict[str, Any] = {
+        "training": config.epochs * tokens["train"] * rates["train"],
+        "evaluation": ((config.epochs + 1) * tokens["validation"] + tokens["test"]) * rates["eval"],
+        "feature_cache": sum(tokens[split] * share for split, share in cache_share.items()) * rates.get("cache", 0.0),
+        "fusion": _fusion_seconds(config, data),
+        "report": (NUM_ERRORS * (ERROR_STEPS + 1) * min(lengths[len(lengths) // 2], config.max_length) * rates["full"]
+                   if report and len(data.test) else 0.0),
+        "device": device.type,
+        "precision": config.precision,
+        "tokens_per_second": {name: round(1 / rate) for name, rate in rates.items() if rate > 0},
+    }
+    estimate["total"] = sum(estimate[part] for part in ESTIMATE_PARTS)
+    return estimate
+
+
+ESTIMATE_PARTS = ("training", "evaluation", "feature_cache", "fusion", "report")
+
+
+def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: torch.device, *,
+                    full_pass: bool) -> dict[str, float]:
+    """Seconds per token of a training step, an evaluation forward, the cache pass and (``full_pass``) a
+    forward and backward through the whole model, each timed once after a warm-up call."""
+    rows = min(config.batch_size, 4)
+    ids = torch.randint(0, 100, (rows, min(length, config.max_length)), device=device)
+    mask = torch.ones_like(ids)
+    cached = uses_feature_cache(config, model)
+    start_layer = len(model.backbone_layers()) - config.train_top_layers if cached and config.train_top_layers \
+        else None
+    model.to(device)
+    was_training = model.training
+
+    def top_part(hidden: torch.Tensor) -> torch.Tensor:
+        if start_layer is not None:
+            hidden = model.backbone_from_layer(hidden, mask, start_layer)
+        return model.classify_hidden_states(hidden, mask)
+
+    def timed(fn: Callable[[], Any], *, train: bool) -> float:
+        model.train(train)
+        with autocast_context(device, config.precision), (torch.enable_grad() if train else torch.inference_mode()):
+            fn()  # warm-up: first-call allocations and kernel selection
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return (time.perf_counter() - started) / ids.numel()
+
+    try:
+        rates: dict[str, float] = {}
+        if cached:
+            with torch.inference_mode(), autocast_context(device, config.precision):
+                hidden = model.backbone_hidden_states(ids, mask, num_layers=start_layer).clone()
+            rates["cache"] = timed(lambda: model.backbone_hidden_states(ids, mask, num_layers=start_layer),
+                                   train=False)
+            rates["train"] = timed(lambda: top_part(hidden).float().sum().backward(), train=True)
+            rates["eval"] = timed(lambda: top_part(hidden), train=False)
+        else:
+            rates["train"] = timed(lambda: model(ids, mask).float().sum().backward(), train=True)
+            rates["eval"] = timed(lambda: model(ids, mask), train=False)
+        if full_pass:
+            rates["full"] = rates["train"] if not cached else timed(
+                lambda: model(ids, mask).float().sum().backward(), train=False)
+        return rates
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        model.to("cpu")
+
+
+def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> int:
+    """How many backbone layers the feature-cache pass will run over ``split`` (0: it is cached already)."""
+    from gpt2clf.feature_cache import layers_to_compute
+
+    tokens = getattr(data, split)
+    flat = [w for doc in tokens.input_ids for w in doc] if config.long_documents == "chunks" else tokens.input_ids
+    return layers_to_compute(model, flat, cache_root=config.cache_dir, tokenizer_name=config.tokenizer_name,
+                             precision=config.precision, max_length=config.max_length,
+                             train_top_layers=config.train_top_layers, from_lower=config.feature_cache_from_lower)
+
+
+def _fusion_seconds(config: Config, data: PreparedData) -> float:
+    """TF-IDF fusion's fit (and refit) time: a fit on a sample of the training texts, scaled to the run's sizes.
+
+    The calibrated linear SVM's cost grows about linearly with the documents, as does scoring."""
+    if config.fusion != "tfidf" or not len(data.train):
+        return 0.0
+    texts = data.texts["train"]
+    sample = min(len(texts), 1000)
+    step = max(1, len(texts) // sample)
+    picked = texts[::step][:sample]
+    labels = data.train.labels[::step][:sample]
+    if len(set(labels)) < 2:
+        return 0.0
+    started = time.perf_counter()
+    TfidfModel.fit(picked, labels, len(data.label_names), seed=config.seed)
+    per_document = (time.perf_counter() - started) / len(picked)
+    fitted = len(texts) + ((len(texts) + len(data.validation)) if config.fusion_refit else 0)
+    return per_document * fitted
+
+
+def describe_estimate(estimate: dict[str, Any]) -> str:
+    """One line for an estimate, naming faster recipes when a CPU run would take over two hours."""
+    if not estimate:
+        return "estimated time: unknown (no training documents)"
+
+    def clock(seconds: float) -> str:
+        minutes = seconds / 60
+        return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{max(minutes, 0.1):.1f} min"
+
+    names = {"feature_cache": "feature cache", "fusion": "TF-IDF fusion", "report": "report"}
+    parts = [f"{names.get(part, part)} {clock(estimate[part])}" for part in ESTIMATE_PARTS
+             if part in ("training", "evaluation") or estimate.get(part)]
+    line = (f"estimated time on this {estimate['device'].upper()} ({estimate['precision']}): "
+            f"~{clock(estimate['total'])} ({', '.join(parts)})")
+    if estimate["device"] == "cpu" and estimate["total"] > 2 * 3600:
+        line += ("; faster: --preset cpu (one backbone pass into a feature cache), --freeze backbone, "
+                 "--preset cpu-quick, or a GPU")
+    return line
+
+
+def check_hardware(config: Config) -> None:
+    """Refuse, in one line, an accelerator, device count, strategy or precision this machine cannot run.
+
+    Lightning would raise its own (multi-line) errors later, some only after the data is loaded.
+    """
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    accelerator = config.accelerator
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    known = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+    if accelerator not in known:
+        raise ConfigError(f"unknown accelerator {accelerator!r}; choose one of {', '.join(known)}")
+    if accelerator in ("gpu", "cuda") and gpus == 0:
+        raise ConfigError(f"--accelerator {accelerator} but no CUDA GPU is visible here; use --accelerator cpu "
+                          "(or auto)")
+    if accelerator == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--accelerator mps but this machine has no Apple GPU; use --accelerator cpu (or auto)")
+    if accelerator in ("tpu", "hpu"):
+        raise ConfigError(f"--accelerator {accelerator} is not available on this machine; use cpu"
+                          f"{' or gpu' if gpus else ''} (or auto)")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+    devices = str(config.devices).strip()
+    if devices not in ("auto", "-1"):
+        try:
+            wanted = [int(d) for d in devices.strip("[]").split(",") if d.strip()]
+        except ValueError:
+            raise ConfigError(f"--devices must be auto, a count such as 2, or a list such as 0,1; "
+                              f"got {devices!r}") from None
+        if not wanted:
+            raise ConfigError(f"--devices must name at least one device; got {devices!r}")
+        if on_gpu:
+            listed = "," in devices or devices.startswith("[")
+            if listed and max(wanted) >= gpus:
+                raise ConfigError(f"--devices {devices} names GPU {max(wanted)}, but this machine has {gpus} "
+                                  f"(0 to {gpus - 1})")
+            if not listed and wanted[0] > gpus:
+                raise ConfigError(f"--devices {devices} asks for {wanted[0]} GPUs, but this machine has {gpus}")
+        elif wanted[0] < 1 or "," in devices:
+            raise ConfigError(f"--devices {devices}: on the CPU give a process count such as 1 or 2")
+    strategies = sorted({"auto", *StrategyRegistry.available_strategies()})
+    if config.strategy not in strategies:
+        variants = ("deepspeed_", "fsdp_", "ddp_fork", "ddp_notebook")
+        shown = ", ".join(s for s in strategies if not s.startswith(variants))
+        raise ConfigError(f"unknown strategy {config.strategy!r}; choose one of: {shown}")
+    if config.precision.startswith("16") and not on_gpu:
+        raise ConfigError(f"precision {config.precision} (float16) needs a GPU; on a CPU use bf16-mixed "
+                          "(fast with AVX512-BF16 or AMX), 32-true, or auto")
+
+
+def resolved_config(config: Config) -> Config:
+    """``config`` with what depends on this machine and folder settled: precision ``auto`` resolved
+    for the device the run uses, and local paths made absolute (a run or model folder then reads
+    the same files from anywhere)."""
+    precision = resolve_precision(config.precision, compute_device(config))
+    return config.with_absolute_paths().updated(precision=precision)
+
+
+def plan_run(config: Config, *, report: bool = True) -> dict[str, Any]:
+    """What a run would do (``--dry-run``): data sizes, model and parameter counts, the resolved config.
+
+    A dataset or tokenizer that cannot be loaded is noted in the plan, and the model is still
+    built (20 Newsgroups has 20 classes).
+    """
+    check_hardware(config)
+    config = resolved_config(config)
+    warn_about_slow_settings(config)
+    seed_all(config.seed)
+    try:
+        data = prepare_data(config)
+    except UserError as err:
+        placeholder = [f"class_{i}" for i in range(20 if config.train_file is None else 2)]
+        return make_plan(config, build_model(config, placeholder), None, str(err))
+    check_fusion_data(config, data)
+    model = build_model(config, data.label_names)
+    plan = make_plan(config, model, data)
+    plan["estimated_seconds"] = estimate_seconds(config, model, data, report=report and not config.multi_label)
+    return plan
+
+
+
+def saved_run_config(run_dir: str | Path) -> Config:
+    """The ``config.yaml`` a run folder was started with (what ``--resume`` continues)."""
+    path = Path(run_dir) / RUN_MARKER
+    if not path.is_file():
+        raise UserError(f"nothing to resume: {path} does not exist; start the run without --resume")
+    return Config.from_yaml(path)
+
+
+def resumed_config(run_dir: str | Path, asked: Config) -> Config:
+    """The config a resumed run continues with: the saved one, with ``asked``'s values of the
+    :data:`RESUMABLE_FIELDS`; refused when ``asked`` changes anything else (what the run computes).
+
+    ``asked`` is compared as :func:`resolved_config` would record it (absolute paths, and
+    precision ``auto`` taken as the saved precision).
+    """
+    saved = saved_run_config(run_dir)
+    asked = asked.with_absolute_paths()
+    if asked.precision == "auto":
+        asked = asked.updated(precision=saved.precision)
+    changed = [name for name in saved.to_dict() if name not in RESUMABLE_FIELDS
+               and getattr(asked, name) != getattr(saved, name)]
+    if changed:
+        what = ", ".join(f"--{n.replace('_', '-')} ({getattr(saved, n)!r} -> {getattr(asked, n)!r})"
+                         for n in changed[:3])
+        raise UserError(f"--resume continues the run with its saved config.yaml, but these differ: {what}; "
+                        "drop them or start a new run")
+    return saved.updated(**{name: getattr(asked, name) for name in RESUMABLE_FIELDS})
