@@ -117,6 +117,35 @@ def test_dry_run_data_stats_and_train_say_what_goes_unread(tiny_backbone: Path, 
         fit(small_config(tiny_backbone, epochs=1), labelled_texts(texts, labels))
 
 
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "max", "logsumexp", "max-pool", "attention"])
+def test_window_aggregations_compute_their_formula_per_document(aggregation: str) -> None:
+    from transformers import GPT2Config, GPT2Model
+
+    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+
+    torch.manual_seed(0)
+    model = GPT2Classifier(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)),
+                           ClassifierSpec(num_labels=3, n_blocks=0, chunk_aggregation=aggregation)).eval()
+    pooled = torch.randn(5, 16)
+    index = torch.tensor([0, 0, 0, 1, 2])  # document 0 has three windows, 1 and 2 one each
+    with torch.no_grad():
+        together = model.aggregate_windows(pooled, index)
+        alone = torch.cat([model.aggregate_windows(pooled[rows], torch.zeros(len(rows), dtype=torch.long))
+                           for rows in ([0, 1, 2], [3], [4])])
+        logits = model.head(pooled[:3])
+        expected = {"mean": logits.mean(0), "sum": logits.sum(0), "max": logits.max(0).values,
+                    "logsumexp": torch.logsumexp(logits, 0) - torch.log(torch.tensor(3.0)),
+                    "max-pool": model.head(pooled[:3].max(0).values)}.get(aggregation)
+    torch.testing.assert_close(together, alone)
+    if expected is not None:
+        torch.testing.assert_close(together[0], expected)
+    else:  # attention: a convex mix of the three windows' embeddings through the head
+        weights = torch.softmax(model.window_scorer(pooled[:3]).squeeze(-1), 0)
+        torch.testing.assert_close(together[0], model.head((weights[:, None] * pooled[:3]).sum(0)))
+    # A one-window document is that window's own prediction whatever the aggregation.
+    torch.testing.assert_close(together[1], model.head(pooled[3]))
+
+
 def test_collated_windows_carry_their_document() -> None:
     dataset = TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]], labels=[0, 1])
     assert dataset.lengths == [5, 1]

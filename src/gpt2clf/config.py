@@ -32,7 +32,7 @@ PADDING_SIDES = ("right", "left")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 LONG_DOCUMENT_CHOICES = ("truncate", "head-tail", "chunks")
-CHUNK_AGGREGATIONS = ("mean", "max", "logsumexp", "max-pool", "attention")
+CHUNK_AGGREGATIONS = ("mean", "sum", "max", "logsumexp", "max-pool", "attention")
 FUSION_CHOICES = ("none", "tfidf")
 STRIP_CHOICES = ("headers", "footers", "quotes")  # the order in which scikit-learn applies them
 # List fields whose string values are one item, never split on commas (column names may hold commas).
@@ -104,8 +104,8 @@ class Config:
     """With chunks and no max_chunks: each document is read whole up to this many tokens; a longer one gets
     the windows this budget allows, spread evenly over it (train, --dry-run and data stats say what goes unread)."""
     chunk_aggregation: str = "mean"
-    """With chunks: how the windows give one prediction: mean, max or logsumexp of their logits, max-pool of
-    their embeddings, or learned attention over their embeddings."""
+    """With chunks: how the windows give one prediction: mean, sum, max or logsumexp of their logits, max-pool
+    of their embeddings, or learned attention over their embeddings."""
 
     # --- model ------------------------------------------------------------------------
     backbone: str = "gpt2"

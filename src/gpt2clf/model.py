@@ -414,6 +414,8 @@ class GPT2Classifier(nn.Module):
         """Per-document logits from per-window embeddings (R, n_embed), by ``spec.chunk_aggregation``.
 
         * ``mean``: the mean of the windows' logits;
+        * ``sum``: the sum of the windows' logits: each window's evidence adds up, as in a product of
+          the windows' probabilities (for softmax, summing log-probabilities is summing logits);
         * ``max``: per class, the highest logit any window gives;
         * ``logsumexp``: per class, ``log(mean(exp(window logits)))``, a smooth maximum (the mean when
           the windows agree, near the maximum when one window stands out);
@@ -421,8 +423,9 @@ class GPT2Classifier(nn.Module):
         * ``attention``: the softmax-weighted mean of the window embeddings (one learned score per
           window), then the head.
 
-        With the maximum and ``logsumexp`` the window that decides gets the whole gradient; the mean
-        divides it by the number of windows.
+        The mean divides each window's gradient by the number of windows, and a window that decides
+        must outweigh all the others' logits; with the sum every window gets the document's whole
+        gradient, and windows that say nothing learn to add nothing.
         """
         documents = int(document_index.max()) + 1 if document_index.numel() else 0
         mode = self._spec.chunk_aggregation or "mean"
@@ -431,15 +434,16 @@ class GPT2Classifier(nn.Module):
         if mode == "max-pool":
             return self.head(_segment_max(pooled, document_index, documents))
         logits = self.head(pooled)
-        count = torch.bincount(document_index, minlength=documents).clamp(min=1).to(logits.dtype)[:, None]
         if mode == "max":
             return _segment_max(logits, document_index, documents)
+        count = torch.bincount(document_index, minlength=documents).clamp(min=1).to(logits.dtype)[:, None]
         if mode == "logsumexp":
             peak = _segment_max(logits, document_index, documents).detach()  # for stability only
-            total = logits.new_zeros(documents, logits.shape[1]).index_add_(
+            spread = logits.new_zeros(documents, logits.shape[1]).index_add_(
                 0, document_index, torch.exp(logits - peak[document_index]))
-            return peak + torch.log(total / count)
-        return logits.new_zeros(documents, logits.shape[1]).index_add_(0, document_index, logits) / count
+            return peak + torch.log(spread / count)
+        total = logits.new_zeros(documents, logits.shape[1]).index_add_(0, document_index, logits)
+        return total if mode == "sum" else total / count
 
     def _attend_to_windows(self, pooled: Tensor, document_index: Tensor, documents: int) -> Tensor:
         assert self.window_scorer is not None
