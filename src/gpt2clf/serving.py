@@ -3,7 +3,7 @@
 Data flow::
 
     HTTP request --> MetricsMiddleware (counts, latency) --> BodyLimitMiddleware (413 on
-    Content-Length or on the bytes actually streamed) --> FastAPI validation (pydantic;
+    Content-Length or on the bytes actually streamed, after draining the rest) --> FastAPI validation (pydantic;
     400 malformed JSON, 422 wrong shape) --> limits (413 too many / too long texts)
     --> token counts (a worker of the thread pool) --> MicroBatcher queue (bounded:
     503 + Retry-After when full) --> one model thread: Predictor.predict on a merged,
@@ -20,6 +20,9 @@ Guarantees:
   ``Retry-After`` at once instead of letting latency grow without limit.
 * A request that passes ``request_timeout_s`` gets a 504; its texts leave the queue, or,
   if already running, their results are dropped. Nothing is left behind.
+* An oversized body is read and discarded (at most ``DRAIN_MAX_BYTES`` within
+  ``DRAIN_TIMEOUT_S``, on the event loop) before its 413, so that clients which send a whole
+  body before reading see the 413 rather than a reset; the connection is then closed.
 * Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a 4xx status
   (5xx only for 503/504 overload answers, and a bare 500 for a bug, never a traceback).
 * ``/readyz`` answers 503 until the model is loaded and one warm-up prediction ran.
@@ -84,6 +87,11 @@ MODEL_INFO_PREFIXES = ("chunk", "fusion", "tfidf", "long_")
 # longer ones on a worker thread, so a big request never stalls the loop.
 INLINE_TOKENIZE_CHARS = 20_000
 WARMUP_TEXT = "Warm-up: the first prediction allocates buffers and picks kernels."
+# The most of an oversized body that is read (and thrown away) before the 413, and for how
+# long: enough for clients that send a whole body before reading the answer to see the 413,
+# little enough that slow or endless bodies cannot hold a connection (BodyLimitMiddleware).
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_TIMEOUT_S = 10.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,37 +314,80 @@ class BodyTooLarge(ApiError):
 
 class BodyLimitMiddleware:
     """413 for a body over ``limit`` bytes: by Content-Length up front, and by counting what
-    actually arrives (a client may lie about, or leave out, Content-Length)."""
+    actually arrives (a client may lie about, or leave out, Content-Length).
 
-    def __init__(self, app: Any, limit: int) -> None:
+    Before it answers, it reads and throws away the rest of an oversized body, as a lingering
+    close does: many clients (Python's urllib and http.client among them) send the whole body
+    before they read any answer, and a socket closed under them while they send is a
+    connection reset, not a 413. The drain is bounded, so that it cannot hold the server: at
+    most ``drain_max_bytes`` within ``drain_timeout_s`` (a body declared larger than that is
+    not read at all), and it waits on the event loop like any other read, so every other
+    request keeps being answered meanwhile. The 413 then closes the connection
+    (``Connection: close``). A client that asked ``Expect: 100-continue`` (curl does for large
+    bodies) has sent nothing yet and gets the 413 at once.
+    """
+
+    def __init__(self, app: Any, limit: int, *, drain_max_bytes: int = DRAIN_MAX_BYTES,
+                 drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         self.app, self.limit = app, limit
+        self.drain_max_bytes, self.drain_timeout_s = drain_max_bytes, drain_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", ())).get(b"content-length")
+        headers = dict(scope.get("headers", ()))
         try:
-            too_large = declared is not None and int(declared) > self.limit
+            declared = int(headers[b"content-length"]) if b"content-length" in headers else None
         except ValueError:
-            too_large = False  # uvicorn rejects a malformed Content-Length before we see it
-        if too_large:
-            await error_response(413, "body_too_large", f"request body is over the limit of {self.limit} bytes")(
-                scope, receive, send)
+            declared = None  # uvicorn rejects a malformed Content-Length before we see it
+        if declared is not None and declared > self.limit:
+            if declared <= self.drain_max_bytes and headers.get(b"expect", b"").lower() != b"100-continue":
+                await self.drain(receive)
+            await error_response(413, "body_too_large", f"request body is over the limit of {self.limit} bytes",
+                                 headers={"Connection": "close"})(scope, receive, send)
             return
         received = 0
+        over = False
 
         async def counting_receive() -> dict:
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    over = True
+                    if message.get("more_body", False):
+                        await self.drain(receive)
                     # An HTTPException passes FastAPI's body parsing unchanged and reaches our handler.
                     raise BodyTooLarge(self.limit)
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def send_closing(message: dict) -> None:
+            if over and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, counting_receive, send_closing)
+
+    async def drain(self, receive: Callable) -> None:
+        """Read and discard the rest of the body: at most ``drain_max_bytes``, within ``drain_timeout_s``."""
+        drained = 0
+
+        async def discard() -> None:
+            nonlocal drained
+            while drained <= self.drain_max_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return  # all of it arrived, or the client went away
+                drained += len(message.get("body", b""))
+            log.info("gpt2clf: stopped reading an oversized request body after %d bytes", drained)
+
+        try:
+            await asyncio.wait_for(discard(), self.drain_timeout_s)
+        except asyncio.TimeoutError:
+            log.info("gpt2clf: stopped reading an oversized request body after %g s (%d bytes)",
+                     self.drain_timeout_s, drained)
 
 
 # ---------------------------------------------------------------------------------------
