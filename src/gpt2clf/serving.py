@@ -48,13 +48,13 @@ import math
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
+from gpt2clf.microbatch import MicroBatcher, QueueFull
 
 
 class MissingExtraError(UserError, ImportError):
@@ -276,6 +276,11 @@ class ServiceMetrics:
         self.rejected = Counter("gpt2clf_rejected_requests", "Requests refused or dropped by the batcher.",
                                 ["reason"], registry=self.registry)
 
+    def record_batch(self, texts: int, requests: int) -> None:
+        """One model call of the batcher: how many texts, merged from how many requests."""
+        self.batch_texts.observe(texts)
+        self.batch_requests.observe(requests)
+
 
 class MetricsMiddleware:
     """Counts every response by route template and status, and times it (pure ASGI)."""
@@ -391,147 +396,6 @@ class BodyLimitMiddleware:
 
 
 # ---------------------------------------------------------------------------------------
-# micro-batching
-# ---------------------------------------------------------------------------------------
-class QueueFull(Exception):
-    """The batcher already holds ``max_queue`` waiting requests."""
-
-
-@dataclasses.dataclass(eq=False)
-class Job:
-    """One request's texts waiting for, or inside, a model call."""
-
-    texts: list[str]
-    costs: list[int]  # padded tokens each text takes in a batch (its token count, capped at max_length)
-    future: asyncio.Future
-    enqueued_at: float = dataclasses.field(default_factory=time.monotonic)
-
-
-class MicroBatcher:
-    """Merges queued requests into shared model calls on one worker thread.
-
-    A batch starts with the oldest request and takes the following ones in arrival order
-    (no request overtakes an older one) while ``texts x longest text`` stays within
-    ``max_batch_tokens``; it runs once that budget is full or the oldest request has waited
-    ``max_wait_ms``. Texts go to the model sorted by length, so its own batches pad little.
-    ``run_batch`` receives the texts and returns one result per text, in order.
-    """
-
-    def __init__(self, run_batch: Callable[[list[str]], Sequence[Any]], *, executor: ThreadPoolExecutor,
-                 settings: ServeSettings, metrics: ServiceMetrics) -> None:
-        self.run_batch = run_batch
-        self.executor = executor
-        self.settings = settings
-        self.metrics = metrics
-        self.queue: deque[Job] = deque()
-        self.wakeup = asyncio.Event()
-        self.closing = False
-        self.task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.loop(), name="gpt2clf-batcher")
-
-    def submit(self, texts: list[str], costs: list[int]) -> Job:
-        """Queue a request; raise :class:`QueueFull` when ``max_queue`` requests already wait."""
-        if self.closing:
-            raise QueueFull("the server is shutting down")
-        if len(self.queue) >= self.settings.max_queue:
-            raise QueueFull(f"{len(self.queue)} requests are already waiting")
-        job = Job(texts, costs, asyncio.get_running_loop().create_future())
-        self.queue.append(job)
-        self.metrics.queue_depth.set(len(self.queue))
-        self.wakeup.set()
-        return job
-
-    def discard(self, job: Job) -> None:
-        """Drop a request that gave up (timeout, disconnect); a running one's results are ignored."""
-        with contextlib.suppress(ValueError):
-            self.queue.remove(job)
-            self.metrics.queue_depth.set(len(self.queue))
-        if not job.future.done():
-            job.future.cancel()
-
-    async def close(self) -> None:
-        """Finish every queued request, then stop."""
-        self.closing = True
-        self.wakeup.set()
-        if self.task is not None:
-            await self.task
-
-    def fits(self, batch_texts: int, batch_longest: int, job: Job) -> bool:
-        longest = max(batch_longest, *job.costs)
-        return (batch_texts + len(job.texts)) * longest <= self.settings.max_batch_tokens
-
-    def take_batch(self) -> list[Job]:
-        jobs = [self.queue.popleft()]  # the oldest always goes, even alone over the budget
-        if self.settings.micro_batching:
-            texts, longest = len(jobs[0].texts), max(jobs[0].costs)
-            while self.queue and self.fits(texts, longest, self.queue[0]):
-                job = self.queue.popleft()
-                jobs.append(job)
-                texts, longest = texts + len(job.texts), max(longest, *job.costs)
-        self.metrics.queue_depth.set(len(self.queue))
-        return jobs
-
-    def budget_full(self) -> bool:
-        """Whether the queue already holds more than one batch can take."""
-        texts, longest = 0, 0
-        for job in self.queue:
-            if texts and not self.fits(texts, longest, job):
-                return True
-            texts, longest = texts + len(job.texts), max(longest, *job.costs)
-        return False
-
-    async def wait_for_company(self) -> None:
-        """Let the oldest request wait up to ``max_wait_ms`` for others to share its batch."""
-        if not self.settings.micro_batching:
-            return
-        deadline = self.queue[0].enqueued_at + self.settings.max_wait_ms / 1000
-        while self.queue and not self.closing and not self.budget_full():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self.wakeup.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), remaining)
-
-    async def loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.queue:
-                if self.closing:
-                    return
-                self.wakeup.clear()
-                await self.wakeup.wait()
-                continue
-            await self.wait_for_company()
-            if not self.queue:  # the waiting requests gave up meanwhile
-                continue
-            jobs = self.take_batch()
-            texts = [text for job in jobs for text in job.texts]
-            costs = [cost for job in jobs for cost in job.costs]
-            order = sorted(range(len(texts)), key=costs.__getitem__)
-            self.metrics.batch_texts.observe(len(texts))
-            self.metrics.batch_requests.observe(len(jobs))
-            try:
-                sorted_results = await loop.run_in_executor(self.executor, self.run_batch,
-                                                            [texts[i] for i in order])
-            except Exception as err:  # a bug in inference: every request of the batch gets it
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                continue
-            results: list[Any] = [None] * len(texts)
-            for position, i in enumerate(order):
-                results[i] = sorted_results[position]
-            start = 0
-            for job in jobs:
-                if not job.future.done():  # a timed-out request's results are dropped here
-                    job.future.set_result(results[start:start + len(job.texts)])
-                start += len(job.texts)
-
-
-# ---------------------------------------------------------------------------------------
 # the model side
 # ---------------------------------------------------------------------------------------
 def read_model_metadata(folder: str | Path | None) -> dict[str, Any]:
@@ -586,8 +450,11 @@ class ModelService:
     def new_worker(self) -> tuple[ThreadPoolExecutor, MicroBatcher]:
         # One thread: the model is not re-entrant, and on a CPU one call already uses every core.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpt2clf-model")
-        return executor, MicroBatcher(self.predict_batch, executor=executor, settings=self.settings,
-                                      metrics=self.metrics)
+        settings = self.settings
+        return executor, MicroBatcher(self.predict_batch, executor=executor,
+                                      max_batch_tokens=settings.max_batch_tokens, max_wait_ms=settings.max_wait_ms,
+                                      max_queue=settings.max_queue, micro_batching=settings.micro_batching,
+                                      on_queue_depth=self.metrics.queue_depth.set, on_batch=self.metrics.record_batch)
 
     # --- runs on the model thread ---
     def load_and_warm_up(self) -> None:
