@@ -168,6 +168,30 @@ def test_model_health_and_readiness(predictor, tiny_model_dir: Path, tmp_path: P
     assert info["serving"]["max_texts"] == 64 and info["serving"]["micro_batching"] is True
 
 
+def test_route_handlers_are_plain_functions_over_a_model_service(predictor, tiny_model_dir: Path) -> None:
+    from gpt2clf.serving import ApiError, ClassifyRequest, ModelService, classify, readyz
+
+    service = ModelService(predictor, ServeSettings(max_texts=2), model_dir=tiny_model_dir, predictor_kwargs={})
+
+    async def call_without_http() -> tuple[ApiError, dict, ApiError]:
+        with pytest.raises(ApiError) as not_ready:
+            await readyz(service)
+        await service.start()
+        try:
+            answer = await classify(ClassifyRequest(texts=["hello", "world"], top_k=1), service)
+            with pytest.raises(ApiError) as too_many:
+                await classify(ClassifyRequest(texts=["a", "b", "c"]), service)
+        finally:
+            await service.stop()
+        return not_ready.value, answer, too_many.value
+
+    not_ready, answer, too_many = asyncio.run(call_without_http())
+    assert not_ready.status_code == 503 and not_ready.code == "not_ready"
+    assert answer["model"] == tiny_model_dir.parent.name
+    assert [len(p["top_k"]) for p in answer["predictions"]] == [1, 1]
+    assert too_many.status_code == 413 and too_many.code == "too_many_texts"
+
+
 def test_readyz_is_503_until_the_model_is_loaded_and_warm(tiny_model_dir: Path, monkeypatch) -> None:
     from gpt2clf.prediction import Predictor
 

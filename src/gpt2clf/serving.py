@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
+import functools
 import logging
 import math
 import signal
@@ -55,6 +55,7 @@ from typing import Annotated, Any
 
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
 from gpt2clf.microbatch import MicroBatcher, QueueFull
+from gpt2clf.model_io import read_model_config, read_model_extra, read_training_config
 
 
 class MissingExtraError(UserError, ImportError):
@@ -63,7 +64,7 @@ class MissingExtraError(UserError, ImportError):
 
 try:
     import uvicorn
-    from fastapi import Body, FastAPI, Request
+    from fastapi import APIRouter, Body, Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -398,14 +399,24 @@ class BodyLimitMiddleware:
 # ---------------------------------------------------------------------------------------
 # the model side
 # ---------------------------------------------------------------------------------------
-def read_model_metadata(folder: str | Path | None) -> dict[str, Any]:
-    """``config.json`` of a model folder as a dict ({} when there is none or it is unreadable)."""
+def check_model_folder(folder: str | Path) -> Path:
+    """Fail early, with a user error naming the problem, for a path that is not a gpt2clf model folder."""
+    read_model_config(folder)
+    return Path(folder)
+
+
+def recorded_metadata(folder: str | Path | None) -> dict[str, Any]:
+    """What ``/v1/model`` shows of a model folder: ``backbone``, ``training`` (its recorded
+    config) and ``test_metrics``; {} when there is no folder or it cannot be read."""
     if folder is None:
         return {}
     try:
-        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        backbone = read_model_config(folder).get("backbone_name")
+    except ModelLoadError:
         return {}
+    metrics = read_model_extra(folder).get("test_metrics")
+    return {"backbone": backbone, "training": read_training_config(folder),
+            "test_metrics": metrics if isinstance(metrics, dict) else None}
 
 
 def default_model_name(folder: str | Path | None) -> str:
@@ -416,18 +427,11 @@ def default_model_name(folder: str | Path | None) -> str:
     return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
-def check_model_folder(folder: str | Path) -> Path:
-    """Fail early, with a user error, for a path that cannot be a model folder."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise ModelLoadError(f"model folder not found: {folder}; pass a folder written by 'gpt2clf train'")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{folder} has no config.json; pass a model folder written by 'gpt2clf train'")
-    return path
-
-
 class ModelService:
-    """The predictor, its one inference thread, the batcher and readiness, for one app."""
+    """The predictor, its one inference thread, the batcher and readiness, for one app.
+
+    The route handlers are thin: each checks what HTTP brings and calls one method here.
+    """
 
     def __init__(self, predictor_or_folder: Any, settings: ServeSettings, *, model_dir: str | Path | None,
                  predictor_kwargs: dict[str, Any]) -> None:
@@ -439,7 +443,7 @@ class ModelService:
             self.predictor = predictor_or_folder
         self.predictor_kwargs = predictor_kwargs
         self.settings = settings
-        self.metadata = read_model_metadata(self.folder)
+        self.metadata = recorded_metadata(self.folder)
         self.model_name = settings.model_name or default_model_name(self.folder)
         self.metrics = ServiceMetrics()
         self.executor, self.batcher = self.new_worker()
@@ -497,6 +501,13 @@ class ModelService:
         # wait=True: a batch still running finishes before the process goes.
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
 
+    def require_ready(self) -> None:
+        """Raise the 503 ``not_ready`` answer while the model is loading (or failed to load)."""
+        if not self.ready:
+            message = (f"the model failed to load: {self.load_error}" if self.load_error
+                       else "the model is still loading")
+            raise ApiError(503, "not_ready", message, headers={"Retry-After": "5"})
+
     def token_costs(self, texts: list[str]) -> list[int]:
         """Tokens each text will occupy in a batch: its token count, capped at max_length."""
         tokenizer = self.predictor.tokenizer
@@ -505,24 +516,198 @@ class ModelService:
         ids = tokenizer(clean, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return [max(1, min(len(row), self.predictor.max_length)) for row in ids]
 
+    async def classify(self, texts: list[str]) -> list[Any]:
+        """Every label ranked for each text, through the batcher: 503 when its queue is full, 504 past the timeout."""
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+            costs = self.token_costs(texts)  # microseconds: a thread hop would cost more
+        else:
+            costs = await run_in_threadpool(self.token_costs, texts)
+        try:
+            job = self.batcher.submit(texts, costs)
+        except QueueFull as err:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(503, "queue_full", f"server busy: {err}; retry later",
+                           headers={"Retry-After": "1"}) from None
+        timeout = self.settings.request_timeout_s
+        try:
+            return await asyncio.wait_for(job.future, max(0.0, timeout - (time.monotonic() - job.enqueued_at)))
+        except asyncio.TimeoutError:
+            self.metrics.rejected.labels("timeout").inc()
+            raise ApiError(504, "timeout", f"not answered within {timeout:g} s; "
+                           "send fewer or shorter texts, or retry later") from None
+        finally:
+            self.batcher.discard(job)  # a no-op once answered; frees the queue slot otherwise
+
+    async def explain(self, text: str, label: str | None, steps: int) -> Any:
+        """Integrated-gradients attributions for one text, on the model thread between batches."""
+        from gpt2clf.explain import explain
+
+        def run() -> Any:
+            return explain(self.predictor, text, label=label, steps=steps)
+
+        timeout = self.settings.request_timeout_s
+        try:
+            # On the model thread: the model is not re-entrant.
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.executor, run), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"not explained within {timeout:g} s; use fewer "
+                           "steps or a shorter text") from None
+        except UserError as err:  # e.g. Captum not installed, or an int8 model
+            raise ApiError(422, "cannot_explain", str(err)) from None
+
     def model_info(self) -> dict[str, Any]:
-        extra = self.metadata.get("extra", {}) if isinstance(self.metadata.get("extra"), dict) else {}
-        training = extra.get("config", {}) if isinstance(extra.get("config"), dict) else {}
+        training = self.metadata.get("training", {})
         shown = {key: value for key, value in training.items()
                  if key in MODEL_INFO_KEYS or key.startswith(MODEL_INFO_PREFIXES)}
-        metrics = extra.get("test_metrics")
         return {
             "model": self.model_name,
             "labels": self.predictor.label_names,
-            "backbone": self.metadata.get("backbone_name"),
+            "backbone": self.metadata.get("backbone"),
             "max_length": int(self.predictor.max_length),
             "training": shown,
-            "test_metrics": metrics if isinstance(metrics, dict) else None,
+            "test_metrics": self.metadata.get("test_metrics"),
             "serving": {**{f.name: getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)
                            if f.name != "model_name"},
                         "batch_size": getattr(self.predictor, "batch_size", None),
                         "device": str(getattr(self.predictor, "device", "")) or None},
         }
+
+
+# ---------------------------------------------------------------------------------------
+# the routes: module-level handlers over the app's ModelService
+# ---------------------------------------------------------------------------------------
+def service_of(request: Request) -> ModelService:
+    """The :class:`ModelService` of the app that got ``request`` (a FastAPI dependency)."""
+    return request.app.state.service
+
+
+Service = Annotated[ModelService, Depends(service_of)]
+router = APIRouter()
+
+
+def check_text_limits(texts: Sequence[str], settings: ServeSettings) -> None:
+    """413 for more than ``max_texts`` texts or a text over ``max_text_chars`` characters."""
+    if len(texts) > settings.max_texts:
+        raise ApiError(413, "too_many_texts",
+                       f"{len(texts)} texts is over the limit of {settings.max_texts} per request")
+    for i, text in enumerate(texts):
+        if len(text) > settings.max_text_chars:
+            raise ApiError(413, "text_too_long", f"texts[{i}] has {len(text)} characters, over the limit "
+                           f"of {settings.max_text_chars}")
+
+
+@router.post("/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
+             summary="Classify texts", tags=["classify"])
+async def classify(body: Annotated[ClassifyRequest, Body()], service: Service) -> dict[str, Any]:
+    """Label, every label's probability and the top-k labels for each text, in order."""
+    service.require_ready()
+    check_text_limits(body.texts, service.settings)
+    predictions = await service.classify(body.texts)
+    k = body.top_k
+    return {"predictions": [{"label": p.label, "probabilities": p.probabilities,
+                             "top_k": [[name, prob] for name, prob in p.top_k[:k]]} for p in predictions],
+            "model": service.model_name}
+
+
+@router.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES,
+             summary="Which tokens decided the label (integrated gradients)", tags=["classify"])
+async def explain_text(body: Annotated[ExplainRequest, Body()], service: Service) -> dict[str, Any]:
+    """Per-token integrated-gradients attributions for one text (needs the ``explain`` extra, Captum)."""
+    service.require_ready()
+    limit = service.settings.max_text_chars
+    if len(body.text) > limit:
+        raise ApiError(413, "text_too_long", f"text has {len(body.text)} characters, over the limit of {limit}")
+    if body.label is not None and body.label not in service.predictor.label_names:
+        raise ApiError(422, "unknown_label", f"unknown label {body.label!r}; GET /v1/model lists the labels")
+    result = await service.explain(body.text, body.label, body.steps)
+    return {"label": result.label, "target": result.target, "tokens": result.tokens,
+            "attributions": result.attributions, "delta": result.delta, "chunk": result.chunk}
+
+
+@router.get("/v1/model", response_model=ModelInfo, responses={503: ERROR_RESPONSES[503]}, tags=["model"],
+            summary="The model: labels, backbone, limits and recorded metrics")
+async def model_info(service: Service) -> dict[str, Any]:
+    service.require_ready()
+    return service.model_info()
+
+
+@router.get("/healthz", response_model=Status, tags=["operations"], summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Status, responses={503: ERROR_RESPONSES[503]}, tags=["operations"],
+            summary="The model is loaded and warmed up")
+async def readyz(service: Service) -> dict[str, str]:
+    service.require_ready()
+    return {"status": "ready"}
+
+
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
+            response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
+async def metrics(service: Service) -> Response:
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    # The page loads nothing from elsewhere; the policy makes sure it stays that way.
+    return FileResponse(WEB_DIR / "index.html", headers={
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:"})
+
+
+async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """Any HTTP error (ours, FastAPI's or Starlette's 404/405) as the JSON error body."""
+    code = getattr(err, "code", None) or STATUS_CODES.get(err.status_code, "error")
+    return error_response(err.status_code, code, str(err.detail), getattr(err, "headers", None))
+
+
+async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+    """400 for malformed JSON, 422 for valid JSON of the wrong shape."""
+    errors = err.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (detail.get("ctx") or {}).get("error", "JSON decode error")
+        return error_response(400, "malformed_json", f"request body is not valid JSON: {reason}")
+    return error_response(422, "invalid_request", validation_message(errors))
+
+
+async def internal_error(request: Request, err: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered with a bare 500 (never the traceback)."""
+    log.exception("gpt2clf: internal error on %s", request.url.path)
+    return error_response(500, "internal_error", "internal error; see the server log")
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[..., Any]] = {
+    HTTPException: http_error, RequestValidationError: invalid_request, Exception: internal_error}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The app's ModelService runs (batcher up, model loaded and warmed) while the app does."""
+    await app.state.service.start()
+    try:
+        yield
+    finally:
+        await app.state.service.stop()
+
+
+def openapi_with_limits(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI schema, with this server's limits (answered with 413) and, once known, its labels."""
+    if app.openapi_schema is None:
+        settings, predictor = app.state.service.settings, app.state.service.predictor
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        texts = schema["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
+        texts["maxItems"] = settings.max_texts
+        texts["items"]["maxLength"] = settings.max_text_chars
+        explain_body = schema["components"]["schemas"]["ExplainRequest"]["properties"]
+        explain_body["text"]["maxLength"] = settings.max_text_chars
+        if predictor is not None:  # the labels are known: the schema lists them
+            explain_body["label"] = {"anyOf": [{"enum": list(predictor.label_names), "type": "string"},
+                                               {"type": "null"}],
+                                     "description": explain_body["label"].get("description", "")}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 # ---------------------------------------------------------------------------------------
@@ -548,156 +733,15 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
     settings = settings or ServeSettings()
     service = ModelService(predictor_or_folder, settings, model_dir=model_dir,
                            predictor_kwargs=predictor_kwargs or {})
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
-
-    app = FastAPI(title="gpt2clf", version="1", lifespan=lifespan,
+    app = FastAPI(title="gpt2clf", version="1", lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
                   description="Text classification with a fine-tuned gpt2clf model. The web page is at /.")
     app.state.service = service
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
-        code = getattr(err, "code", None) or STATUS_CODES.get(err.status_code, "error")
-        return error_response(err.status_code, code, str(err.detail), getattr(err, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
-        errors = err.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            detail = next(e for e in errors if e.get("type") == "json_invalid")
-            reason = (detail.get("ctx") or {}).get("error", "JSON decode error")
-            return error_response(400, "malformed_json", f"request body is not valid JSON: {reason}")
-        return error_response(422, "invalid_request", validation_message(errors))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception) -> JSONResponse:
-        log.exception("gpt2clf: internal error on %s", request.url.path)
-        return error_response(500, "internal_error", "internal error; see the server log")
-
-    def require_ready() -> None:
-        if not service.ready:
-            message = (f"the model failed to load: {service.load_error}" if service.load_error
-                       else "the model is still loading")
-            raise ApiError(503, "not_ready", message, headers={"Retry-After": "5"})
-
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
-              summary="Classify texts", tags=["classify"])
-    async def classify(body: Annotated[ClassifyRequest, Body()]) -> dict[str, Any]:
-        """Label, every label's probability and the top-k labels for each text, in order."""
-        require_ready()
-        if len(body.texts) > settings.max_texts:
-            raise ApiError(413, "too_many_texts",
-                           f"{len(body.texts)} texts is over the limit of {settings.max_texts} per request")
-        for i, text in enumerate(body.texts):
-            if len(text) > settings.max_text_chars:
-                raise ApiError(413, "text_too_long", f"texts[{i}] has {len(text)} characters, over the limit "
-                               f"of {settings.max_text_chars}")
-        if sum(map(len, body.texts)) <= INLINE_TOKENIZE_CHARS:
-            costs = service.token_costs(body.texts)  # microseconds: a thread hop would cost more
-        else:
-            costs = await run_in_threadpool(service.token_costs, body.texts)
-        try:
-            job = service.batcher.submit(body.texts, costs)
-        except QueueFull as err:
-            service.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(503, "queue_full", f"server busy: {err}; retry later",
-                           headers={"Retry-After": "1"}) from None
-        try:
-            elapsed = time.monotonic() - job.enqueued_at
-            predictions = await asyncio.wait_for(job.future, max(0.0, settings.request_timeout_s - elapsed))
-        except asyncio.TimeoutError:
-            service.metrics.rejected.labels("timeout").inc()
-            raise ApiError(504, "timeout", f"not answered within {settings.request_timeout_s:g} s; "
-                           "send fewer or shorter texts, or retry later") from None
-        finally:
-            service.batcher.discard(job)  # a no-op once answered; frees the queue slot otherwise
-        k = body.top_k
-        return {"predictions": [{"label": p.label, "probabilities": p.probabilities,
-                                 "top_k": [[name, prob] for name, prob in p.top_k[:k]]} for p in predictions],
-                "model": service.model_name}
-
-    @app.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES,
-              summary="Which tokens decided the label (integrated gradients)", tags=["classify"])
-    async def explain_text(body: Annotated[ExplainRequest, Body()]) -> dict[str, Any]:
-        """Per-token integrated-gradients attributions for one text (needs the ``explain`` extra, Captum)."""
-        require_ready()
-        if len(body.text) > settings.max_text_chars:
-            raise ApiError(413, "text_too_long", f"text has {len(body.text)} characters, over the limit of "
-                           f"{settings.max_text_chars}")
-        if body.label is not None and body.label not in service.predictor.label_names:
-            raise ApiError(422, "unknown_label", f"unknown label {body.label!r}; GET /v1/model lists the labels")
-        from gpt2clf.explain import explain
-
-        def run() -> Any:
-            return explain(service.predictor, body.text, label=body.label, steps=body.steps)
-
-        try:
-            # On the model thread, between batches: the model is not re-entrant.
-            result = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(service.executor, run),
-                                            settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"not explained within {settings.request_timeout_s:g} s; use fewer "
-                           "steps or a shorter text") from None
-        except UserError as err:  # e.g. Captum not installed, or an int8 model
-            raise ApiError(422, "cannot_explain", str(err)) from None
-        return {"label": result.label, "target": result.target, "tokens": result.tokens,
-                "attributions": result.attributions, "delta": result.delta, "chunk": result.chunk}
-
-    @app.get("/v1/model", response_model=ModelInfo, responses={503: ERROR_RESPONSES[503]}, tags=["model"],
-             summary="The model: labels, backbone, limits and recorded metrics")
-    async def model_info() -> dict[str, Any]:
-        require_ready()
-        return service.model_info()
-
-    @app.get("/healthz", response_model=Status, tags=["operations"], summary="The process is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", response_model=Status, responses={503: ERROR_RESPONSES[503]}, tags=["operations"],
-             summary="The model is loaded and warmed up")
-    async def readyz() -> dict[str, str]:
-        require_ready()
-        return {"status": "ready"}
-
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
-             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
-    async def metrics() -> Response:
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        # The page loads nothing from elsewhere; the policy makes sure it stays that way.
-        return FileResponse(WEB_DIR / "index.html", headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:"})
-
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-
-    def openapi_with_limits() -> dict[str, Any]:
-        # The limits are this server's settings, so the schema states them too (answered with 413).
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            texts = schema["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
-            texts["maxItems"] = settings.max_texts
-            texts["items"]["maxLength"] = settings.max_text_chars
-            explain_body = schema["components"]["schemas"]["ExplainRequest"]["properties"]
-            explain_body["text"]["maxLength"] = settings.max_text_chars
-            if service.predictor is not None:  # the labels are known: the schema lists them
-                explain_body["label"] = {"anyOf": [{"enum": list(service.predictor.label_names), "type": "string"},
-                                                   {"type": "null"}],
-                                         "description": explain_body["label"].get("description", "")}
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi_with_limits  # type: ignore[method-assign]
-
-    known_routes = {route.path for route in app.routes if hasattr(route, "path")} | {"/docs", "/openapi.json"}
+    app.openapi = functools.partial(openapi_with_limits, app)  # type: ignore[method-assign]
+    # FastAPI may keep an included router as one entry of app.routes: take the paths from both.
+    routes = [*app.routes, *router.routes]
+    known_routes = {route.path for route in routes if isinstance(getattr(route, "path", None), str)}
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=known_routes)  # outermost: sees all
     return app
