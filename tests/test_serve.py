@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -561,6 +562,32 @@ def test_serve_with_a_bad_model_folder_is_a_user_error(tmp_path: Path, capsys) -
     assert err.startswith("gpt2clf: error: model folder not found") and err.count("\n") == 1
     assert cli.main(["serve", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_serve_help_lists_every_setting_with_its_docstring_and_default(capsys, monkeypatch) -> None:
+    from gpt2clf.config import field_help
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line wrapping (which may split a word at a hyphen)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--help"])
+    assert exit_.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    docs, defaults = field_help(ServeSettings), ServeSettings()
+    fields = dataclasses.fields(ServeSettings)
+    assert set(docs) == {f.name for f in fields} and all(docs.values()), "every field needs a docstring"
+    for field in fields:
+        name = "--" + field.name.replace("_", "-")
+        usage = f"{name}, --no-{name[2:]}" if field.type == "bool" else f"{name} {field.name.upper()}"
+        assert f"{usage} {docs[field.name]} (default: {getattr(defaults, field.name)})" in shown, field.name
+
+
+def test_serve_flags_build_the_settings_back(tiny_model_dir: Path) -> None:
+    args = cli.build_parser().parse_args(["serve", str(tiny_model_dir), "--max-queue", "7", "--max-wait-ms", "2.5",
+                                          "--no-micro-batching", "--model-name", "demo"])
+    assert cli.settings_from_args(ServeSettings, args) == ServeSettings(max_queue=7, max_wait_ms=2.5,
+                                                                        micro_batching=False, model_name="demo")
+    defaults = cli.build_parser().parse_args(["serve", str(tiny_model_dir)])
+    assert cli.settings_from_args(ServeSettings, defaults) == ServeSettings()
 
 
 def test_serve_with_bad_limits_is_a_user_error(tiny_model_dir: Path, capsys) -> None:

@@ -53,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
+from gpt2clf.config import SERVE_HOST, SERVE_PORT, InferenceSettings, ServeSettings
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
 from gpt2clf.microbatch import MicroBatcher, QueueFull
 from gpt2clf.model_io import read_model_config, read_model_extra, read_training_config
@@ -77,6 +78,25 @@ except ImportError as err:  # pragma: no cover - exercised by a test that hides 
     raise MissingExtraError(f"serving needs FastAPI, uvicorn and prometheus-client ({err.name} is missing): "
                             'pip install "gpt2clf[serve]"') from err
 
+__all__ = [
+    "ApiError",
+    "BodyLimitMiddleware",
+    "ClassifyRequest",
+    "ClassifyResponse",
+    "ExplainRequest",
+    "ExplainResponse",
+    "MetricsMiddleware",
+    "MissingExtraError",
+    "ModelInfo",
+    "ModelService",
+    "ServeSettings",
+    "ServiceMetrics",
+    "create_app",
+    "router",
+    "running_in_thread",
+    "serve",
+]
+
 log = logging.getLogger("gpt2clf.serving")
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -93,49 +113,6 @@ WARMUP_TEXT = "Warm-up: the first prediction allocates buffers and picks kernels
 # little enough that slow or endless bodies cannot hold a connection (BodyLimitMiddleware).
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
 DRAIN_TIMEOUT_S = 10.0
-
-
-# ---------------------------------------------------------------------------------------
-# settings
-# ---------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ServeSettings:
-    """Limits and batching of the HTTP service (the ``gpt2clf serve`` flags).
-
-    Example::
-
-        >>> ServeSettings(max_texts=8).max_texts
-        8
-    """
-
-    max_batch_tokens: int = 8192
-    """Padded tokens (texts x longest text) one merged batch may hold; one request alone may exceed it."""
-    max_wait_ms: float = 5.0
-    """How long the first queued request waits for others to share its batch."""
-    max_texts: int = 64
-    """Texts one request may send (more: 413)."""
-    max_text_chars: int = 100_000
-    """Characters one text may have (more: 413)."""
-    max_body_bytes: int = 2_000_000
-    """Bytes one request body may have (more: 413)."""
-    max_queue: int = 256
-    """Requests waiting for the model; more get 503 with Retry-After."""
-    request_timeout_s: float = 30.0
-    """Seconds from arrival to answer; after that 504 and the request's texts are dropped."""
-    micro_batching: bool = True
-    """Merge concurrent requests into shared batches (off: one request per model call)."""
-    model_name: str | None = None
-    """Name reported as ``model`` in responses (default: the model folder's name)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_texts", "max_text_chars", "max_body_bytes", "max_queue"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
-        if not (0 <= self.max_wait_ms <= 10_000):
-            raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
-        if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
-            raise ConfigError(f"--request-timeout-s must be a positive number, got {self.request_timeout_s!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -799,8 +776,9 @@ def running_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
         thread.join(startup_timeout_s)
 
 
-def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host: str = "127.0.0.1",
-          port: int = 8000, batch_size: int = 32, device: str | None = None, precision: str = "auto",
+def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host: str = SERVE_HOST,
+          port: int = SERVE_PORT, batch_size: int = InferenceSettings.batch_size,
+          device: str | None = InferenceSettings.device, precision: str = InferenceSettings.precision,
           log_level: str = "info") -> None:
     """Serve ``model_dir`` over HTTP until SIGTERM or SIGINT, then shut down gracefully.
 
