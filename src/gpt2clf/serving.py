@@ -3,11 +3,13 @@
 Data flow::
 
     HTTP request --> MetricsMiddleware (counts, latency) --> BodyLimitMiddleware (413 on
-    Content-Length or on the bytes actually streamed, after draining the rest) --> FastAPI validation (pydantic;
-    400 malformed JSON, 422 wrong shape) --> limits (413 too many / too long texts)
-    --> token counts (a worker of the thread pool) --> MicroBatcher queue (bounded:
-    503 + Retry-After when full) --> one model thread: Predictor.predict on a merged,
-    length-sorted batch --> each request's future gets its own rows --> JSON response.
+    Content-Length or on the bytes actually streamed, after draining the rest)
+    --> FastAPI validation (pydantic; 400 malformed JSON, 422 wrong shape)
+    --> a route handler (module-level, over the app's ModelService): limits (413 too many
+    / too long texts) --> token counts (a worker of the thread pool) --> MicroBatcher
+    queue (gpt2clf.microbatch; bounded: 503 + Retry-After when full) --> one model thread:
+    Predictor.predict on a merged, length-sorted batch --> each request's future gets its
+    own rows --> JSON response.
 
 Guarantees:
 
@@ -553,8 +555,10 @@ class ModelService:
 # ---------------------------------------------------------------------------------------
 # the routes: module-level handlers over the app's ModelService
 # ---------------------------------------------------------------------------------------
-def service_of(request: Request) -> ModelService:
+async def service_of(request: Request) -> ModelService:
     """The :class:`ModelService` of the app that got ``request`` (a FastAPI dependency)."""
+    # async on purpose: FastAPI runs a plain def dependency on its thread pool, a thread hop
+    # per request that adds latency and lets concurrent requests overtake each other.
     return request.app.state.service
 
 
