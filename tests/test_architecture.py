@@ -147,3 +147,37 @@ def test_predict_and_evaluate_run_without_lightning(no_lightning: Path, tiny_mod
     assert result.stdout.strip().splitlines()[-1] == "OK"
     blocked = run_python("import lightning", env_extra={"PYTHONPATH": path})
     assert blocked.returncode != 0 and "blocked for this test" in blocked.stderr
+
+
+def test_the_micro_batcher_works_without_fastapi() -> None:
+    """``gpt2clf.microbatch`` is plain asyncio: it imports, and merges requests, with the serve extra blocked."""
+    code = ("import sys\n"
+            "for name in ('fastapi', 'starlette', 'uvicorn', 'pydantic', 'prometheus_client'):\n"
+            "    sys.modules[name] = None  # any import of them now fails\n"
+            "import asyncio\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "from gpt2clf.microbatch import Job, MicroBatcher, QueueFull\n"
+            "calls = []\n"
+            "def run_batch(texts):\n"
+            "    calls.append(texts)\n"
+            "    return [t.upper() for t in texts]\n"
+            "async def main():\n"
+            "    batcher = MicroBatcher(run_batch, executor=ThreadPoolExecutor(1), max_wait_ms=10_000, max_queue=2)\n"
+            "    first = batcher.submit(['ccc', 'a'], [3, 1])\n"
+            "    second = batcher.submit(['bb'], [2])\n"
+            "    try:\n"
+            "        batcher.submit(['x'], [1])\n"
+            "    except QueueFull:\n"
+            "        print('full')\n"
+            "    batcher.start()\n"
+            "    await batcher.close()  # finishes the queued jobs, without waiting out max_wait_ms\n"
+            "    print(first.future.result(), second.future.result(), isinstance(first, Job))\n"
+            "asyncio.run(main())\n"
+            "print(calls)\n"
+            "try:\n"
+            "    import fastapi\n"
+            "except ImportError:\n"
+            "    print('blocked')\n")
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["full", "['CCC', 'A'] ['BB'] True", "[['a', 'bb', 'ccc']]", "blocked"]

@@ -238,6 +238,23 @@ def test_help_lists_options_with_defaults_and_examples(command: str, capsys) -> 
         assert "(default: 1e-05)" not in out and "(default: 2e-05)" in out
 
 
+def test_shared_inference_flags_have_one_default_in_every_command(capsys, monkeypatch) -> None:
+    from gpt2clf.config import InferenceSettings, field_help
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line wrapping (which may split a word at a hyphen)
+    docs, defaults = field_help(InferenceSettings), InferenceSettings()
+    commands = {"predict": ["batch_size", "device", "precision"], "evaluate": ["batch_size", "device", "precision"],
+                "serve": ["batch_size", "device", "precision"], "explain": ["device"]}
+    for command, names in commands.items():
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        shown = " ".join(capsys.readouterr().out.split())
+        for name in names:
+            usage = f"--{name.replace('_', '-')} {name.upper()}"
+            assert f"{usage} {docs[name]} (default: {getattr(defaults, name)})" in shown, (command, name)
+    assert (defaults.batch_size, defaults.device, defaults.precision) == (64, "auto", "auto")
+
+
 def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path, capsys) -> None:
     from gpt2clf.inference import cpu_has_native_bf16
 

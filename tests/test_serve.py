@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpt2clf import cli
-from gpt2clf.serving import ServeSettings, create_app
+from gpt2clf.serving import BodyLimitMiddleware, ServeSettings, create_app, running_in_thread
 
 REPO_ROOT = Path(__file__).parents[1]
 TEXTS = ["My X server crashes when I resize an xterm",
@@ -168,6 +169,30 @@ def test_model_health_and_readiness(predictor, tiny_model_dir: Path, tmp_path: P
     assert info["serving"]["max_texts"] == 64 and info["serving"]["micro_batching"] is True
 
 
+def test_route_handlers_are_plain_functions_over_a_model_service(predictor, tiny_model_dir: Path) -> None:
+    from gpt2clf.serving import ApiError, ClassifyRequest, ModelService, classify, readyz
+
+    service = ModelService(predictor, ServeSettings(max_texts=2), model_dir=tiny_model_dir, predictor_kwargs={})
+
+    async def call_without_http() -> tuple[ApiError, dict, ApiError]:
+        with pytest.raises(ApiError) as not_ready:
+            await readyz(service)
+        await service.start()
+        try:
+            answer = await classify(ClassifyRequest(texts=["hello", "world"], top_k=1), service)
+            with pytest.raises(ApiError) as too_many:
+                await classify(ClassifyRequest(texts=["a", "b", "c"]), service)
+        finally:
+            await service.stop()
+        return not_ready.value, answer, too_many.value
+
+    not_ready, answer, too_many = asyncio.run(call_without_http())
+    assert not_ready.status_code == 503 and not_ready.code == "not_ready"
+    assert answer["model"] == tiny_model_dir.parent.name
+    assert [len(p["top_k"]) for p in answer["predictions"]] == [1, 1]
+    assert too_many.status_code == 413 and too_many.code == "too_many_texts"
+
+
 def test_readyz_is_503_until_the_model_is_loaded_and_warm(tiny_model_dir: Path, monkeypatch) -> None:
     from gpt2clf.prediction import Predictor
 
@@ -233,6 +258,140 @@ def test_client_errors_are_json_with_the_right_status(predictor, tiny_model_dir:
         assert_error(client.get("/no/such/path"), 404, "not_found")
         # the limits are exact: at the limit is fine
         assert post("/v1/classify", json={"texts": ["ok", "x" * 100, "b"]}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------
+# oversized bodies over a real socket: every client reads the 413
+# ---------------------------------------------------------------------------------------
+BODY_LIMIT = 10_000  # small, so that three times the limit is quick to send; BIG_BODY overflows socket buffers
+BIG_BODY = 20_000_000
+
+
+@pytest.fixture(scope="module")
+def limited_server(predictor, tiny_model_dir: Path) -> Iterator[str]:
+    """uvicorn on a real port (not the in-process TestClient): resets happen only on sockets."""
+    app = create_app(predictor, ServeSettings(max_body_bytes=BODY_LIMIT), model_dir=tiny_model_dir)
+    with running_in_thread(app) as url:
+        yield url
+
+
+def assert_body_too_large(status: int, content_type: str, body: bytes) -> None:
+    assert status == 413, body[:300]
+    assert content_type.startswith("application/json")
+    assert json.loads(body) == {"error": {"code": "body_too_large",
+                                          "message": f"request body is over the limit of {BODY_LIMIT} bytes"}}
+
+
+def post_oversized(client: str, url: str, body: bytes) -> tuple[int, str, bytes]:
+    """POST ``body`` to /v1/classify with one HTTP library; (status, content type, body) of the answer."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if client == "urllib":
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + "/v1/classify", data=body, headers=headers),
+                                        timeout=WAIT_GUARD_S) as answer:
+                return answer.status, answer.headers["content-type"], answer.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers["content-type"], err.read()
+    if client == "requests":
+        requests = pytest.importorskip("requests")
+        answer = requests.post(url + "/v1/classify", data=body, headers=headers, timeout=WAIT_GUARD_S)
+    elif client == "httpx":
+        answer = httpx.post(url + "/v1/classify", content=body, headers=headers, timeout=WAIT_GUARD_S)
+    else:  # httpx with a generator: chunked, no Content-Length, so the limit is found while reading
+        parts = (body[i:i + 65536] for i in range(0, len(body), 65536))
+        answer = httpx.post(url + "/v1/classify", content=parts, headers=headers, timeout=WAIT_GUARD_S)
+    return answer.status_code, answer.headers["content-type"], answer.content
+
+
+@pytest.mark.parametrize("size", [3 * BODY_LIMIT, BIG_BODY])
+@pytest.mark.parametrize("client", ["urllib", "httpx", "httpx-chunked", "requests"])
+def test_an_oversized_body_gets_the_413_whatever_the_client(limited_server: str, client: str, size: int) -> None:
+    body = json.dumps({"texts": ["x" * size]}).encode()
+    assert_body_too_large(*post_oversized(client, limited_server, body))
+    # the server is unharmed and still answers on new connections
+    assert httpx.post(f"{limited_server}/v1/classify", json={"texts": ["ok"]}, timeout=WAIT_GUARD_S).status_code == 200
+
+
+def raw_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the one response on ``sock``, read until the server closes it."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def request_head(url: str, length: int, extra: str = "") -> tuple[tuple[str, int], bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n{extra}\r\n")
+    return (host, int(port)), head.encode()
+
+
+def test_other_clients_are_answered_while_an_oversized_body_drains(limited_server: str) -> None:
+    address, head = request_head(limited_server, BIG_BODY)
+    with socket.create_connection(address, timeout=WAIT_GUARD_S) as slow:
+        slow.sendall(head + b"x" * 100_000)  # a first part; the rest is held back meanwhile
+        answer = httpx.post(f"{limited_server}/v1/classify", json={"texts": ["hello"]}, timeout=WAIT_GUARD_S)
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in {"a", "b", "c"}
+        assert httpx.get(f"{limited_server}/healthz", timeout=WAIT_GUARD_S).status_code == 200
+        slow.sendall(b"x" * (BIG_BODY - 100_000))
+        status, headers, body = raw_response(slow)
+    assert_body_too_large(status, headers["content-type"], body)
+    assert headers["connection"] == "close"
+
+
+def test_expect_100_continue_gets_the_413_without_sending_the_body(limited_server: str) -> None:
+    # curl asks first for bodies over 1 MB; the answer must be the 413, not "100 Continue"
+    address, head = request_head(limited_server, 3 * BODY_LIMIT, "Expect: 100-continue\r\n")
+    with socket.create_connection(address, timeout=WAIT_GUARD_S) as client:
+        client.sendall(head)
+        status, headers, body = raw_response(client)
+    assert_body_too_large(status, headers["content-type"], body)
+
+
+def test_draining_an_oversized_body_is_bounded_in_bytes_and_time() -> None:
+    async def unreachable_app(scope, receive, send) -> None:
+        raise AssertionError("an oversized body must not reach the app")
+
+    def answer(receive, declared: int, **bounds: Any) -> dict:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/classify",
+                 "headers": [(b"content-length", str(declared).encode())]}
+        middleware = BodyLimitMiddleware(unreachable_app, 100, **bounds)
+        asyncio.run(asyncio.wait_for(middleware(scope, receive, send), WAIT_GUARD_S))
+        assert sent[0]["status"] == 413 and (b"connection", b"close") in sent[0]["headers"]
+        return json.loads(sent[1]["body"])["error"]
+
+    reads = 0
+
+    async def endless() -> dict:  # a client that keeps sending past what it declared
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"x" * 100, "more_body": True}
+
+    assert answer(endless, 900, drain_max_bytes=1000)["code"] == "body_too_large"
+    assert 10 <= reads <= 12  # about drain_max_bytes, then it stops reading
+
+    async def silent() -> dict:  # a client that stops sending
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    assert answer(silent, 5000, drain_timeout_s=0.05)["code"] == "body_too_large"
+
+    async def unread() -> dict:
+        raise AssertionError("a body declared over the drain bound is not read at all")
+
+    assert answer(unread, 10**12)["code"] == "body_too_large"
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,6 +562,32 @@ def test_serve_with_a_bad_model_folder_is_a_user_error(tmp_path: Path, capsys) -
     assert err.startswith("gpt2clf: error: model folder not found") and err.count("\n") == 1
     assert cli.main(["serve", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_serve_help_lists_every_setting_with_its_docstring_and_default(capsys, monkeypatch) -> None:
+    from gpt2clf.config import field_help
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line wrapping (which may split a word at a hyphen)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--help"])
+    assert exit_.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    docs, defaults = field_help(ServeSettings), ServeSettings()
+    fields = dataclasses.fields(ServeSettings)
+    assert set(docs) == {f.name for f in fields} and all(docs.values()), "every field needs a docstring"
+    for field in fields:
+        name = "--" + field.name.replace("_", "-")
+        usage = f"{name}, --no-{name[2:]}" if field.type == "bool" else f"{name} {field.name.upper()}"
+        assert f"{usage} {docs[field.name]} (default: {getattr(defaults, field.name)})" in shown, field.name
+
+
+def test_serve_flags_build_the_settings_back(tiny_model_dir: Path) -> None:
+    args = cli.build_parser().parse_args(["serve", str(tiny_model_dir), "--max-queue", "7", "--max-wait-ms", "2.5",
+                                          "--no-micro-batching", "--model-name", "demo"])
+    assert cli.settings_from_args(ServeSettings, args) == ServeSettings(max_queue=7, max_wait_ms=2.5,
+                                                                        micro_batching=False, model_name="demo")
+    defaults = cli.build_parser().parse_args(["serve", str(tiny_model_dir)])
+    assert cli.settings_from_args(ServeSettings, defaults) == ServeSettings()
 
 
 def test_serve_with_bad_limits_is_a_user_error(tiny_model_dir: Path, capsys) -> None:

@@ -29,7 +29,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gpt2clf.config import PRESET_CHOICES, Config, choose_preset, field_help
+from gpt2clf.config import (
+    PRESET_CHOICES,
+    SERVE_HOST,
+    SERVE_PORT,
+    Config,
+    InferenceSettings,
+    ServeSettings,
+    choose_preset,
+    coerce_fields,
+    field_help,
+)
 from gpt2clf.errors import DataError, PerformanceWarning, UserError
 
 EXIT_USER_ERROR = 2
@@ -103,9 +113,6 @@ examples:
 INT8_HELP = ("CPU only: run an int8 copy of the model (dynamic quantization), about 1.4x faster; "
              "probabilities move by about 0.01")
 
-DEVICE_HELP = "auto, cpu, cuda or cuda:N (default: auto: cuda if available, else cpu)"
-PRECISION_HELP = ("auto, 32-true, bf16-mixed or 16-mixed (default: auto: bf16 autocast where the GPU or CPU has "
-                  "native bf16, else float32)")
 SERVE_EXAMPLES = """\
 examples:
   # the API and the web page on http://127.0.0.1:8000 (OpenAPI docs at /docs)
@@ -152,14 +159,17 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str], title: str) -> None:
-    """Add one flag per Config field in ``names``; unset flags stay None (not applied)."""
-    group = parser.add_argument_group(title)
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    hints = typing.get_type_hints(Config)
-    helps = field_help()
-    defaults = Config()
-    for name in names:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] | None = None,
+                        title: str | None = None) -> None:
+    """Add one flag per field of dataclass ``cls`` in ``names`` (default: every field), in a group
+    ``title``: ``--field-name``, its help the field's docstring and default. A bool field gets
+    ``--x``/``--no-x``, a list field a repeatable flag. Unset flags stay None (not applied);
+    :func:`flag_values` collects the set ones."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
+    defaults = cls()
+    for name in names or [f.name for f in dataclasses.fields(cls)]:
         default = getattr(defaults, name)
         shown = ",".join(default) if isinstance(default, list) else default
         text = f"{helps.get(name, '')} (default: {shown})".replace("%", "%%")  # argparse formats help with %
@@ -170,8 +180,23 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str], titl
             group.add_argument(flag(name), dest=name, action="append", default=None, metavar=name.upper(),
                                help=text)
         else:
-            metavar = name.upper() if fields[name].type not in ("float", "int") else None
-            group.add_argument(flag(name), dest=name, default=None, metavar=metavar, help=text)
+            group.add_argument(flag(name), dest=name, default=None, metavar=name.upper(), help=text)
+
+
+def flag_values(args: argparse.Namespace, cls: type, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` (those in ``names``) set explicitly on the command line, as typed."""
+    names = names or [f.name for f in dataclasses.fields(cls)]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Dataclass ``cls`` with its defaults, overlaid with its flags that were set (converted and checked)."""
+    return cls(**coerce_fields(cls, flag_values(args, cls)))
+
+
+def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The Config fields set explicitly on the command line."""
+    return flag_values(args, Config, names)
 
 
 def training_field_groups() -> list[tuple[str, list[str]]]:
@@ -208,16 +233,11 @@ def command_parser(commands: Any, name: str, help_text: str, description: str, e
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gpt2clf",
-        description="Fine-tune a pretrained GPT-2 with custom transformer blocks for text classification.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'gpt2clf COMMAND --help' for a command's options and examples.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def add_model_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
 
+
+def add_train_parser(commands: Any) -> None:
     train = command_parser(commands, "train", "fine-tune a classifier and write a run folder",
         "Fine-tune a classifier. Settings are filled in this order: "
         "defaults, --preset, --config FILE.yaml, then the flags below.",
@@ -235,27 +255,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--no-report", action="store_true", help="skip RUN_DIR/report.html at the end of the run")
     for title, names in training_field_groups():
-        add_config_flags(train, names, title)
+        add_dataclass_flags(train, Config, names, title)
 
+
+def add_evaluate_parser(commands: Any) -> None:
     evaluate = command_parser(commands, "evaluate", "score a saved model folder on a labelled split",
         "Accuracy, macro-F1, loss, a per-class table and a confusion "
         "matrix. By default on the dataset recorded with the model.",
         EVALUATE_EXAMPLES)
-    evaluate.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    add_model_dir(evaluate)
     evaluate.add_argument("--split", choices=["test", "validation", "train"], default="test",
                           help="which split to score (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, report.txt and confusion_matrix.png")
-    evaluate.add_argument("--batch-size", type=int, default=None, help="documents per batch (default: training's)")
-    evaluate.add_argument("--device", default=None, help=DEVICE_HELP)
-    evaluate.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    add_dataclass_flags(evaluate, InferenceSettings, title="inference")
     evaluate.add_argument("--int8", action="store_true", help=INT8_HELP)
-    add_config_flags(evaluate, [*DATA_FIELDS, "max_eval_samples"], "data (default: as recorded with the model)")
+    add_dataclass_flags(evaluate, Config, [*DATA_FIELDS, "max_eval_samples"],
+                        "data (default: as recorded with the model)")
 
+
+def add_predict_parser(commands: Any) -> None:
     predict = command_parser(commands, "predict", "classify new text with a saved model folder",
         "Label and top-k probabilities for each document.",
         PREDICT_EXAMPLES)
-    predict.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    add_model_dir(predict)
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="documents to classify")
     predict.add_argument("--file", action="append", default=[], metavar="F",
                          help="a text file to classify as one document (repeatable)")
@@ -268,24 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true",
                          help="one JSON object per line: label, probabilities, top_k, id (and labels, the chosen "
                          "ones, for a multi-label model)")
-    predict.add_argument("--batch-size", type=int, default=64,
-                         help="at most this many documents per batch (default: 64; batches are also bounded "
-                         "by a padded-token budget)")
-    predict.add_argument("--device", default=None, help=DEVICE_HELP)
-    predict.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    add_dataclass_flags(predict, InferenceSettings, title="inference")
     predict.add_argument("--int8", action="store_true", help=INT8_HELP)
     predict.add_argument("--runtime", default="torch", metavar="{torch,onnx}",
                          help="torch, or onnx: ONNX Runtime on the CPU with an exported file (default: torch)")
     predict.add_argument("--onnx-model", metavar="PATH", help="the ONNX file for --runtime onnx "
                          "(default: MODEL_DIR/model.onnx, where 'gpt2clf export' writes it)")
 
+
+def add_export_parser(commands: Any) -> None:
     export = command_parser(commands, "export", "write a model folder as an ONNX file (checked against PyTorch)",
         "Export to ONNX with dynamic batch and sequence dims: inputs input_ids\n"
         "and attention_mask (int64 [batch, seq]), output logits ([batch, labels]); labels,\n"
         "max_length and padding side in the file's metadata. The file is kept only if ONNX\n"
         "Runtime's probabilities match PyTorch's within 1e-3 on sample texts.",
         EXPORT_EXAMPLES)
-    export.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    add_model_dir(export)
     export.add_argument("--format", default="onnx", metavar="{onnx}", help="the export format (default: onnx)")
     export.add_argument("--output", "-o", metavar="FILE.onnx", help="where to write (default: MODEL_DIR/model.onnx)")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or more (default: 18)")
@@ -293,39 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more texts to check parity on, besides the built-in samples")
     export.add_argument("--json", action="store_true", help="print the export report as JSON")
 
+
+def add_serve_parser(commands: Any) -> None:
     serve = command_parser(commands, "serve", "an HTTP API and a web page for a saved model folder",
         "Serve POST /v1/classify, GET /v1/model, /healthz, /readyz, /metrics "
         "and a web page at /. Concurrent requests share model calls (micro-batching).",
         SERVE_EXAMPLES)
-    serve.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    serve.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
-    serve.add_argument("--device", default=None, help=DEVICE_HELP)
-    serve.add_argument("--precision", default="auto", help=PRECISION_HELP + "; 32-true makes a text's "
-                       "probabilities independent of its batch neighbours to float32 rounding")
-    limits = serve.add_argument_group("batching and limits")
-    limits.add_argument("--max-batch-tokens", type=int, default=8192,
-                        help="padded tokens one merged batch may hold (default: 8192)")
-    limits.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long a request waits for others to share its batch (default: 5)")
-    limits.add_argument("--no-micro-batching", action="store_true", help="one request per model call")
-    limits.add_argument("--max-texts", type=int, default=64, help="texts per request; more: 413 (default: 64)")
-    limits.add_argument("--max-text-chars", type=int, default=100_000,
-                        help="characters per text; more: 413 (default: 100000)")
-    limits.add_argument("--max-body-bytes", type=int, default=2_000_000,
-                        help="bytes per request body; more: 413 (default: 2000000)")
-    limits.add_argument("--max-queue", type=int, default=256,
-                        help="requests waiting for the model; more: 503 with Retry-After (default: 256)")
-    limits.add_argument("--request-timeout-s", type=float, default=30.0,
-                        help="seconds until a request gets 504 and its texts are dropped (default: 30)")
+    add_model_dir(serve)
+    serve.add_argument("--host", default=SERVE_HOST, help=f"address to listen on (default: {SERVE_HOST})")
+    serve.add_argument("--port", type=int, default=SERVE_PORT, help=f"port to listen on (default: {SERVE_PORT})")
+    add_dataclass_flags(serve, InferenceSettings, title="inference")
+    add_dataclass_flags(serve, ServeSettings, title="batching and limits")
 
+
+def add_explain_parser(commands: Any) -> None:
     explain = command_parser(commands, "explain", "which tokens led a saved model to its label",
         "Per-token attributions towards the predicted label (or --label): "
         "integrated gradients on the input embeddings (Captum), or the attention our "
-        "blocks pay from the pooled position.",
+        "blocks pay from the pooled position. Runs in float32 (gradients need it).",
         EXPLAIN_EXAMPLES)
-    explain.add_argument("model_dir", metavar="MODEL_DIR", help="a model folder written by 'gpt2clf train'")
+    add_model_dir(explain)
     explain.add_argument("texts", nargs="*", metavar="TEXT", help="documents to explain")
     explain.add_argument("--file", action="append", default=[], metavar="F",
                          help="a text file to explain as one document (repeatable)")
@@ -338,8 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--html", metavar="OUT.html", help="also write one self-contained HTML page")
     explain.add_argument("--json", action="store_true", help="one JSON object per line: label, probabilities, "
                          "tokens, attributions, method, delta, ...")
-    explain.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    add_dataclass_flags(explain, InferenceSettings, ["device"])
 
+
+def add_report_and_data_parsers(commands: Any) -> None:
     report = command_parser(commands, "report", "one self-contained HTML report of a finished run",
         "Config, data summary, learning curves, metrics, confusion, the "
         "most confident test errors with highlighted tokens, timings and hardware.",
@@ -356,15 +366,23 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--plot", metavar="FILE.png", help="write class balance and token-length histogram")
     stats.add_argument("--tokenizer", default="gpt2", help="hub id or folder of the tokenizer (default: gpt2)")
     stats.add_argument("--max-length", default="512", help="length to report the share above (default: 512)")
-    add_config_flags(stats, [*DATA_FIELDS, "multi_label"], "data")
-    add_config_flags(stats, READING_FIELDS, "how the model would read long documents (what goes unread)")
+    add_dataclass_flags(stats, Config, [*DATA_FIELDS, "multi_label"], "data")
+    add_dataclass_flags(stats, Config, READING_FIELDS, "how the model would read long documents (what goes unread)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2clf",
+        description="Fine-tune a pretrained GPT-2 with custom transformer blocks for text classification.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'gpt2clf COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (add_train_parser, add_evaluate_parser, add_predict_parser, add_export_parser,
+                        add_serve_parser, add_explain_parser, add_report_and_data_parsers):
+        add_command(commands)
     return parser
-
-
-def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = None) -> dict[str, Any]:
-    """The Config fields set explicitly on the command line."""
-    names = names or [f.name for f in dataclasses.fields(Config)]
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def config_from_args(args: argparse.Namespace, say: Any = None) -> Config:
@@ -454,12 +472,13 @@ def print_plan(plan: dict[str, Any]) -> None:
 def command_evaluate(args: argparse.Namespace) -> int:
     from gpt2clf.evaluation import evaluate_folder
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    inference = settings_from_args(InferenceSettings, args)
+    if inference.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {inference.batch_size}")
     result = evaluate_folder(args.model_dir, split=args.split,
                              data_overrides=config_overrides(args, [*DATA_FIELDS, "max_eval_samples"]),
-                             device=args.device, precision=args.precision, int8=args.int8,
-                             batch_size=args.batch_size)
+                             device=inference.device, precision=inference.precision, int8=args.int8,
+                             batch_size=inference.batch_size)
     written = result.save(args.output) if args.output else []
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -489,19 +508,20 @@ def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
 def command_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    inference = settings_from_args(InferenceSettings, args)
+    if inference.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {inference.batch_size}")
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
     if args.runtime == "onnx":
-        predictor: Any = onnx_predictor(args)
+        predictor: Any = onnx_predictor(args, inference)
     elif args.runtime == "torch":
         from gpt2clf.prediction import Predictor
 
         if args.onnx_model:
             raise UserError("--onnx-model needs --runtime onnx")
-        predictor = Predictor.from_folder(args.model_dir, batch_size=args.batch_size, device=args.device,
-                                          precision=args.precision, int8=args.int8)
+        predictor = Predictor.from_folder(args.model_dir, batch_size=inference.batch_size, device=inference.device,
+                                          precision=inference.precision, int8=args.int8)
     else:
         raise UserError(f"unknown --runtime {args.runtime!r}; choose torch or onnx")
     pending: collections.deque[str] = collections.deque()  # ids of documents read but not yet printed
@@ -522,16 +542,16 @@ def command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def onnx_predictor(args: argparse.Namespace) -> Any:
+def onnx_predictor(args: argparse.Namespace, inference: InferenceSettings) -> Any:
     """The OnnxPredictor for ``predict --runtime onnx`` (CPU, float32 unless the file says otherwise)."""
     from gpt2clf.onnx_runtime import OnnxPredictor, import_onnxruntime
 
     import_onnxruntime()  # first: without it, say how to install it whatever else is wrong
     if args.int8:
         raise UserError("--int8 quantizes the torch model; with --runtime onnx drop it")
-    if args.device not in (None, "cpu"):
-        raise UserError(f"--runtime onnx runs on the CPU; drop --device {args.device}")
-    return OnnxPredictor.from_folder(args.model_dir, args.onnx_model, batch_size=args.batch_size)
+    if inference.device not in ("auto", "cpu"):
+        raise UserError(f"--runtime onnx runs on the CPU; drop --device {inference.device}")
+    return OnnxPredictor.from_folder(args.model_dir, args.onnx_model, batch_size=inference.batch_size)
 
 
 def command_export(args: argparse.Namespace) -> int:
@@ -545,14 +565,11 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
-    from gpt2clf.serving import ServeSettings, serve
+    from gpt2clf.serving import serve
 
-    settings = ServeSettings(max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
-                             max_texts=args.max_texts, max_text_chars=args.max_text_chars,
-                             max_body_bytes=args.max_body_bytes, max_queue=args.max_queue,
-                             request_timeout_s=args.request_timeout_s, micro_batching=not args.no_micro_batching)
-    serve(args.model_dir, settings, host=args.host, port=args.port, batch_size=args.batch_size, device=args.device,
-          precision=args.precision)
+    inference = settings_from_args(InferenceSettings, args)
+    serve(args.model_dir, settings_from_args(ServeSettings, args), host=args.host, port=args.port,
+          batch_size=inference.batch_size, device=inference.device, precision=inference.precision)
     return 0
 
 
@@ -594,7 +611,7 @@ def command_explain(args: argparse.Namespace) -> int:
             raise DataError(f"--file {path}: no such file")
         texts.append(Path(path).read_bytes().decode("utf-8", errors="replace"))
     explanations = explain_folder(args.model_dir, texts, method=args.method, label=args.label, steps=steps,
-                                  device=args.device, html=args.html)
+                                  device=settings_from_args(InferenceSettings, args).device, html=args.html)
     for exp in explanations:
         print(json.dumps(exp.to_dict()) if args.json else exp.summary(args.top_k))
     if args.html and not args.json:

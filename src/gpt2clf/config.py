@@ -1,8 +1,13 @@
-"""The single source of truth for a run's hyperparameters.
+"""The single source of truth for settings: a run's hyperparameters, and how a saved model runs.
 
 A :class:`Config` is filled in a fixed order: the dataclass defaults, then a named preset
 (:data:`PRESETS`), then a YAML file, then command-line flags named after the fields
 (``--learning-rate`` sets ``learning_rate``). Every run saves the result as ``config.yaml``.
+
+:class:`InferenceSettings` (batch size, device, precision: one default each for predict,
+evaluate, explain and serve) and :class:`ServeSettings` (the limits and batching of
+``gpt2clf serve``) are declared the same way. Each field's docstring is its ``--help``
+(:func:`field_help`), and :func:`coerce_fields` converts flag or YAML values to its type.
 
 Example::
 
@@ -16,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -221,15 +227,7 @@ class Config:
 
     def updated(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied, each checked for name and type, then validated."""
-        hints = typing.get_type_hints(Config)
-        known = {f.name for f in dataclasses.fields(self)}
-        coerced = {}
-        for key, value in changes.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"unknown config key {key!r}{_suggest(name, known)}")
-            coerced[name] = _coerce(name, value, hints[name])
-        new = dataclasses.replace(self, **coerced)
+        new = dataclasses.replace(self, **coerce_fields(Config, changes))
         new.validate()
         return new
 
@@ -338,14 +336,14 @@ class Config:
         atomic_write_text(Path(path), self.to_yaml())
 
 
-def field_help() -> dict[str, str]:
-    """Each field's documentation: the string literal written under it in :class:`Config`."""
+def field_help(cls: type = Config) -> dict[str, str]:
+    """Each field's documentation: the string literal written under it in dataclass ``cls``."""
     import ast
     import inspect
     import itertools
     import textwrap
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(Config)))
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for node, following in itertools.pairwise(body):
@@ -354,6 +352,85 @@ def field_help() -> dict[str, str]:
                 and isinstance(following.value.value, str)):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs
+
+
+def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (from YAML or flag strings; ``-`` or ``_`` in names) converted to the types of
+    dataclass ``cls``'s fields; :class:`ConfigError` for an unknown name or a wrong type."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    coerced = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(name, known)}")
+        coerced[name] = _coerce(name, value, hints[name])
+    return coerced
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a saved model runs: the options predict, evaluate, explain and serve share, one default each.
+
+    Example::
+
+        >>> InferenceSettings().batch_size, InferenceSettings().device
+        (64, 'auto')
+    """
+
+    batch_size: int = 64
+    """Documents per forward pass at most; batches are also bounded by a padded-token budget."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
+    precision: str = "auto"
+    """auto (bf16 autocast where the GPU or CPU has native bf16, else float32), 32-true, bf16-mixed or
+    16-mixed; with 32-true a text's probabilities do not depend on its batch neighbours beyond float32
+    rounding."""
+
+
+# Where ``gpt2clf serve`` listens unless told otherwise (the defaults of gpt2clf.serving.serve).
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and batching of the HTTP service (the ``gpt2clf serve`` flags).
+
+    Example::
+
+        >>> ServeSettings(max_texts=8).max_texts
+        8
+    """
+
+    max_batch_tokens: int = 8192
+    """Padded tokens (texts x longest text) one merged batch may hold; one request alone may exceed it."""
+    max_wait_ms: float = 5.0
+    """How long the first queued request waits for others to share its batch."""
+    max_texts: int = 64
+    """Texts one request may send (more: 413)."""
+    max_text_chars: int = 100_000
+    """Characters one text may have (more: 413)."""
+    max_body_bytes: int = 2_000_000
+    """Bytes one request body may have (more: 413)."""
+    max_queue: int = 256
+    """Requests waiting for the model; more get 503 with Retry-After."""
+    request_timeout_s: float = 30.0
+    """Seconds from arrival to answer; after that 504 and the request's texts are dropped."""
+    micro_batching: bool = True
+    """Merge concurrent requests into shared batches (off: one request per model call)."""
+    model_name: str | None = None
+    """Name reported as ``model`` in responses; None: the model folder's name (``runs/NAME/model`` gives NAME)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_tokens", "max_texts", "max_text_chars", "max_body_bytes", "max_queue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+        if not (0 <= self.max_wait_ms <= 10_000):
+            raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
+        if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
+            raise ConfigError(f"--request-timeout-s must be a positive number, got {self.request_timeout_s!r}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

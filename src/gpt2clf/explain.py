@@ -409,6 +409,9 @@ def explain_folder(model_dir: str | Path, texts: Sequence[str], *, method: str =
                    html: str | Path | None = None) -> list[Explanation]:
     """Load a model folder and explain each text; write them to one HTML page if ``html`` is given.
 
+    It runs in float32 (integrated gradients need it) on ``device`` (None: auto, as
+    :class:`~gpt2clf.config.InferenceSettings` says: cuda if available, else cpu).
+
     Example::
 
         >>> exps = explain_folder("runs/20ng/model", ["GPU drivers for X11?"], html="why.html")  # doctest: +SKIP
@@ -419,7 +422,7 @@ def explain_folder(model_dir: str | Path, texts: Sequence[str], *, method: str =
     if not texts:
         raise UserError("nothing to explain: give TEXT arguments or --file F")
     # float32: gradients of integrated gradients need it, and the shown probabilities then match them
-    predictor = Predictor.from_folder(model_dir, device=device or "cpu", precision="32-true")
+    predictor = Predictor.from_folder(model_dir, device=device, precision="32-true")
     explanations = [explain(predictor, text, method=method, label=label, steps=steps) for text in texts]
     if html is not None:
         atomic_write_text(Path(html), render_html(explanations, title=f"gpt2clf explain: {Path(model_dir)}"))

@@ -157,7 +157,8 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
         raise ModelLoadError(f"model folder not found: {folder}; pass a folder made by save_pretrained")
     path = folder / CONFIG_NAME
     if not path.is_file():
-        raise ModelLoadError(f"{path} is missing; {folder} is not a model folder written by gpt2clf")
+        raise ModelLoadError(f"{path} is missing: {folder} has no config.json, so it is not a model folder "
+                             "written by gpt2clf")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from gpt2clf.config import InferenceSettings
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
 
 ONNX_FORMAT = "gpt2clf-onnx"
@@ -259,7 +260,8 @@ class OnnxPredictor:
         (1, 20)
     """
 
-    def __init__(self, session: Any, tokenizer: Any, metadata: OnnxMetadata, *, batch_size: int = 32) -> None:
+    def __init__(self, session: Any, tokenizer: Any, metadata: OnnxMetadata, *,
+                 batch_size: int = InferenceSettings.batch_size) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.session = session
@@ -269,7 +271,8 @@ class OnnxPredictor:
         self.batch_size = batch_size
 
     @classmethod
-    def from_folder(cls, model_dir: str | Path, onnx_path: str | Path | None = None, *, batch_size: int = 32,
+    def from_folder(cls, model_dir: str | Path, onnx_path: str | Path | None = None, *,
+                    batch_size: int = InferenceSettings.batch_size,
                     num_threads: int | None = None) -> OnnxPredictor:
         """Load ``onnx_path`` (default ``MODEL_DIR/model.onnx``) with the tokenizer of ``model_dir``.
 

@@ -23,6 +23,7 @@ import torch
 
 from gpt2clf.backbone import use_fused_gelu
 from gpt2clf.batching import PaddingCollator, Windowing, encode_documents, load_tokenizer, token_count
+from gpt2clf.config import InferenceSettings
 from gpt2clf.errors import ConfigError, ModelLoadError
 from gpt2clf.fusion import Fusion
 from gpt2clf.inference import (
@@ -142,7 +143,8 @@ class Predictor:
         ones tuned on the validation split).
     """
 
-    def __init__(self, model: GPT2Classifier, tokenizer: Any, *, max_length: int = 512, batch_size: int = 64,
+    def __init__(self, model: GPT2Classifier, tokenizer: Any, *, max_length: int = 512,
+                 batch_size: int = InferenceSettings.batch_size,
                  max_batch_tokens: int | None = None, device: torch.device | str | None = None,
                  precision: str = "auto", int8: bool = False, windowing: Windowing | None = None,
                  fusion: Fusion | None = None, multi_label: bool = False,

@@ -3,11 +3,13 @@
 Data flow::
 
     HTTP request --> MetricsMiddleware (counts, latency) --> BodyLimitMiddleware (413 on
-    Content-Length or on the bytes actually streamed) --> FastAPI validation (pydantic;
-    400 malformed JSON, 422 wrong shape) --> limits (413 too many / too long texts)
-    --> token counts (a worker of the thread pool) --> MicroBatcher queue (bounded:
-    503 + Retry-After when full) --> one model thread: Predictor.predict on a merged,
-    length-sorted batch --> each request's future gets its own rows --> JSON response.
+    Content-Length or on the bytes actually streamed, after draining the rest)
+    --> FastAPI validation (pydantic; 400 malformed JSON, 422 wrong shape)
+    --> a route handler (module-level, over the app's ModelService): limits (413 too many
+    / too long texts) --> token counts (a worker of the thread pool) --> MicroBatcher
+    queue (gpt2clf.microbatch; bounded: 503 + Retry-After when full) --> one model thread:
+    Predictor.predict on a merged, length-sorted batch --> each request's future gets its
+    own rows --> JSON response.
 
 Guarantees:
 
@@ -20,6 +22,9 @@ Guarantees:
   ``Retry-After`` at once instead of letting latency grow without limit.
 * A request that passes ``request_timeout_s`` gets a 504; its texts leave the queue, or,
   if already running, their results are dropped. Nothing is left behind.
+* An oversized body is read and discarded (at most ``DRAIN_MAX_BYTES`` within
+  ``DRAIN_TIMEOUT_S``, on the event loop) before its 413, so that clients which send a whole
+  body before reading see the 413 rather than a reset; the connection is then closed.
 * Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a 4xx status
   (5xx only for 503/504 overload answers, and a bare 500 for a bug, never a traceback).
 * ``/readyz`` answers 503 until the model is loaded and one warm-up prediction ran.
@@ -39,19 +44,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
+import functools
 import logging
 import math
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
+from gpt2clf.config import SERVE_HOST, SERVE_PORT, InferenceSettings, ServeSettings
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
+from gpt2clf.microbatch import MicroBatcher, QueueFull
+from gpt2clf.model_io import read_model_config, read_model_extra, read_training_config
 
 
 class MissingExtraError(UserError, ImportError):
@@ -60,7 +67,7 @@ class MissingExtraError(UserError, ImportError):
 
 try:
     import uvicorn
-    from fastapi import Body, FastAPI, Request
+    from fastapi import APIRouter, Body, Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -73,6 +80,25 @@ except ImportError as err:  # pragma: no cover - exercised by a test that hides 
     raise MissingExtraError(f"serving needs FastAPI, uvicorn and prometheus-client ({err.name} is missing): "
                             'pip install "gpt2clf[serve]"') from err
 
+__all__ = [
+    "ApiError",
+    "BodyLimitMiddleware",
+    "ClassifyRequest",
+    "ClassifyResponse",
+    "ExplainRequest",
+    "ExplainResponse",
+    "MetricsMiddleware",
+    "MissingExtraError",
+    "ModelInfo",
+    "ModelService",
+    "ServeSettings",
+    "ServiceMetrics",
+    "create_app",
+    "router",
+    "running_in_thread",
+    "serve",
+]
+
 log = logging.getLogger("gpt2clf.serving")
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -84,49 +110,11 @@ MODEL_INFO_PREFIXES = ("chunk", "fusion", "tfidf", "long_")
 # longer ones on a worker thread, so a big request never stalls the loop.
 INLINE_TOKENIZE_CHARS = 20_000
 WARMUP_TEXT = "Warm-up: the first prediction allocates buffers and picks kernels."
-
-
-# ---------------------------------------------------------------------------------------
-# settings
-# ---------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ServeSettings:
-    """Limits and batching of the HTTP service (the ``gpt2clf serve`` flags).
-
-    Example::
-
-        >>> ServeSettings(max_texts=8).max_texts
-        8
-    """
-
-    max_batch_tokens: int = 8192
-    """Padded tokens (texts x longest text) one merged batch may hold; one request alone may exceed it."""
-    max_wait_ms: float = 5.0
-    """How long the first queued request waits for others to share its batch."""
-    max_texts: int = 64
-    """Texts one request may send (more: 413)."""
-    max_text_chars: int = 100_000
-    """Characters one text may have (more: 413)."""
-    max_body_bytes: int = 2_000_000
-    """Bytes one request body may have (more: 413)."""
-    max_queue: int = 256
-    """Requests waiting for the model; more get 503 with Retry-After."""
-    request_timeout_s: float = 30.0
-    """Seconds from arrival to answer; after that 504 and the request's texts are dropped."""
-    micro_batching: bool = True
-    """Merge concurrent requests into shared batches (off: one request per model call)."""
-    model_name: str | None = None
-    """Name reported as ``model`` in responses (default: the model folder's name)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_texts", "max_text_chars", "max_body_bytes", "max_queue"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
-        if not (0 <= self.max_wait_ms <= 10_000):
-            raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
-        if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
-            raise ConfigError(f"--request-timeout-s must be a positive number, got {self.request_timeout_s!r}")
+# The most of an oversized body that is read (and thrown away) before the 413, and for how
+# long: enough for clients that send a whole body before reading the answer to see the 413,
+# little enough that slow or endless bodies cannot hold a connection (BodyLimitMiddleware).
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_TIMEOUT_S = 10.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,6 +256,11 @@ class ServiceMetrics:
         self.rejected = Counter("gpt2clf_rejected_requests", "Requests refused or dropped by the batcher.",
                                 ["reason"], registry=self.registry)
 
+    def record_batch(self, texts: int, requests: int) -> None:
+        """One model call of the batcher: how many texts, merged from how many requests."""
+        self.batch_texts.observe(texts)
+        self.batch_requests.observe(requests)
+
 
 class MetricsMiddleware:
     """Counts every response by route template and status, and times it (pure ASGI)."""
@@ -306,191 +299,103 @@ class BodyTooLarge(ApiError):
 
 class BodyLimitMiddleware:
     """413 for a body over ``limit`` bytes: by Content-Length up front, and by counting what
-    actually arrives (a client may lie about, or leave out, Content-Length)."""
+    actually arrives (a client may lie about, or leave out, Content-Length).
 
-    def __init__(self, app: Any, limit: int) -> None:
+    Before it answers, it reads and throws away the rest of an oversized body, as a lingering
+    close does: many clients (Python's urllib and http.client among them) send the whole body
+    before they read any answer, and a socket closed under them while they send is a
+    connection reset, not a 413. The drain is bounded, so that it cannot hold the server: at
+    most ``drain_max_bytes`` within ``drain_timeout_s`` (a body declared larger than that is
+    not read at all), and it waits on the event loop like any other read, so every other
+    request keeps being answered meanwhile. The 413 then closes the connection
+    (``Connection: close``). A client that asked ``Expect: 100-continue`` (curl does for large
+    bodies) has sent nothing yet and gets the 413 at once.
+    """
+
+    def __init__(self, app: Any, limit: int, *, drain_max_bytes: int = DRAIN_MAX_BYTES,
+                 drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         self.app, self.limit = app, limit
+        self.drain_max_bytes, self.drain_timeout_s = drain_max_bytes, drain_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", ())).get(b"content-length")
+        headers = dict(scope.get("headers", ()))
         try:
-            too_large = declared is not None and int(declared) > self.limit
+            declared = int(headers[b"content-length"]) if b"content-length" in headers else None
         except ValueError:
-            too_large = False  # uvicorn rejects a malformed Content-Length before we see it
-        if too_large:
-            await error_response(413, "body_too_large", f"request body is over the limit of {self.limit} bytes")(
-                scope, receive, send)
+            declared = None  # uvicorn rejects a malformed Content-Length before we see it
+        if declared is not None and declared > self.limit:
+            if declared <= self.drain_max_bytes and headers.get(b"expect", b"").lower() != b"100-continue":
+                await self.drain(receive)
+            await error_response(413, "body_too_large", f"request body is over the limit of {self.limit} bytes",
+                                 headers={"Connection": "close"})(scope, receive, send)
             return
         received = 0
+        over = False
 
         async def counting_receive() -> dict:
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    over = True
+                    if message.get("more_body", False):
+                        await self.drain(receive)
                     # An HTTPException passes FastAPI's body parsing unchanged and reaches our handler.
                     raise BodyTooLarge(self.limit)
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def send_closing(message: dict) -> None:
+            if over and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
 
+        await self.app(scope, counting_receive, send_closing)
 
-# ---------------------------------------------------------------------------------------
-# micro-batching
-# ---------------------------------------------------------------------------------------
-class QueueFull(Exception):
-    """The batcher already holds ``max_queue`` waiting requests."""
+    async def drain(self, receive: Callable) -> None:
+        """Read and discard the rest of the body: at most ``drain_max_bytes``, within ``drain_timeout_s``."""
+        drained = 0
 
+        async def discard() -> None:
+            nonlocal drained
+            while drained <= self.drain_max_bytes:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return  # all of it arrived, or the client went away
+                drained += len(message.get("body", b""))
+            log.info("gpt2clf: stopped reading an oversized request body after %d bytes", drained)
 
-@dataclasses.dataclass(eq=False)
-class Job:
-    """One request's texts waiting for, or inside, a model call."""
-
-    texts: list[str]
-    costs: list[int]  # padded tokens each text takes in a batch (its token count, capped at max_length)
-    future: asyncio.Future
-    enqueued_at: float = dataclasses.field(default_factory=time.monotonic)
-
-
-class MicroBatcher:
-    """Merges queued requests into shared model calls on one worker thread.
-
-    A batch starts with the oldest request and takes the following ones in arrival order
-    (no request overtakes an older one) while ``texts x longest text`` stays within
-    ``max_batch_tokens``; it runs once that budget is full or the oldest request has waited
-    ``max_wait_ms``. Texts go to the model sorted by length, so its own batches pad little.
-    ``run_batch`` receives the texts and returns one result per text, in order.
-    """
-
-    def __init__(self, run_batch: Callable[[list[str]], Sequence[Any]], *, executor: ThreadPoolExecutor,
-                 settings: ServeSettings, metrics: ServiceMetrics) -> None:
-        self.run_batch = run_batch
-        self.executor = executor
-        self.settings = settings
-        self.metrics = metrics
-        self.queue: deque[Job] = deque()
-        self.wakeup = asyncio.Event()
-        self.closing = False
-        self.task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.loop(), name="gpt2clf-batcher")
-
-    def submit(self, texts: list[str], costs: list[int]) -> Job:
-        """Queue a request; raise :class:`QueueFull` when ``max_queue`` requests already wait."""
-        if self.closing:
-            raise QueueFull("the server is shutting down")
-        if len(self.queue) >= self.settings.max_queue:
-            raise QueueFull(f"{len(self.queue)} requests are already waiting")
-        job = Job(texts, costs, asyncio.get_running_loop().create_future())
-        self.queue.append(job)
-        self.metrics.queue_depth.set(len(self.queue))
-        self.wakeup.set()
-        return job
-
-    def discard(self, job: Job) -> None:
-        """Drop a request that gave up (timeout, disconnect); a running one's results are ignored."""
-        with contextlib.suppress(ValueError):
-            self.queue.remove(job)
-            self.metrics.queue_depth.set(len(self.queue))
-        if not job.future.done():
-            job.future.cancel()
-
-    async def close(self) -> None:
-        """Finish every queued request, then stop."""
-        self.closing = True
-        self.wakeup.set()
-        if self.task is not None:
-            await self.task
-
-    def fits(self, batch_texts: int, batch_longest: int, job: Job) -> bool:
-        longest = max(batch_longest, *job.costs)
-        return (batch_texts + len(job.texts)) * longest <= self.settings.max_batch_tokens
-
-    def take_batch(self) -> list[Job]:
-        jobs = [self.queue.popleft()]  # the oldest always goes, even alone over the budget
-        if self.settings.micro_batching:
-            texts, longest = len(jobs[0].texts), max(jobs[0].costs)
-            while self.queue and self.fits(texts, longest, self.queue[0]):
-                job = self.queue.popleft()
-                jobs.append(job)
-                texts, longest = texts + len(job.texts), max(longest, *job.costs)
-        self.metrics.queue_depth.set(len(self.queue))
-        return jobs
-
-    def budget_full(self) -> bool:
-        """Whether the queue already holds more than one batch can take."""
-        texts, longest = 0, 0
-        for job in self.queue:
-            if texts and not self.fits(texts, longest, job):
-                return True
-            texts, longest = texts + len(job.texts), max(longest, *job.costs)
-        return False
-
-    async def wait_for_company(self) -> None:
-        """Let the oldest request wait up to ``max_wait_ms`` for others to share its batch."""
-        if not self.settings.micro_batching:
-            return
-        deadline = self.queue[0].enqueued_at + self.settings.max_wait_ms / 1000
-        while self.queue and not self.closing and not self.budget_full():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self.wakeup.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), remaining)
-
-    async def loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.queue:
-                if self.closing:
-                    return
-                self.wakeup.clear()
-                await self.wakeup.wait()
-                continue
-            await self.wait_for_company()
-            if not self.queue:  # the waiting requests gave up meanwhile
-                continue
-            jobs = self.take_batch()
-            texts = [text for job in jobs for text in job.texts]
-            costs = [cost for job in jobs for cost in job.costs]
-            order = sorted(range(len(texts)), key=costs.__getitem__)
-            self.metrics.batch_texts.observe(len(texts))
-            self.metrics.batch_requests.observe(len(jobs))
-            try:
-                sorted_results = await loop.run_in_executor(self.executor, self.run_batch,
-                                                            [texts[i] for i in order])
-            except Exception as err:  # a bug in inference: every request of the batch gets it
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                continue
-            results: list[Any] = [None] * len(texts)
-            for position, i in enumerate(order):
-                results[i] = sorted_results[position]
-            start = 0
-            for job in jobs:
-                if not job.future.done():  # a timed-out request's results are dropped here
-                    job.future.set_result(results[start:start + len(job.texts)])
-                start += len(job.texts)
+        try:
+            await asyncio.wait_for(discard(), self.drain_timeout_s)
+        except asyncio.TimeoutError:
+            log.info("gpt2clf: stopped reading an oversized request body after %g s (%d bytes)",
+                     self.drain_timeout_s, drained)
 
 
 # ---------------------------------------------------------------------------------------
 # the model side
 # ---------------------------------------------------------------------------------------
-def read_model_metadata(folder: str | Path | None) -> dict[str, Any]:
-    """``config.json`` of a model folder as a dict ({} when there is none or it is unreadable)."""
+def check_model_folder(folder: str | Path) -> Path:
+    """Fail early, with a user error naming the problem, for a path that is not a gpt2clf model folder."""
+    read_model_config(folder)
+    return Path(folder)
+
+
+def recorded_metadata(folder: str | Path | None) -> dict[str, Any]:
+    """What ``/v1/model`` shows of a model folder: ``backbone``, ``training`` (its recorded
+    config) and ``test_metrics``; {} when there is no folder or it cannot be read."""
     if folder is None:
         return {}
     try:
-        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        backbone = read_model_config(folder).get("backbone_name")
+    except ModelLoadError:
         return {}
+    metrics = read_model_extra(folder).get("test_metrics")
+    return {"backbone": backbone, "training": read_training_config(folder),
+            "test_metrics": metrics if isinstance(metrics, dict) else None}
 
 
 def default_model_name(folder: str | Path | None) -> str:
@@ -501,18 +406,11 @@ def default_model_name(folder: str | Path | None) -> str:
     return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
-def check_model_folder(folder: str | Path) -> Path:
-    """Fail early, with a user error, for a path that cannot be a model folder."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise ModelLoadError(f"model folder not found: {folder}; pass a folder written by 'gpt2clf train'")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{folder} has no config.json; pass a model folder written by 'gpt2clf train'")
-    return path
-
-
 class ModelService:
-    """The predictor, its one inference thread, the batcher and readiness, for one app."""
+    """The predictor, its one inference thread, the batcher and readiness, for one app.
+
+    The route handlers are thin: each checks what HTTP brings and calls one method here.
+    """
 
     def __init__(self, predictor_or_folder: Any, settings: ServeSettings, *, model_dir: str | Path | None,
                  predictor_kwargs: dict[str, Any]) -> None:
@@ -524,7 +422,7 @@ class ModelService:
             self.predictor = predictor_or_folder
         self.predictor_kwargs = predictor_kwargs
         self.settings = settings
-        self.metadata = read_model_metadata(self.folder)
+        self.metadata = recorded_metadata(self.folder)
         self.model_name = settings.model_name or default_model_name(self.folder)
         self.metrics = ServiceMetrics()
         self.executor, self.batcher = self.new_worker()
@@ -535,8 +433,11 @@ class ModelService:
     def new_worker(self) -> tuple[ThreadPoolExecutor, MicroBatcher]:
         # One thread: the model is not re-entrant, and on a CPU one call already uses every core.
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpt2clf-model")
-        return executor, MicroBatcher(self.predict_batch, executor=executor, settings=self.settings,
-                                      metrics=self.metrics)
+        settings = self.settings
+        return executor, MicroBatcher(self.predict_batch, executor=executor,
+                                      max_batch_tokens=settings.max_batch_tokens, max_wait_ms=settings.max_wait_ms,
+                                      max_queue=settings.max_queue, micro_batching=settings.micro_batching,
+                                      on_queue_depth=self.metrics.queue_depth.set, on_batch=self.metrics.record_batch)
 
     # --- runs on the model thread ---
     def load_and_warm_up(self) -> None:
@@ -579,6 +480,13 @@ class ModelService:
         # wait=True: a batch still running finishes before the process goes.
         await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
 
+    def require_ready(self) -> None:
+        """Raise the 503 ``not_ready`` answer while the model is loading (or failed to load)."""
+        if not self.ready:
+            message = (f"the model failed to load: {self.load_error}" if self.load_error
+                       else "the model is still loading")
+            raise ApiError(503, "not_ready", message, headers={"Retry-After": "5"})
+
     def token_costs(self, texts: list[str]) -> list[int]:
         """Tokens each text will occupy in a batch: its token count, capped at max_length."""
         tokenizer = self.predictor.tokenizer
@@ -587,24 +495,200 @@ class ModelService:
         ids = tokenizer(clean, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
         return [max(1, min(len(row), self.predictor.max_length)) for row in ids]
 
+    async def classify(self, texts: list[str]) -> list[Any]:
+        """Every label ranked for each text, through the batcher: 503 when its queue is full, 504 past the timeout."""
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+            costs = self.token_costs(texts)  # microseconds: a thread hop would cost more
+        else:
+            costs = await run_in_threadpool(self.token_costs, texts)
+        try:
+            job = self.batcher.submit(texts, costs)
+        except QueueFull as err:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(503, "queue_full", f"server busy: {err}; retry later",
+                           headers={"Retry-After": "1"}) from None
+        timeout = self.settings.request_timeout_s
+        try:
+            return await asyncio.wait_for(job.future, max(0.0, timeout - (time.monotonic() - job.enqueued_at)))
+        except asyncio.TimeoutError:
+            self.metrics.rejected.labels("timeout").inc()
+            raise ApiError(504, "timeout", f"not answered within {timeout:g} s; "
+                           "send fewer or shorter texts, or retry later") from None
+        finally:
+            self.batcher.discard(job)  # a no-op once answered; frees the queue slot otherwise
+
+    async def explain(self, text: str, label: str | None, steps: int) -> Any:
+        """Integrated-gradients attributions for one text, on the model thread between batches."""
+        from gpt2clf.explain import explain
+
+        def run() -> Any:
+            return explain(self.predictor, text, label=label, steps=steps)
+
+        timeout = self.settings.request_timeout_s
+        try:
+            # On the model thread: the model is not re-entrant.
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.executor, run), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"not explained within {timeout:g} s; use fewer "
+                           "steps or a shorter text") from None
+        except UserError as err:  # e.g. Captum not installed, or an int8 model
+            raise ApiError(422, "cannot_explain", str(err)) from None
+
     def model_info(self) -> dict[str, Any]:
-        extra = self.metadata.get("extra", {}) if isinstance(self.metadata.get("extra"), dict) else {}
-        training = extra.get("config", {}) if isinstance(extra.get("config"), dict) else {}
+        training = self.metadata.get("training", {})
         shown = {key: value for key, value in training.items()
                  if key in MODEL_INFO_KEYS or key.startswith(MODEL_INFO_PREFIXES)}
-        metrics = extra.get("test_metrics")
         return {
             "model": self.model_name,
             "labels": self.predictor.label_names,
-            "backbone": self.metadata.get("backbone_name"),
+            "backbone": self.metadata.get("backbone"),
             "max_length": int(self.predictor.max_length),
             "training": shown,
-            "test_metrics": metrics if isinstance(metrics, dict) else None,
+            "test_metrics": self.metadata.get("test_metrics"),
             "serving": {**{f.name: getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)
                            if f.name != "model_name"},
                         "batch_size": getattr(self.predictor, "batch_size", None),
                         "device": str(getattr(self.predictor, "device", "")) or None},
         }
+
+
+# ---------------------------------------------------------------------------------------
+# the routes: module-level handlers over the app's ModelService
+# ---------------------------------------------------------------------------------------
+async def service_of(request: Request) -> ModelService:
+    """The :class:`ModelService` of the app that got ``request`` (a FastAPI dependency)."""
+    # async on purpose: FastAPI runs a plain def dependency on its thread pool, a thread hop
+    # per request that adds latency and lets concurrent requests overtake each other.
+    return request.app.state.service
+
+
+Service = Annotated[ModelService, Depends(service_of)]
+router = APIRouter()
+
+
+def check_text_limits(texts: Sequence[str], settings: ServeSettings) -> None:
+    """413 for more than ``max_texts`` texts or a text over ``max_text_chars`` characters."""
+    if len(texts) > settings.max_texts:
+        raise ApiError(413, "too_many_texts",
+                       f"{len(texts)} texts is over the limit of {settings.max_texts} per request")
+    for i, text in enumerate(texts):
+        if len(text) > settings.max_text_chars:
+            raise ApiError(413, "text_too_long", f"texts[{i}] has {len(text)} characters, over the limit "
+                           f"of {settings.max_text_chars}")
+
+
+@router.post("/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
+             summary="Classify texts", tags=["classify"])
+async def classify(body: Annotated[ClassifyRequest, Body()], service: Service) -> dict[str, Any]:
+    """Label, every label's probability and the top-k labels for each text, in order."""
+    service.require_ready()
+    check_text_limits(body.texts, service.settings)
+    predictions = await service.classify(body.texts)
+    k = body.top_k
+    return {"predictions": [{"label": p.label, "probabilities": p.probabilities,
+                             "top_k": [[name, prob] for name, prob in p.top_k[:k]]} for p in predictions],
+            "model": service.model_name}
+
+
+@router.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES,
+             summary="Which tokens decided the label (integrated gradients)", tags=["classify"])
+async def explain_text(body: Annotated[ExplainRequest, Body()], service: Service) -> dict[str, Any]:
+    """Per-token integrated-gradients attributions for one text (needs the ``explain`` extra, Captum)."""
+    service.require_ready()
+    limit = service.settings.max_text_chars
+    if len(body.text) > limit:
+        raise ApiError(413, "text_too_long", f"text has {len(body.text)} characters, over the limit of {limit}")
+    if body.label is not None and body.label not in service.predictor.label_names:
+        raise ApiError(422, "unknown_label", f"unknown label {body.label!r}; GET /v1/model lists the labels")
+    result = await service.explain(body.text, body.label, body.steps)
+    return {"label": result.label, "target": result.target, "tokens": result.tokens,
+            "attributions": result.attributions, "delta": result.delta, "chunk": result.chunk}
+
+
+@router.get("/v1/model", response_model=ModelInfo, responses={503: ERROR_RESPONSES[503]}, tags=["model"],
+            summary="The model: labels, backbone, limits and recorded metrics")
+async def model_info(service: Service) -> dict[str, Any]:
+    service.require_ready()
+    return service.model_info()
+
+
+@router.get("/healthz", response_model=Status, tags=["operations"], summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Status, responses={503: ERROR_RESPONSES[503]}, tags=["operations"],
+            summary="The model is loaded and warmed up")
+async def readyz(service: Service) -> dict[str, str]:
+    service.require_ready()
+    return {"status": "ready"}
+
+
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
+            response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
+async def metrics(service: Service) -> Response:
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    # The page loads nothing from elsewhere; the policy makes sure it stays that way.
+    return FileResponse(WEB_DIR / "index.html", headers={
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:"})
+
+
+async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """Any HTTP error (ours, FastAPI's or Starlette's 404/405) as the JSON error body."""
+    code = getattr(err, "code", None) or STATUS_CODES.get(err.status_code, "error")
+    return error_response(err.status_code, code, str(err.detail), getattr(err, "headers", None))
+
+
+async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+    """400 for malformed JSON, 422 for valid JSON of the wrong shape."""
+    errors = err.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (detail.get("ctx") or {}).get("error", "JSON decode error")
+        return error_response(400, "malformed_json", f"request body is not valid JSON: {reason}")
+    return error_response(422, "invalid_request", validation_message(errors))
+
+
+async def internal_error(request: Request, err: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered with a bare 500 (never the traceback)."""
+    log.exception("gpt2clf: internal error on %s", request.url.path)
+    return error_response(500, "internal_error", "internal error; see the server log")
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[..., Any]] = {
+    HTTPException: http_error, RequestValidationError: invalid_request, Exception: internal_error}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The app's ModelService runs (batcher up, model loaded and warmed) while the app does."""
+    await app.state.service.start()
+    try:
+        yield
+    finally:
+        await app.state.service.stop()
+
+
+def openapi_with_limits(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI schema, with this server's limits (answered with 413) and, once known, its labels."""
+    if app.openapi_schema is None:
+        settings, predictor = app.state.service.settings, app.state.service.predictor
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        texts = schema["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
+        texts["maxItems"] = settings.max_texts
+        texts["items"]["maxLength"] = settings.max_text_chars
+        explain_body = schema["components"]["schemas"]["ExplainRequest"]["properties"]
+        explain_body["text"]["maxLength"] = settings.max_text_chars
+        if predictor is not None:  # the labels are known: the schema lists them
+            explain_body["label"] = {"anyOf": [{"enum": list(predictor.label_names), "type": "string"},
+                                               {"type": "null"}],
+                                     "description": explain_body["label"].get("description", "")}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 # ---------------------------------------------------------------------------------------
@@ -630,156 +714,15 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
     settings = settings or ServeSettings()
     service = ModelService(predictor_or_folder, settings, model_dir=model_dir,
                            predictor_kwargs=predictor_kwargs or {})
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
-
-    app = FastAPI(title="gpt2clf", version="1", lifespan=lifespan,
+    app = FastAPI(title="gpt2clf", version="1", lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
                   description="Text classification with a fine-tuned gpt2clf model. The web page is at /.")
     app.state.service = service
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
-        code = getattr(err, "code", None) or STATUS_CODES.get(err.status_code, "error")
-        return error_response(err.status_code, code, str(err.detail), getattr(err, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
-        errors = err.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            detail = next(e for e in errors if e.get("type") == "json_invalid")
-            reason = (detail.get("ctx") or {}).get("error", "JSON decode error")
-            return error_response(400, "malformed_json", f"request body is not valid JSON: {reason}")
-        return error_response(422, "invalid_request", validation_message(errors))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception) -> JSONResponse:
-        log.exception("gpt2clf: internal error on %s", request.url.path)
-        return error_response(500, "internal_error", "internal error; see the server log")
-
-    def require_ready() -> None:
-        if not service.ready:
-            message = (f"the model failed to load: {service.load_error}" if service.load_error
-                       else "the model is still loading")
-            raise ApiError(503, "not_ready", message, headers={"Retry-After": "5"})
-
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
-              summary="Classify texts", tags=["classify"])
-    async def classify(body: Annotated[ClassifyRequest, Body()]) -> dict[str, Any]:
-        """Label, every label's probability and the top-k labels for each text, in order."""
-        require_ready()
-        if len(body.texts) > settings.max_texts:
-            raise ApiError(413, "too_many_texts",
-                           f"{len(body.texts)} texts is over the limit of {settings.max_texts} per request")
-        for i, text in enumerate(body.texts):
-            if len(text) > settings.max_text_chars:
-                raise ApiError(413, "text_too_long", f"texts[{i}] has {len(text)} characters, over the limit "
-                               f"of {settings.max_text_chars}")
-        if sum(map(len, body.texts)) <= INLINE_TOKENIZE_CHARS:
-            costs = service.token_costs(body.texts)  # microseconds: a thread hop would cost more
-        else:
-            costs = await run_in_threadpool(service.token_costs, body.texts)
-        try:
-            job = service.batcher.submit(body.texts, costs)
-        except QueueFull as err:
-            service.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(503, "queue_full", f"server busy: {err}; retry later",
-                           headers={"Retry-After": "1"}) from None
-        try:
-            elapsed = time.monotonic() - job.enqueued_at
-            predictions = await asyncio.wait_for(job.future, max(0.0, settings.request_timeout_s - elapsed))
-        except asyncio.TimeoutError:
-            service.metrics.rejected.labels("timeout").inc()
-            raise ApiError(504, "timeout", f"not answered within {settings.request_timeout_s:g} s; "
-                           "send fewer or shorter texts, or retry later") from None
-        finally:
-            service.batcher.discard(job)  # a no-op once answered; frees the queue slot otherwise
-        k = body.top_k
-        return {"predictions": [{"label": p.label, "probabilities": p.probabilities,
-                                 "top_k": [[name, prob] for name, prob in p.top_k[:k]]} for p in predictions],
-                "model": service.model_name}
-
-    @app.post("/v1/explain", response_model=ExplainResponse, responses=ERROR_RESPONSES,
-              summary="Which tokens decided the label (integrated gradients)", tags=["classify"])
-    async def explain_text(body: Annotated[ExplainRequest, Body()]) -> dict[str, Any]:
-        """Per-token integrated-gradients attributions for one text (needs the ``explain`` extra, Captum)."""
-        require_ready()
-        if len(body.text) > settings.max_text_chars:
-            raise ApiError(413, "text_too_long", f"text has {len(body.text)} characters, over the limit of "
-                           f"{settings.max_text_chars}")
-        if body.label is not None and body.label not in service.predictor.label_names:
-            raise ApiError(422, "unknown_label", f"unknown label {body.label!r}; GET /v1/model lists the labels")
-        from gpt2clf.explain import explain
-
-        def run() -> Any:
-            return explain(service.predictor, body.text, label=body.label, steps=body.steps)
-
-        try:
-            # On the model thread, between batches: the model is not re-entrant.
-            result = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(service.executor, run),
-                                            settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"not explained within {settings.request_timeout_s:g} s; use fewer "
-                           "steps or a shorter text") from None
-        except UserError as err:  # e.g. Captum not installed, or an int8 model
-            raise ApiError(422, "cannot_explain", str(err)) from None
-        return {"label": result.label, "target": result.target, "tokens": result.tokens,
-                "attributions": result.attributions, "delta": result.delta, "chunk": result.chunk}
-
-    @app.get("/v1/model", response_model=ModelInfo, responses={503: ERROR_RESPONSES[503]}, tags=["model"],
-             summary="The model: labels, backbone, limits and recorded metrics")
-    async def model_info() -> dict[str, Any]:
-        require_ready()
-        return service.model_info()
-
-    @app.get("/healthz", response_model=Status, tags=["operations"], summary="The process is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", response_model=Status, responses={503: ERROR_RESPONSES[503]}, tags=["operations"],
-             summary="The model is loaded and warmed up")
-    async def readyz() -> dict[str, str]:
-        require_ready()
-        return {"status": "ready"}
-
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
-             response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
-    async def metrics() -> Response:
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        # The page loads nothing from elsewhere; the policy makes sure it stays that way.
-        return FileResponse(WEB_DIR / "index.html", headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:"})
-
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-
-    def openapi_with_limits() -> dict[str, Any]:
-        # The limits are this server's settings, so the schema states them too (answered with 413).
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            texts = schema["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
-            texts["maxItems"] = settings.max_texts
-            texts["items"]["maxLength"] = settings.max_text_chars
-            explain_body = schema["components"]["schemas"]["ExplainRequest"]["properties"]
-            explain_body["text"]["maxLength"] = settings.max_text_chars
-            if service.predictor is not None:  # the labels are known: the schema lists them
-                explain_body["label"] = {"anyOf": [{"enum": list(service.predictor.label_names), "type": "string"},
-                                                   {"type": "null"}],
-                                         "description": explain_body["label"].get("description", "")}
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi_with_limits  # type: ignore[method-assign]
-
-    known_routes = {route.path for route in app.routes if hasattr(route, "path")} | {"/docs", "/openapi.json"}
+    app.openapi = functools.partial(openapi_with_limits, app)  # type: ignore[method-assign]
+    # FastAPI may keep an included router as one entry of app.routes: take the paths from both.
+    routes = [*app.routes, *router.routes]
+    known_routes = {route.path for route in routes if isinstance(getattr(route, "path", None), str)}
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=known_routes)  # outermost: sees all
     return app
@@ -837,8 +780,9 @@ def running_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
         thread.join(startup_timeout_s)
 
 
-def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host: str = "127.0.0.1",
-          port: int = 8000, batch_size: int = 32, device: str | None = None, precision: str = "auto",
+def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host: str = SERVE_HOST,
+          port: int = SERVE_PORT, batch_size: int = InferenceSettings.batch_size,
+          device: str | None = InferenceSettings.device, precision: str = InferenceSettings.precision,
           log_level: str = "info") -> None:
     """Serve ``model_dir`` over HTTP until SIGTERM or SIGINT, then shut down gracefully.
 
