@@ -303,3 +303,65 @@ def test_train_without_a_preset_picks_the_recipe_for_the_hardware(tiny_backbone:
     run = tmp_path / "run"
     assert main([*common, "--no-progress", "--no-report", "--output", str(run)]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["preset"] == "cpu"
+
+
+# --- progress of evaluate and predict: a bar on stderr, nothing but results on stdout -------------
+@pytest.fixture(scope="module")
+def forty_documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A labelled train/test pair and a JSON-lines input, 40 short documents each (labels of tiny_model_dir)."""
+    tmp = tmp_path_factory.mktemp("progress")
+    rows = [(f"document number {i} about caf\u00e9 and things", "abc"[i % 3]) for i in range(40)]
+    table = "text,label\n" + "".join(f"{text},{label}\n" for text, label in rows)
+    return {"train": write(tmp / "train.csv", table), "test": write(tmp / "test.csv", table),
+            "input": write(tmp / "input.jsonl", "".join(json.dumps({"text": text}) + "\n" for text, _ in rows))}
+
+
+def test_evaluate_shows_progress_on_stderr_and_keeps_stdout_json(tiny_model_dir: Path, forty_documents, capsys,
+                                                                 monkeypatch) -> None:
+    import gpt2clf.cli
+
+    monkeypatch.setattr(gpt2clf.cli, "PROGRESS_DELAY_S", 0.0)  # draw at once, however fast the run
+    args = ["evaluate", str(tiny_model_dir), "--train-file", str(forty_documents["train"]),
+            "--test-file", str(forty_documents["test"]), "--batch-size", "4", "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["num_documents"] == 40
+    assert "evaluate test: 100%" in captured.err and " 40/40 [" in captured.err and " docs/s]" in captured.err
+    assert main([*args, "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["num_documents"] == 40
+    assert "docs" not in captured.err
+
+
+def test_streaming_predict_shows_documents_done_and_rate(tiny_model_dir: Path, forty_documents, capsys,
+                                                         monkeypatch) -> None:
+    import gpt2clf.cli
+
+    monkeypatch.setattr(gpt2clf.cli, "PROGRESS_DELAY_S", 0.0)
+    args = ["predict", str(tiny_model_dir), "--input", str(forty_documents["input"]), "--batch-size", "4", "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["id"] for r in records] == [f"{forty_documents['input']}:{i}" for i in range(40)]
+    assert "predict: 40 docs [" in captured.err and " docs/s]" in captured.err  # no total: a stream
+    assert main([*args, "--no-progress"]) == 0
+    assert "docs" not in capsys.readouterr().err
+
+
+def test_the_library_reports_progress_and_prints_nothing(tiny_model_dir: Path, forty_documents, capsys) -> None:
+    from gpt2clf.evaluation import evaluate_folder
+    from gpt2clf.prediction import Predictor
+
+    reports: list[tuple[int, int | None]] = []
+    result = evaluate_folder(tiny_model_dir, data_overrides={"train_file": str(forty_documents["train"]),
+                                                             "test_file": str(forty_documents["test"])},
+                             batch_size=4, progress=lambda done, total: reports.append((done, total)))
+    assert result.num_documents == 40
+    assert reports[0] == (0, 40) and reports[-1] == (40, 40) and len(reports) == 11  # 0, then each batch of 4
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+    reports.clear()
+    predictor = Predictor.from_folder(tiny_model_dir, batch_size=4)
+    texts = [f"text {i}" for i in range(10)]
+    assert len(list(predictor.predict(iter(texts), chunk_size=6, progress=lambda *r: reports.append(r)))) == 10
+    assert reports == [(0, None), (4, None), (6, None), (6, None), (10, None)]  # chunks of 6: batches 4+2, 4
+    assert capsys.readouterr() == ("", "")

@@ -3,6 +3,7 @@ tokens, recomputed attention weights, one-line errors, and a self-contained HTML
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import random
@@ -172,6 +173,37 @@ def test_recomputed_attention_weights_are_the_ones_the_block_used(tiny_backbone:
     assert exp.attributions == pytest.approx(torch.tensor(exp.head_weights[-1]).mean(0).tolist())
     assert (exp.pooling_weights is not None) == (pooling == "attention")
     assert exp.delta is None and exp.method == "attention"
+
+
+def test_the_heat_map_names_tokens_as_the_top_tokens_table_does(tiny_model_dir: Path, tmp_path: Path,
+                                                                 monkeypatch, capsys) -> None:
+    from gpt2clf import plots
+
+    drawn: list[list[str]] = []
+    original = plots._png
+
+    def record(fig, *args, **kwargs):  # the tick labels matplotlib actually draws
+        for tick in fig.axes[0].get_xticklabels():
+            assert tick.get_parse_math() is False  # a "$" is drawn as a dollar, not mathtext
+        drawn.append([tick.get_text() for tick in fig.axes[0].get_xticklabels()])
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_png", record)
+    text = "Many people said:  café naïve 🤖 costs $5\n\tthe end"
+    out = tmp_path / "why.html"
+    assert main(["explain", str(tiny_model_dir), text, "--method", "attention", "--html", str(out), "--json"]) == 0
+    tokens = json.loads(capsys.readouterr().out)["tokens"]
+    assert len(drawn) == 1
+    labels = drawn[0]
+    assert len(labels) == len(tokens) > 10
+    rows = re.findall(r'<tr><td><code>(.*?)</code></td><td class="num">(\d+)</td>', out.read_text(encoding="utf-8"))
+    assert len(rows) == 10  # the top-tokens table
+    for shown, position in rows:
+        assert html.unescape(shown) == labels[int(position)]
+    # the user's characters, without GPT-2's byte symbols or a marker glued to each word
+    assert {"people", "café", "🤖", "$", "\\n", "\\t", "end"} <= set(labels)
+    assert not any(mark in label for label in labels for mark in ("Ġ", "Ċ", "Ã", "ð"))
+    assert all(label.strip("␣") == label or set(label) == {"␣"} for label in labels)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -266,6 +266,7 @@ def add_evaluate_parser(commands: Any) -> None:
     add_model_dir(evaluate)
     evaluate.add_argument("--split", choices=["test", "validation", "train"], default="test",
                           help="which split to score (default: test)")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar (stderr)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, report.txt and confusion_matrix.png")
     add_dataclass_flags(evaluate, InferenceSettings, title="inference")
@@ -287,6 +288,7 @@ def add_predict_parser(commands: Any) -> None:
     predict.add_argument("--text-column", action="append", default=None, metavar="COLUMN",
                          help="column of --input holding the text; repeat for several fields, joined as in "
                          "training (default: text)")
+    predict.add_argument("--no-progress", action="store_true", help="hide the progress bar (stderr)")
     predict.add_argument("--top-k", type=int, default=3, help="how many top labels to show (default: 3)")
     predict.add_argument("--json", action="store_true",
                          help="one JSON object per line: label, probabilities, top_k, id (and labels, the chosen "
@@ -469,16 +471,61 @@ def print_plan(plan: dict[str, Any]) -> None:
         print(f"time       {describe_estimate(plan['estimated_seconds'])}")
 
 
+# evaluate and predict draw a progress bar on stderr once the model has read documents for
+# this many seconds (shorter runs show none); stdout keeps only the results.
+PROGRESS_DELAY_S = 5.0
+
+
+class ProgressBar:
+    """A tqdm bar on stderr, fed by a library's ``progress(done, total)`` callback (total None: a stream).
+
+    The bar is made at the first report, so its clock, rate and time left leave out model and
+    data loading; it appears only after :data:`PROGRESS_DELAY_S`. Redrawn at most every 30 s
+    when stderr is not a terminal (a log), as training's bars are. :meth:`echo` prints a result
+    line on stdout, first clearing the bar when both streams are the terminal.
+    """
+
+    def __init__(self, description: str, *, enabled: bool = True) -> None:
+        self.description, self.enabled = description, enabled
+        self.bar: Any = None
+        self.cleared = False
+        self.shared_terminal = enabled and sys.stdout.isatty() and sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(desc=self.description, total=total, unit=" docs", delay=PROGRESS_DELAY_S, file=sys.stderr,
+                            mininterval=0.1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
+        if self.bar.update(done - self.bar.n):
+            self.cleared = False
+
+    def echo(self, line: str) -> None:
+        """Print ``line`` on stdout without tearing the bar."""
+        if self.shared_terminal and self.bar is not None and not self.cleared:
+            self.bar.clear()
+            self.cleared = True
+        print(line, flush=False)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
     from gpt2clf.evaluation import evaluate_folder
 
     inference = settings_from_args(InferenceSettings, args)
-    if inference.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {inference.batch_size}")
-    result = evaluate_folder(args.model_dir, split=args.split,
-                             data_overrides=config_overrides(args, [*DATA_FIELDS, "max_eval_samples"]),
-                             device=inference.device, precision=inference.precision, int8=args.int8,
-                             batch_size=inference.batch_size)
+    with ProgressBar(f"evaluate {args.split}", enabled=not args.no_progress) as progress:
+        result = evaluate_folder(args.model_dir, split=args.split,
+                                 data_overrides=config_overrides(args, [*DATA_FIELDS, "max_eval_samples"]),
+                                 device=inference.device, precision=inference.precision, int8=args.int8,
+                                 batch_size=inference.batch_size, progress=progress)
     written = result.save(args.output) if args.output else []
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -509,8 +556,6 @@ def command_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     inference = settings_from_args(InferenceSettings, args)
-    if inference.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {inference.batch_size}")
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
     if args.runtime == "onnx":
@@ -531,14 +576,15 @@ def command_predict(args: argparse.Namespace) -> int:
             pending.append(doc_id)
             yield text
 
-    for prediction in predictor.predict(texts(), top_k=args.top_k):
-        doc_id = pending.popleft()
-        if args.json:
-            print(json.dumps({"id": doc_id, **prediction.to_dict()}), flush=False)
-        else:
-            ranked = "  ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
-            shown = prediction.label if prediction.labels is None else "|".join(prediction.labels) or "(none)"
-            print(f"{doc_id}\t{shown}\t{ranked}")
+    with ProgressBar("predict", enabled=not args.no_progress) as progress:
+        for prediction in predictor.predict(texts(), top_k=args.top_k, progress=progress):
+            doc_id = pending.popleft()
+            if args.json:
+                progress.echo(json.dumps({"id": doc_id, **prediction.to_dict()}))
+            else:
+                ranked = "  ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
+                shown = prediction.label if prediction.labels is None else "|".join(prediction.labels) or "(none)"
+                progress.echo(f"{doc_id}\t{shown}\t{ranked}")
     return 0
 
 

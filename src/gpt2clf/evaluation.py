@@ -26,6 +26,7 @@ from gpt2clf.config import Config
 from gpt2clf.corpora import DataWarning, splits_for
 from gpt2clf.errors import DataError
 from gpt2clf.files import atomic_write_json, atomic_write_text
+from gpt2clf.inference import Progress
 from gpt2clf.model import GPT2Classifier
 from gpt2clf.model_io import recorded_config
 from gpt2clf.prediction import Predictor, batched_logits
@@ -281,13 +282,14 @@ def evaluation_config(model_dir: str | Path, data_overrides: dict[str, Any] | No
 
 
 def evaluate_folder(model_dir: str | Path, *, split: str = "test", data_overrides: dict[str, Any] | None = None,
-                    **predictor_options: Any) -> EvaluationResult:
+                    progress: Progress | None = None, **predictor_options: Any) -> EvaluationResult:
     """Score a saved model folder on ``split`` (train, validation or test) of its recorded dataset.
 
     ``data_overrides`` (Config data fields, e.g. ``{"test_file": "holdout.csv"}``) point it at
     other data; ``predictor_options`` go to :class:`~gpt2clf.prediction.Predictor`
     (``device``, ``precision``, ``int8``, ``batch_size``). The validation and test sets are
-    carved exactly as the training run did.
+    carved exactly as the training run did. ``progress(done, N)`` hears of the documents the
+    model has read, after each batch (:data:`gpt2clf.inference.Progress`).
 
     Example::
 
@@ -303,9 +305,10 @@ def evaluate_folder(model_dir: str | Path, *, split: str = "test", data_override
     dataset = splits_for(config).split(split)
     labels = remap_labels(dataset.labels, dataset.label_names, predictor.label_names)
     if predictor.multi_label:
-        return compute_multilabel_metrics(predictor.predict_proba(dataset.texts), labels, predictor.label_names,
-                                          predictor.thresholds)
-    return score_probabilities(predictor.component_probabilities(dataset.texts), labels, predictor.label_names)
+        return compute_multilabel_metrics(predictor.predict_proba(dataset.texts, progress), labels,
+                                          predictor.label_names, predictor.thresholds)
+    return score_probabilities(predictor.component_probabilities(dataset.texts, progress), labels,
+                               predictor.label_names)
 
 
 def score_probabilities(parts: dict[str, torch.Tensor], labels: Sequence[int],

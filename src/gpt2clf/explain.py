@@ -194,6 +194,27 @@ def _decode_one(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False)
 
 
+DISPLAY_LIMIT = 20
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def display_token(token: str, limit: int = DISPLAY_LIMIT) -> str:
+    """How every view shows one token (top-tokens table, heat map axis, report): the one rule.
+
+    The token's own characters without the spaces around them (a word token carries its
+    leading space; drawn, it reads as a stray glyph), line breaks and tabs as ``\\n``/``\\t``,
+    a token of spaces only as ``␣`` per space, at most ``limit`` characters (then ``…``).
+
+    Example::
+
+        >>> display_token(" people"), display_token("\\n\\n"), display_token("  ")
+        ('people', '\\\\n\\\\n', '␣␣')
+    """
+    text = token.strip(" ") or "␣" * len(token)
+    text = "".join(_ESCAPES.get(char, char) for char in text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 # ------------------------------------------------------------------------------------------
 # attention routing
 # ------------------------------------------------------------------------------------------
@@ -467,6 +488,9 @@ def explanation_view(exp: Explanation, *, top_k: int = 10, heatmap: bool = True,
                      window: int | None = None) -> dict[str, Any]:
     """What the templates need for one explanation: shaded pieces, top-k bars, the heat map.
 
+    The bars and the heat map's axis name tokens with :func:`display_token`; the shaded
+    pieces are the document's own text.
+
     ``window``: keep only about this many characters around the strongest token (a snippet).
     """
     from gpt2clf import plots
@@ -477,11 +501,12 @@ def explanation_view(exp: Explanation, *, top_k: int = 10, heatmap: bool = True,
         pieces = _snippet(pieces, window)
     top = exp.top_tokens(top_k)
     top_scale = max((abs(v) for _, _, v in top), default=0.0) or 1.0
-    bars = [{"token": token, "position": i, "value": value, "width": 100 * abs(value) / top_scale,
+    bars = [{"token": display_token(token), "position": i, "value": value, "width": 100 * abs(value) / top_scale,
              "colour": shade(value, abs(value))} for i, token, value in top]
     image = None
     if heatmap and exp.head_weights:
-        image = png_data_uri(plots.attention_heatmap_png(exp.tokens, exp.head_weights, exp.pooling_weights,
+        labels = [display_token(token) for token in exp.tokens]
+        image = png_data_uri(plots.attention_heatmap_png(labels, exp.head_weights, exp.pooling_weights,
                                                          title=f"What each head routes to the pooled position "
                                                                f"(pooling: {exp.pooling})"))
     return {"exp": exp, "pieces": [(text, shade(value, scale), value) for text, value in pieces],

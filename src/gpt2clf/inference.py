@@ -12,7 +12,7 @@ the feature cache's one-off backbone pass and the server.
 * :func:`batched_inference` is THE inference loop: documents sorted by length, cut into
   batches by a document count and a padded-token budget, run in eval mode under
   ``torch.inference_mode`` and autocast; :func:`logits_in_input_order` gathers the logits
-  back in input order.
+  back in input order and reports documents done to a :data:`Progress` callback.
 * :func:`quantize_for_cpu_inference` makes an int8 copy for CPU inference.
 
 Guarantees: a document's outputs do not depend on the batch it lands in (the model masks
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",
+    "Progress",
     "autocast_context",
     "batched_inference",
     "cpu_has_native_bf16",
@@ -54,6 +55,11 @@ __all__ = [
 # Padded tokens per inference batch (see BENCHMARKS.md, "Inference batch budget"): on a CPU
 # larger batches stop paying off early and only cost memory; a GPU wants many more.
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
+
+Progress = Callable[[int, int | None], None]
+"""A progress callback: ``progress(done, total)``, documents done so far and the total (None
+when a stream does not know it). Library code reports through it and never prints; the CLI
+draws the bar."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,12 +194,22 @@ def batched_inference(model: nn.Module, lengths: Sequence[int], run_batch: Calla
 
 def logits_in_input_order(model: GPT2Classifier, lengths: Sequence[int],
                           run_batch: Callable[[list[int]], Tensor], *, device: torch.device | str, precision: str,
-                          batch_size: int, max_batch_tokens: int | None = None) -> Tensor:
-    """Float32 logits (N, num_labels) from :func:`batched_inference`, back in input order, on the CPU."""
+                          batch_size: int, max_batch_tokens: int | None = None,
+                          progress: Progress | None = None) -> Tensor:
+    """Float32 logits (N, num_labels) from :func:`batched_inference`, back in input order, on the CPU.
+
+    ``progress(done, N)`` is called once with 0 before the first batch and after every batch.
+    """
     out = torch.empty(len(lengths), model.num_labels, dtype=torch.float32)
+    done = 0
+    if progress is not None:
+        progress(0, len(lengths))
     for indices, logits in batched_inference(model, lengths, run_batch, device=device, precision=precision,
                                              batch_size=batch_size, max_batch_tokens=max_batch_tokens):
         out[torch.as_tensor(indices, dtype=torch.long)] = logits.float().cpu()
+        done += len(indices)
+        if progress is not None:
+            progress(done, len(lengths))
     return out
 
 

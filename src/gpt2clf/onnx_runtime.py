@@ -39,12 +39,15 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpt2clf.config import InferenceSettings
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
+
+if TYPE_CHECKING:
+    from gpt2clf.inference import Progress
 
 ONNX_FORMAT = "gpt2clf-onnx"
 ONNX_FORMAT_VERSION = 1
@@ -313,34 +316,44 @@ class OnnxPredictor:
     def label_names(self) -> list[str]:
         return list(self.metadata.label_names)
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
+    def logits(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
         """Float32 logits (N, num_labels) for ``texts``, in input order."""
         _, tokenize_texts = _tokenization()
         token_lists = tokenize_texts(list(texts), self.tokenizer, self.max_length)
-        return self.logits_from_tokens(token_lists)
+        return self.logits_from_tokens(token_lists, progress)
 
-    def logits_from_tokens(self, token_lists: Sequence[Sequence[int]]) -> np.ndarray:
-        """Float32 logits for already tokenized documents; batches of similar length, input order kept."""
+    def logits_from_tokens(self, token_lists: Sequence[Sequence[int]], progress: Progress | None = None
+                           ) -> np.ndarray:
+        """Float32 logits for already tokenized documents; batches of similar length, input order kept.
+
+        ``progress(done, N)`` is called with 0 first and after each batch, as PyTorch's loop does.
+        """
         out = np.empty((len(token_lists), len(self.metadata.label_names)), dtype=np.float32)
         order = sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))  # longest first, stable
+        if progress is not None:
+            progress(0, len(order))
         for start in range(0, len(order), self.batch_size):
             indices = order[start:start + self.batch_size]
             ids, mask = pad_batch([token_lists[i] for i in indices], self.metadata.pad_token_id,
                                   self.metadata.padding_side)
             (logits,) = self.session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})
             out[indices] = logits
+            if progress is not None:
+                progress(start + len(indices), len(order))
         return out
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
         """Class probabilities (N, num_labels), float32 rows summing to 1."""
-        return softmax(self.logits(texts))
+        return softmax(self.logits(texts, progress))
 
-    def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None) -> Iterator[Any]:
-        """Yield one :class:`~gpt2clf.prediction.Prediction` per text, ``chunk_size`` texts at a time."""
+    def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None,
+                progress: Progress | None = None) -> Iterator[Any]:
+        """Yield one :class:`~gpt2clf.prediction.Prediction` per text, ``chunk_size`` texts at a time;
+        ``progress(done, None)`` after each batch, as :meth:`gpt2clf.prediction.Predictor.predict` does."""
         from gpt2clf.prediction import stream_predictions
 
         yield from stream_predictions(self.predict_proba, texts, self.label_names, top_k=top_k,
-                                      chunk_size=chunk_size or self.batch_size * 16)
+                                      chunk_size=chunk_size or self.batch_size * 16, progress=progress)
 
 
 def _check_same_folder(metadata: OnnxMetadata, folder: Path, path: Path) -> None:

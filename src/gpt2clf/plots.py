@@ -31,7 +31,6 @@ __all__ = [
     "learning_curves_png",
     "plot_confusion_matrix",
     "plot_dataset_stats",
-    "token_label",
 ]
 
 _MAX_LABELLED_TOKENS = 120
@@ -45,25 +44,12 @@ def _png(fig, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def token_label(token: str, limit: int = 14) -> str:
-    """A token as an axis label: visible whitespace, no mathtext, at most ``limit`` characters.
-
-    Example::
-
-        >>> token_label(" GPU")
-        '␣GPU'
-    """
-    text = token.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-    if text.startswith(" "):
-        text = "␣" + text[1:]
-    text = text.replace("$", r"\$")  # a $ pair would start matplotlib's mathtext
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def attention_heatmap_png(tokens: Sequence[str], head_weights: Sequence[Sequence[Sequence[float]]],
+def attention_heatmap_png(labels: Sequence[str], head_weights: Sequence[Sequence[Sequence[float]]],
                           pooling_weights: Sequence[float] | None, *, title: str = "") -> bytes:
     """A heat map, one row per block and head (plus the learned pooling weights), one column per token.
 
+    ``labels``: one axis label per token, drawn verbatim (no mathtext: a ``$`` is a dollar);
+    callers pass :func:`gpt2clf.explain.display_token` strings, as the other views show.
     ``head_weights[b][h][t]``: how much head ``h`` of block ``b`` routes token ``t`` into the
     pooled position. Each row is a distribution (sums to 1), drawn on one shared 0..max scale.
 
@@ -81,8 +67,8 @@ def attention_heatmap_png(tokens: Sequence[str], head_weights: Sequence[Sequence
     if pooling_weights is not None:
         rows.append(list(pooling_weights))
         names.append("pooling weights")
-    values = np.asarray(rows, dtype=float) if rows else np.zeros((1, len(tokens)))
-    n = len(tokens)
+    values = np.asarray(rows, dtype=float) if rows else np.zeros((1, len(labels)))
+    n = len(labels)
     labelled = n <= _MAX_LABELLED_TOKENS
     width = min(18.0, max(6.0, 0.28 * n + 2.5)) if labelled else 14.0
     height = 1.6 + 0.35 * len(values) + (1.1 if labelled else 0.3)
@@ -92,7 +78,7 @@ def attention_heatmap_png(tokens: Sequence[str], head_weights: Sequence[Sequence
                       interpolation="nearest")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     if labelled:
-        ax.set_xticks(range(n), [token_label(t) for t in tokens], rotation=70, ha="right", fontsize=7)
+        ax.set_xticks(range(n), list(labels), rotation=70, ha="right", fontsize=7, parse_math=False)
     else:
         ax.set_xlabel("token position")
     if title:

@@ -28,6 +28,7 @@ from gpt2clf.errors import ConfigError, ModelLoadError
 from gpt2clf.fusion import Fusion
 from gpt2clf.inference import (
     DEFAULT_BATCH_TOKENS,
+    Progress,
     logits_in_input_order,
     quantize_for_cpu_inference,
     resolve_device,
@@ -50,12 +51,14 @@ def batched_logits(
     device: torch.device | str = "cpu",
     precision: str = "32-true",
     max_batch_tokens: int | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Float32 logits (N, num_labels) for tokenized documents, returned in input order.
 
     A document is a token list, or a list of windows (long documents cut into chunks; the
     model aggregates them). Batches are formed from length-sorted documents; padding and batch neighbours do not
-    change a document's logits (the model masks padding), only the speed.
+    change a document's logits (the model masks padding), only the speed. ``progress(done, N)``
+    hears of the documents done after each batch.
     """
     device = torch.device(device)
     collate = PaddingCollator(pad_token_id, padding_side)
@@ -67,7 +70,8 @@ def batched_logits(
                      None if document_index is None else document_index.to(device))
 
     return logits_in_input_order(model, [token_count(t) for t in token_lists], run_batch, device=device,
-                                 precision=precision, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+                                 precision=precision, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                 progress=progress)
 
 
 @dataclass
@@ -92,17 +96,26 @@ class Prediction:
         return values
 
 
-def stream_predictions(predict_proba: Callable[[list[str]], Any], texts: Iterable[str], names: Sequence[str], *,
-                       top_k: int, chunk_size: int, thresholds: Sequence[float] | None = None) -> Iterator[Prediction]:
+def stream_predictions(predict_proba: Callable[..., Any], texts: Iterable[str], names: Sequence[str], *,
+                       top_k: int, chunk_size: int, thresholds: Sequence[float] | None = None,
+                       progress: Progress | None = None) -> Iterator[Prediction]:
     """:class:`Prediction` objects for ``texts``, ``chunk_size`` texts per ``predict_proba`` call, in order.
 
     ``predict_proba`` returns (N, C) probabilities (a tensor or an array); with ``thresholds``
-    (multi-label) each prediction's ``labels`` are those at or above their threshold.
+    (multi-label) each prediction's ``labels`` are those at or above their threshold. With
+    ``progress``, ``predict_proba(chunk, progress=...)`` reports each batch and
+    ``progress(done, None)`` hears the documents done over the whole stream (its length is unknown).
     """
     k = max(1, min(top_k, len(names)))
     iterator = iter(texts)
+    done = 0
     while chunk := list(itertools.islice(iterator, chunk_size)):
-        for row in predict_proba(chunk):
+        if progress is None:
+            rows = predict_proba(chunk)
+        else:
+            rows = predict_proba(chunk, progress=lambda n, _total, start=done: progress(start + n, None))
+        done += len(chunk)
+        for row in rows:
             values = [float(p) for p in row.tolist()]
             order = sorted(range(len(values)), key=lambda i: -values[i])[:k]  # sorted() is stable: ties by index
             top = [(names[i], values[i]) for i in order]
@@ -208,31 +221,40 @@ class Predictor:
     def label_names(self) -> list[str]:
         return list(self.model.spec.label_names)
 
-    def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        """The network's float32 logits (N, num_labels) for ``texts``, in input order (before any fusion)."""
+    def logits(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
+        """The network's float32 logits (N, num_labels) for ``texts``, in input order (before any fusion).
+
+        ``progress(done, N)`` is called after each batch (see :data:`gpt2clf.inference.Progress`).
+        """
         token_lists = encode_documents(list(texts), self.tokenizer, self.windowing)
         return batched_logits(self.model, token_lists, batch_size=self.batch_size,
                               pad_token_id=self.tokenizer.pad_token_id,
                               padding_side=self.tokenizer.padding_side, device=self.device,
-                              precision=self.precision, max_batch_tokens=self.max_batch_tokens)
+                              precision=self.precision, max_batch_tokens=self.max_batch_tokens, progress=progress)
 
-    def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
+    def predict_proba(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
         """Class probabilities (N, num_labels), rows summing to 1 (fused with TF-IDF when the model has it);
         for a multi-label model each label's own probability (a sigmoid; rows need not sum to 1)."""
-        return self.component_probabilities(texts)["fused" if self.fusion is not None else "network"]
+        return self.component_probabilities(texts, progress)["fused" if self.fusion is not None else "network"]
 
-    def component_probabilities(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def component_probabilities(self, texts: Sequence[str], progress: Progress | None = None
+                                ) -> dict[str, torch.Tensor]:
         """``network`` probabilities, and with fusion also ``tfidf`` and ``fused`` ones (N, num_labels)."""
         texts = list(texts)
         if self.multi_label:
-            return {"network": torch.sigmoid(self.logits(texts))}
-        network = torch.softmax(self.logits(texts), dim=-1)
+            return {"network": torch.sigmoid(self.logits(texts, progress))}
+        network = torch.softmax(self.logits(texts, progress), dim=-1)
         if self.fusion is None:
             return {"network": network}
         return self.fusion.component_probabilities(network, texts)
 
-    def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None) -> Iterator[Prediction]:
-        """Yield one :class:`Prediction` per text, streaming ``chunk_size`` texts at a time."""
+    def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None,
+                progress: Progress | None = None) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per text, streaming ``chunk_size`` texts at a time.
+
+        ``progress(done, None)``: documents done so far, after each batch (the stream's length is unknown).
+        """
         thresholds = self.thresholds if self.multi_label else None
         yield from stream_predictions(self.predict_proba, texts, self.label_names, top_k=top_k,
-                                      chunk_size=chunk_size or self.batch_size * 16, thresholds=thresholds)
+                                      chunk_size=chunk_size or self.batch_size * 16, thresholds=thresholds,
+                                      progress=progress)
