@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from gpt2clf.config import LONG_DOCUMENT_CHOICES, PADDING_SIDES
+from gpt2clf.config import LONG_DOCUMENT_CHOICES, PADDING_SIDES, check_batch_size
 from gpt2clf.errors import ModelLoadError, first_line
 
 if TYPE_CHECKING:
@@ -480,8 +480,7 @@ class LengthGroupedSampler(Sampler[int]):
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
                  group_by_length: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
                  drop_last: bool = False, megabatch_factor: int = 50) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         if megabatch_factor < 1:
             raise ValueError(f"megabatch_factor must be at least 1, got {megabatch_factor}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -553,8 +552,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, *,
     gets a batch of its own. Callers put the results back in input order (e.g. via the
     batches' ``index``).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # sorted() is stable

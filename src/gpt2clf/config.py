@@ -233,11 +233,14 @@ class Config:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first out-of-range value."""
-        positive_ints = ["max_length", "batch_size", "epochs", "accumulate_grad_batches", "num_nodes"]
+        check_batch_size(self.batch_size)
+        if self.eval_batch_size is not None:
+            check_batch_size(self.eval_batch_size, "eval_batch_size")
+        positive_ints = ["max_length", "epochs", "accumulate_grad_batches", "num_nodes"]
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ["n_embed", "n_heads", "max_train_samples", "max_eval_samples", "eval_batch_size",
+        for name in ["n_embed", "n_heads", "max_train_samples", "max_eval_samples",
                      "early_stopping_patience", "chunk_stride", "max_chunks", "chunk_token_budget"]:
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -386,6 +389,20 @@ class InferenceSettings:
     """auto (bf16 autocast where the GPU or CPU has native bf16, else float32), 32-true, bf16-mixed or
     16-mixed; with 32-true a text's probabilities do not depend on its batch neighbours beyond float32
     rounding."""
+
+    def __post_init__(self) -> None:
+        check_batch_size(self.batch_size)
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> int:
+    """The one rule for a batch size (documents per forward pass): a whole number of at least 1.
+
+    Every library entry point that takes one (Predictor, the ONNX predictor, serve, the feature cache,
+    length-sorted batches) calls this, so Python callers and every command get the same message.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be at least 1 (a whole number), got {value!r}")
+    return value
 
 
 # Where ``gpt2clf serve`` listens unless told otherwise (the defaults of gpt2clf.serving.serve).

@@ -61,7 +61,7 @@ from gpt2clf.batching import (
     label_value,
     length_sorted_batches,
 )
-from gpt2clf.config import PADDING_SIDES
+from gpt2clf.config import PADDING_SIDES, check_batch_size
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_json
 from gpt2clf.inference import batched_inference, logits_in_input_order
@@ -306,8 +306,7 @@ def cached_features(
     of the lower cache, so such a cache has a key of its own (``derived_from_layer``) and is used
     only when ``from_lower`` asks for it.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     if not token_lists:
         raise DataError("cannot cache features of an empty dataset")
     if any(len(tokens) == 0 for tokens in token_lists):

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpt2clf.config import InferenceSettings
+from gpt2clf.config import InferenceSettings, check_batch_size
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
 
 if TYPE_CHECKING:
@@ -265,8 +265,7 @@ class OnnxPredictor:
 
     def __init__(self, session: Any, tokenizer: Any, metadata: OnnxMetadata, *,
                  batch_size: int = InferenceSettings.batch_size) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         self.session = session
         self.tokenizer = tokenizer
         self.metadata = metadata

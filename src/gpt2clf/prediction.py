@@ -23,7 +23,7 @@ import torch
 
 from gpt2clf.backbone import use_fused_gelu
 from gpt2clf.batching import PaddingCollator, Windowing, encode_documents, load_tokenizer, token_count
-from gpt2clf.config import InferenceSettings
+from gpt2clf.config import InferenceSettings, check_batch_size
 from gpt2clf.errors import ConfigError, ModelLoadError
 from gpt2clf.fusion import Fusion
 from gpt2clf.inference import (
@@ -162,8 +162,7 @@ class Predictor:
                  precision: str = "auto", int8: bool = False, windowing: Windowing | None = None,
                  fusion: Fusion | None = None, multi_label: bool = False,
                  thresholds: Sequence[float] | None = None) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         if max_batch_tokens is not None and max_batch_tokens < 1:
             raise ConfigError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
         if int8 and device is not None and str(device) not in ("cpu", "auto"):

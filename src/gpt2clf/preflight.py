@@ -190,9 +190,10 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
             hidden = model.backbone_from_layer(hidden, mask, start_layer)
         return model.classify_hidden_states(hidden, mask)
 
-    def timed(fn: Callable[[], Any], *, train: bool) -> float:
+    def timed(fn: Callable[[], Any], *, train: bool, grad: bool | None = None) -> float:
         model.train(train)
-        with autocast_context(device, config.precision), (torch.enable_grad() if train else torch.inference_mode()):
+        with autocast_context(device, config.precision), \
+                (torch.enable_grad() if (train if grad is None else grad) else torch.inference_mode()):
             fn()  # warm-up: first-call allocations and kernel selection
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -205,8 +206,8 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
     try:
         rates: dict[str, float] = {}
         if cached:
-            with torch.inference_mode(), autocast_context(device, config.precision):
-                hidden = model.backbone_hidden_states(ids, mask, num_layers=start_layer).clone()
+            with torch.no_grad(), autocast_context(device, config.precision):  # no_grad: usable in autograd later
+                hidden = model.backbone_hidden_states(ids, mask, num_layers=start_layer)
             rates["cache"] = timed(lambda: model.backbone_hidden_states(ids, mask, num_layers=start_layer),
                                    train=False)
             rates["train"] = timed(lambda: top_part(hidden).float().sum().backward(), train=True)
@@ -214,14 +215,23 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
         else:
             rates["train"] = timed(lambda: model(ids, mask).float().sum().backward(), train=True)
             rates["eval"] = timed(lambda: model(ids, mask), train=False)
-        if full_pass:
-            rates["full"] = rates["train"] if not cached else timed(
-                lambda: model(ids, mask).float().sum().backward(), train=False)
+        if full_pass:  # integrated gradients: forward and backward to the input embeddings, in eval mode
+            rates["full"] = timed(lambda: _backward_to_inputs(model, ids, mask), train=False, grad=True)
         return rates
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         model.to("cpu")
+
+
+def _backward_to_inputs(model: GPT2Classifier, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """One forward and backward pass down to the input embeddings, as integrated gradients runs it."""
+    embeddings = model.backbone.get_input_embeddings()
+    handle = embeddings.register_forward_hook(lambda module, args, output: output.requires_grad_(True))
+    try:
+        model(ids, mask).float().sum().backward()
+    finally:
+        handle.remove()
 
 
 def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> int:

@@ -55,7 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
-from gpt2clf.config import SERVE_HOST, SERVE_PORT, InferenceSettings, ServeSettings
+from gpt2clf.config import SERVE_HOST, SERVE_PORT, InferenceSettings, ServeSettings, check_batch_size
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
 from gpt2clf.microbatch import MicroBatcher, QueueFull
 from gpt2clf.model_io import read_model_config, read_model_extra, read_training_config
@@ -798,8 +798,7 @@ def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host:
     settings = settings or ServeSettings()
     if not (0 <= port <= 65535):
         raise ConfigError(f"--port must be between 0 and 65535, got {port}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size, "--batch-size")
     folder = check_model_folder(model_dir)
     predictor = Predictor.from_folder(folder, batch_size=batch_size, device=device, precision=precision)
     app = create_app(predictor, settings, model_dir=folder)
