@@ -236,7 +236,12 @@ class BackboneAdapter:
 
     @property
     def max_positions(self) -> int | None:
-        return max_positions(self.module.config)
+        """The longest input the backbone can read: its position embeddings less those below the
+        first real token's number (RoBERTa and MPNet: 514 embeddings, tokens numbered from 2, so 512)."""
+        positions = max_positions(self.module.config)
+        if positions is None or not self.position_offset:
+            return positions
+        return positions - self.position_offset
 
     def layers(self) -> nn.ModuleList:
         """The transformer layers (GPT-2: ``h``; BERT: ``encoder.layer``)."""
