@@ -504,9 +504,12 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData) 
     lengths = sorted(data.train.lengths)
     if not lengths:
         return {}
-    median = lengths[len(lengths) // 2]
+    # A chunked document's length counts all its windows, but the backbone reads one window at a time.
+    median = min(lengths[len(lengths) // 2], config.max_length)
     rows = min(config.batch_size, 4)
-    ids = torch.randint(0, 100, (rows, median), device=device)
+    # Any ids the backbone has embeddings for (a small vocabulary may have fewer than 100).
+    vocabulary = model.backbone.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, min(100, vocabulary), (rows, median), device=device)
     mask = torch.ones_like(ids)
     cached = uses_feature_cache(config, model)
     start_layer = None
