@@ -237,6 +237,9 @@ def build_model(config: Config, label_names: list[str]) -> GPT2Classifier:
                           pooling=config.pooling,
                           chunk_aggregation=config.chunk_aggregation if config.long_documents == "chunks" else None)
     model = GPT2Classifier.from_backbone(config.backbone, spec)
+    # transformers loads a backbone in eval mode; fine-tuning wants its dropout on, whether or not the
+    # CLI's time estimate (which calls train()) ran first, so fit() and `gpt2clf train` train alike.
+    model.train()
     positions = max_positions(model)
     if positions is not None and config.max_length > positions:
         raise ConfigError(f"max_length {config.max_length} is more than the backbone's {positions} positions; "
