@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -326,6 +327,12 @@ class Config:
 
 def field_help() -> dict[str, str]:
     """Each field's documentation: the string literal written under it in :class:`Config`."""
+    return dict(_field_docs())
+
+
+@functools.cache
+def _field_docs() -> dict[str, str]:
+    # Read once per process: parsing Config's source takes ~0.05 s, and the CLI asks once per flag group.
     import ast
     import inspect
     import itertools
