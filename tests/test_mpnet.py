@@ -4,22 +4,24 @@ MPNet differs from GPT-2 where it matters to gpt2clf: its pad id is 1, its learn
 are numbered from pad id + 1 (like RoBERTa), its attention also adds a relative position bias,
 and its tokenizer wraps every window in ``<s> ... </s>``. The tokenizer here is transformers'
 own ``MPNetTokenizer`` (the class all-mpnet-base-v2 loads: lower-casing BERT normaliser,
-WordPiece, ``<s>``/``</s>`` template) built from a 130-entry vocabulary with MPNet's special
-ids (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2), so no 405 MB download is needed.
+WordPiece, ``<s>``/``</s>`` template) built from a 96-entry vocabulary (the task's words, letters
+and ``##`` letter pieces) with MPNet's special ids (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2), so no
+405 MB download is needed. The GPT-2 tokenizer in ../shared would have tested none of this.
 
 Three training runs cover each recipe, long-document mode and pooling at least once:
 
-====  =====================  ===========  =========  =======  ======  =======
-run   training               documents    pooling    padding  fusion  through
-====  =====================  ===========  =========  =======  ======  =======
-A     frozen (feature cache)  truncate     attention  left     none    fit
-B     top 1 layer (cache)     head-tail    mean       right    tfidf   CLI
-C     full fine-tuning        chunks       last       right    none    fit
-====  =====================  ===========  =========  =======  ======  =======
+===  ======================  =========  =========  =======  ======  =======
+run  training                documents  pooling    padding  fusion  through
+===  ======================  =========  =========  =======  ======  =======
+A    frozen (feature cache)  truncate   attention  left     none    fit
+B    top 1 layer (cache)     head-tail  mean       right    tfidf   CLI
+C    full fine-tuning        chunks     last       right    none    fit
+===  ======================  =========  =========  =======  ======  =======
 
-A is then exported to ONNX, served, explained; B is evaluated and reported; C predicts
-long documents alone and together. Padding invariance of the bare model is tested with
-the other families in ``tests/test_model.py``.
+A is then exported to ONNX, served, explained and loaded the fast way (no transformers); B
+is evaluated and reported; C predicts long documents alone and together. Padding invariance
+of the bare model (left and right, alone and batched, every pooling) is tested with the other
+families in ``tests/test_model.py``.
 """
 
 from __future__ import annotations
