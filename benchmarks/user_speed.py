@@ -11,7 +11,8 @@ Measures, each against a baseline timed in the same run on the same machine:
   padded-token budget per batch), timed in one process; ``default_within_best`` is the
   default configuration's time over the best one's.
 * ``one_text_vs_import``: ``gpt2clf predict MODEL "one short text"`` against
-  ``python -c "import torch, transformers"`` (medians of 3 processes each).
+  ``python -c "import torch, transformers"`` (medians of 3 processes each, interleaved;
+  ``--one-text --model-dir M --repeats N`` measures only this, for any model folder).
 * ``framework_overhead``: training steps per second of gpt2clf's Lightning loop against a
   bare PyTorch loop over the same tiny model, batches, optimizer and clipping:
   ``1 - ours / bare``.
@@ -21,6 +22,7 @@ Usage::
 
     python benchmarks/user_speed.py --json            # about 10 minutes on 2 cores
     python benchmarks/user_speed.py --skip-predict    # only the training-loop overhead
+    python benchmarks/user_speed.py --one-text --model-dir MODEL --repeats 7 --json  # start-up only
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def timed_process(command: list[str], repeats: int = 1) -> float:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def one_text_vs_import(folder: Path, repeats: int = 3) -> dict[str, Any]:
+    """Whole-process wall seconds of a one-text ``gpt2clf predict`` and of ``import torch, transformers``:
+    medians of ``repeats`` each, the two interleaved so that a change in the machine's load hits both."""
+    text = "My X server crashes when I resize an xterm"
+    predict = [sys.executable, "-m", "gpt2clf.cli", "predict", str(folder), text]
+    imports = [sys.executable, "-c", "import torch, transformers"]
+    times: dict[str, list[float]] = {"predict": [], "import": []}
+    for _ in range(repeats):
+        times["predict"].append(timed_process(predict))
+        times["import"].append(timed_process(imports))
+    one, base = statistics.median(times["predict"]), statistics.median(times["import"])
+    return {"import_seconds": round(base, 2), "predict_seconds": round(one, 2), "ratio": round(one / base, 2),
+            "repeats": repeats, "all_seconds": {k: [round(t, 2) for t in v] for k, v in times.items()}}
 
 
 def build_model_folder(folder: Path) -> Path:
@@ -224,6 +241,8 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, help="a model folder (default: a GPT-2-small-sized random one)")
     parser.add_argument("--skip-predict", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--one-text", action="store_true", help="only one_text_vs_import (with --model-dir)")
+    parser.add_argument("--repeats", type=int, default=3, help="processes of each kind for one_text_vs_import")
     parser.add_argument("--seed-pipeline", nargs=2, metavar=("MODEL_DIR", "POSTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.seed_pipeline:
@@ -231,6 +250,12 @@ def main() -> int:
         return 0
     report: dict[str, Any] = {"machine": machine()}
     report["cpu_bf16"] = report["machine"]["cpu_bf16"]
+    if args.one_text:
+        if args.model_dir is None:
+            parser.error("--one-text needs --model-dir")
+        report["one_text_vs_import"] = one_text_vs_import(args.model_dir, args.repeats)
+        print(json.dumps(report, indent=2) if args.json else report)
+        return 0
     if not args.skip_predict:
         with tempfile.TemporaryDirectory(prefix="gpt2clf-speed-") as scratch:
             folder = args.model_dir or build_model_folder(Path(scratch) / "model")
@@ -246,12 +271,8 @@ def main() -> int:
                                            "default_seconds": round(default, 1)}
             report["default_predict_speedup_vs_seed"] = round(seed / default, 2)
             report["best_inference"] = best_inference(folder, texts)
-            imports = timed_process([sys.executable, "-c", "import torch, transformers"], repeats=3)
-            one = timed_process([*gpt2clf, "predict", str(folder), "My X server crashes when I resize an xterm"],
-                                repeats=3)
-            report["one_text_vs_import"] = {"import_seconds": round(imports, 2), "predict_seconds": round(one, 2),
-                                            "ratio": round(one / imports, 2)}
-            log(f"one text: {one:.2f} s; import torch, transformers: {imports:.2f} s")
+            report["one_text_vs_import"] = one_text_vs_import(folder, args.repeats)
+            log(f"one text: {report['one_text_vs_import']}")
     if not args.skip_overhead:
         with contextlib.redirect_stdout(sys.stderr):  # Lightning's banners: keep stdout for the JSON
             report.update(framework_overhead())

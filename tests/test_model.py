@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, RobertaConfig, RobertaModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2Model,
+    MPNetConfig,
+    MPNetModel,
+    RobertaConfig,
+    RobertaModel,
+)
 
 from gpt2clf.errors import ConfigError, ModelLoadError
 from gpt2clf.model import (
@@ -64,7 +73,20 @@ def roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-FAMILIES = ["gpt2", "bert", "roberta"]
+@pytest.fixture(scope="module")
+def mpnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MPNet (all-mpnet-base-v2's architecture): learned positions from pad id + 1 like RoBERTa's,
+    plus a relative position bias in every attention layer."""
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                         eos_token_id=2)
+    folder = tmp_path_factory.mktemp("mpnet")
+    MPNetModel(config).save_pretrained(folder)
+    return folder
+
+
+FAMILIES = ["gpt2", "bert", "roberta", "mpnet"]
 
 
 def make_spec(**changes) -> ClassifierSpec:
@@ -213,6 +235,39 @@ def test_left_padding_needs_position_ids(request: pytest.FixtureRequest, family:
         shifted = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
     assert not torch.allclose(ours[real], shifted[real], atol=1e-3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_position_ids_follow_each_backbones_own_numbering(request: pytest.FixtureRequest, family: str) -> None:
+    """Ours equal the backbone's default where its default is right (no padding, or right padding
+    with its own pad id), and a padded document's states equal its unpadded ones (left and right)."""
+    model = make_model(request.getfixturevalue(f"{family}_dir"))
+    pad_id = model.backbone.config.pad_token_id if model.backbone.config.pad_token_id is not None else PAD
+    with torch.no_grad():
+        for doc in (SHORT, LONG):
+            ids, mask = torch.tensor([doc]), torch.ones(1, len(doc), dtype=torch.long)
+            alone = model.backbone_hidden_states(ids, mask)[0]
+            own = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state[0]
+            assert torch.allclose(alone, own, atol=1e-5)
+            for side in ("right", "left"):
+                padded_ids, padded_mask = pad_batch([SHORT, LONG], side, pad_id)
+                row = 0 if doc is SHORT else 1
+                states = model.backbone_hidden_states(padded_ids, padded_mask)[row][padded_mask[row].bool()]
+                assert torch.allclose(states, alone, atol=1e-5), side
+        ids, mask = pad_batch([SHORT, LONG], "right", pad_id)
+        own = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.allclose(model.backbone_hidden_states(ids, mask)[mask.bool()], own[mask.bool()], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_max_positions_is_the_longest_input_that_runs(request: pytest.FixtureRequest, family: str) -> None:
+    """RoBERTa and MPNet have 66 position embeddings but number tokens from 2: 64 fit, as for the others."""
+    model = make_model(request.getfixturevalue(f"{family}_dir"))
+    assert model.adapter.max_positions == 64
+    with torch.no_grad():
+        assert model(torch.full((1, 64), 5)).shape == (1, 3)
+        with pytest.raises((IndexError, RuntimeError)):  # one more is out of range: the bound is tight
+            model(torch.full((1, 65), 5))
 
 
 def test_dropout_only_in_training(gpt2_dir: Path) -> None:

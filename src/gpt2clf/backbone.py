@@ -99,18 +99,18 @@ def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
     because the caller loads them next.
 
     ``origin`` names the file the config came from, for error messages. With ``native=True``
-    a plain GPT-2 config is built as :class:`~gpt2clf.gpt2_body.GPT2Body` (the same network
-    without importing ``transformers``' model classes: faster start-up for inference); other
-    configs are built by ``transformers`` as usual.
+    a plain GPT-2 config is built as :class:`~gpt2clf.gpt2_body.GPT2Body` and an MPNet one as
+    :class:`~gpt2clf.mpnet_body.MPNetBody` (the same networks without importing
+    ``transformers``' model classes: faster start-up for inference); other configs are built
+    by ``transformers`` as usual.
 
     Raises:
         ModelLoadError: the config names an unknown or unusable architecture.
     """
     if native:
-        from gpt2clf.gpt2_body import GPT2Body, native_gpt2_reason
-
-        if native_gpt2_reason(backbone_config) is None:
-            return GPT2Body(backbone_config)
+        body = _native_body(backbone_config)
+        if body is not None:
+            return body
     from transformers import AutoConfig, AutoModel
 
     values = dict(backbone_config)
@@ -131,6 +131,17 @@ def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
     except (ValueError, TypeError, KeyError) as err:
         raise ModelLoadError(f"cannot build the backbone described in {origin}: {first_line(err)}") from err
     return _base_model(model)
+
+
+def _native_body(backbone_config: dict[str, Any]) -> nn.Module | None:
+    """The plain-PyTorch body for this saved config (GPT-2, MPNet), or None when none can run it."""
+    from gpt2clf.gpt2_body import GPT2Body, native_gpt2_reason
+    from gpt2clf.mpnet_body import MPNetBody, native_mpnet_reason
+
+    for reason, body in ((native_gpt2_reason, GPT2Body), (native_mpnet_reason, MPNetBody)):
+        if reason(backbone_config) is None:
+            return body(backbone_config)
+    return None
 
 
 def _no_init_weights() -> contextlib.AbstractContextManager:
@@ -236,7 +247,12 @@ class BackboneAdapter:
 
     @property
     def max_positions(self) -> int | None:
-        return max_positions(self.module.config)
+        """The longest input the backbone can read: its position embeddings less those below the
+        first real token's number (RoBERTa and MPNet: 514 embeddings, tokens numbered from 2, so 512)."""
+        positions = max_positions(self.module.config)
+        if positions is None or not self.position_offset:
+            return positions
+        return positions - self.position_offset
 
     def layers(self) -> nn.ModuleList:
         """The transformer layers (GPT-2: ``h``; BERT: ``encoder.layer``)."""

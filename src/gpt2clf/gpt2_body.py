@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["GPT2Body", "GPT2BodyConfig", "native_gpt2_reason"]
+__all__ = ["BodyConfig", "GPT2Body", "GPT2BodyConfig", "native_gpt2_reason"]
 
 # GPT-2 activations this module implements (transformers' ACT2FN names).
 _ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
@@ -60,16 +60,34 @@ def native_gpt2_reason(backbone_config: dict[str, Any]) -> str | None:
     return None
 
 
-class GPT2BodyConfig:
-    """The saved backbone config, read-only, with the attribute names gpt2clf looks up.
+class BodyConfig:
+    """A saved backbone config, read-only, for a native body (this module's, :mod:`gpt2clf.mpnet_body`'s).
 
-    Keeps the whole dict so that saving a model loaded this way writes the same config back.
+    Keeps the whole dict so that saving a model loaded this way writes the same config back;
+    subclasses add the attribute names gpt2clf and their network look up.
     """
+
+    model_type = ""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = dict(values)
+        self._name_or_path: str = values.get("_name_or_path", "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def to_json_string(self, use_diff: bool = False) -> str:
+        """The saved config as JSON (``use_diff`` is accepted for transformers' signature)."""
+        return json.dumps(self._values, indent=2, sort_keys=True)
+
+
+class GPT2BodyConfig(BodyConfig):
+    """GPT-2's saved config with the attribute names gpt2clf looks up."""
 
     model_type = "gpt2"
 
     def __init__(self, values: dict[str, Any]) -> None:
-        self._values = dict(values)
+        super().__init__(values)
         self.n_embd: int = values["n_embd"]
         self.hidden_size = self.n_embd
         self.n_head: int = values["n_head"]
@@ -83,14 +101,6 @@ class GPT2BodyConfig:
         self.embd_pdrop: float = values.get("embd_pdrop", 0.1)
         self.attn_pdrop: float = values.get("attn_pdrop", 0.1)
         self.resid_pdrop: float = values.get("resid_pdrop", 0.1)
-        self._name_or_path: str = values.get("_name_or_path", "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self._values)
-
-    def to_json_string(self, use_diff: bool = False) -> str:
-        """The saved config as JSON (``use_diff`` is accepted for transformers' signature)."""
-        return json.dumps(self._values, indent=2, sort_keys=True)
 
 
 class Conv1D(nn.Module):

@@ -1,4 +1,4 @@
-"""A GPT-2 tokenizer read straight from a model folder's ``tokenizer.json``, for fast start-up.
+"""A GPT-2 or MPNet tokenizer read straight from a model folder's ``tokenizer.json``, for fast start-up.
 
 ``transformers.AutoTokenizer`` costs about 1.5 s to import and build on a 2-core CPU; the
 Rust ``tokenizers`` library that does the actual work loads the same ``tokenizer.json`` in
@@ -8,10 +8,14 @@ API that :mod:`gpt2clf.batching` uses (calling it on texts, ``pad_token_id``,
 
 Guarantees:
 
-* :func:`load_json_tokenizer` returns a tokenizer only for GPT-2 tokenizers
-  (``tokenizer_class`` GPT2Tokenizer or GPT2TokenizerFast) whose template adds no special
-  tokens to a single text, and None otherwise; the caller then uses ``AutoTokenizer``.
-* Token ids equal ``AutoTokenizer``'s for the same folder (tested on real 20 Newsgroups posts).
+* :func:`load_json_tokenizer` returns a tokenizer only for the tokenizer classes whose whole
+  behaviour is in ``tokenizer.json``: GPT-2's (``GPT2Tokenizer``/``GPT2TokenizerFast``, when
+  its template adds no special tokens to a single text) and MPNet's (``MPNetTokenizer``/
+  ``MPNetTokenizerFast``: lower-casing, WordPiece, ``<s> ... </s>``); None otherwise, and the
+  caller then uses ``AutoTokenizer``.
+* Token ids and offsets equal ``AutoTokenizer``'s for the same folder (tested on real 20
+  Newsgroups posts), truncation included: the text is cut to leave room for the template's
+  special tokens, as the ``tokenizers`` library does when transformers asks it to truncate.
 * Special tokens come from ``tokenizer_config.json``; a missing pad token is the eos token,
   as :func:`gpt2clf.batching.load_tokenizer` sets it.
 """
@@ -26,6 +30,8 @@ from typing import Any
 __all__ = ["JsonTokenizer", "load_json_tokenizer"]
 
 _GPT2_CLASSES = ("GPT2Tokenizer", "GPT2TokenizerFast")
+# Tokenizers whose template wraps a text in special tokens, all of it written in tokenizer.json.
+_TEMPLATE_CLASSES = ("MPNetTokenizer", "MPNetTokenizerFast")
 
 
 class JsonTokenizer:
@@ -51,12 +57,20 @@ class JsonTokenizer:
         if padding:
             raise ValueError("JsonTokenizer does not pad; gpt2clf's collators do")
         single = isinstance(text, str)
-        encodings = self.backend.encode_batch([text] if single else list(text), add_special_tokens=add_special_tokens)
-        keep = max_length if truncation and max_length is not None else None  # no special tokens to keep (checked)
-        ids = [encoding.ids[:keep] for encoding in encodings]
+        # What tokenizers does when asked to truncate, without changing the shared backend's state
+        # (the server tokenizes on several threads): cut the text to leave room for the special
+        # tokens, then add them. A max_length below their count is ignored there, and so here.
+        encodings = self.backend.encode_batch([text] if single else list(text), add_special_tokens=False)
+        special = self.backend.num_special_tokens_to_add(False) if add_special_tokens else 0
+        if truncation and max_length is not None and max_length >= special:
+            for encoding in encodings:
+                encoding.truncate(max_length - special)
+        if special:
+            encodings = [self.backend.post_process(encoding, None, True) for encoding in encodings]
+        ids = [encoding.ids for encoding in encodings]
         out: dict[str, Any] = {"input_ids": ids[0] if single else ids}
         if return_offsets_mapping:
-            offsets = [encoding.offsets[:keep] for encoding in encodings]
+            offsets = [encoding.offsets for encoding in encodings]
             out["offset_mapping"] = offsets[0] if single else offsets
         return out
 
@@ -65,11 +79,12 @@ class JsonTokenizer:
 
 
 def load_json_tokenizer(folder: str | Path, padding_side: str = "right") -> JsonTokenizer | None:
-    """The folder's GPT-2 tokenizer as a :class:`JsonTokenizer`, or None when it is not one this can read."""
+    """The folder's GPT-2 or MPNet tokenizer as a :class:`JsonTokenizer`, or None when it is not one this can read."""
     folder = Path(folder)
     try:
         settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        if settings.get("tokenizer_class") not in _GPT2_CLASSES or settings.get("add_bos_token") \
+        kind = settings.get("tokenizer_class")
+        if kind not in (*_GPT2_CLASSES, *_TEMPLATE_CLASSES) or settings.get("add_bos_token") \
                 or settings.get("add_eos_token"):
             return None
         from tokenizers import Tokenizer
@@ -80,8 +95,8 @@ def load_json_tokenizer(folder: str | Path, padding_side: str = "right") -> Json
     backend.no_truncation()
     backend.no_padding()
     probe = "hello world"
-    if backend.encode(probe).ids != backend.encode(probe, add_special_tokens=False).ids:
-        return None  # a template that adds special tokens: leave it to transformers
+    if kind in _GPT2_CLASSES and backend.encode(probe).ids != backend.encode(probe, add_special_tokens=False).ids:
+        return None  # a GPT-2 template that adds special tokens: leave it to transformers
     eos, pad = _token(settings.get("eos_token")), _token(settings.get("pad_token"))
     tokenizer = JsonTokenizer(backend, eos_token=eos, pad_token=pad, padding_side=padding_side,
                               name_or_path=str(folder))

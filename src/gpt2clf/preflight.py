@@ -177,7 +177,9 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
     """Seconds per token of a training step, an evaluation forward, the cache pass and (``full_pass``) a
     forward and backward through the whole model, each timed once after a warm-up call."""
     rows = min(config.batch_size, 4)
-    ids = torch.randint(0, 100, (rows, min(length, config.max_length)), device=device)
+    # Any ids the backbone has embeddings for (a small vocabulary may have fewer than 100).
+    vocabulary = model.backbone.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, min(100, vocabulary), (rows, min(length, config.max_length)), device=device)
     mask = torch.ones_like(ids)
     cached = uses_feature_cache(config, model)
     start_layer = len(model.backbone_layers()) - config.train_top_layers if cached and config.train_top_layers \
