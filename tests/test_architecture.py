@@ -181,3 +181,75 @@ def test_the_micro_batcher_works_without_fastapi() -> None:
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["full", "['CCC', 'A'] ['BB'] True", "[['a', 'bb', 'ccc']]", "blocked"]
+
+
+def test_only_model_io_reads_a_model_folders_config_json(tiny_model_dir: Path, monkeypatch, tmp_path: Path) -> None:
+    """A model folder's config.json is parsed in one place (gpt2clf.model_io): every reader of a folder
+    (the predictor, the estimator, the server, export's checks, evaluation's recorded config) goes through it.
+    Any other gpt2clf module that opens the file fails this test, however it opens it."""
+    import builtins
+    import io
+    import sys
+    import time
+    from pathlib import Path as _Path
+
+    from fastapi.testclient import TestClient
+
+    from gpt2clf.estimator import GPT2TextClassifier
+    from gpt2clf.model_io import read_training_config, recorded_config
+    from gpt2clf.onnx_runtime import folder_fingerprints, unsupported_reason
+    from gpt2clf.prediction import Predictor
+    from gpt2clf.serving import create_app
+
+    target = (tiny_model_dir / "config.json").resolve()
+    openers: list[str] = []
+
+    def note(path: object) -> None:
+        try:
+            if _Path(path).resolve() != target:  # type: ignore[arg-type]
+                return
+        except (TypeError, ValueError):
+            return
+        # The direct caller of open(): a library (transformers' AutoTokenizer looks for a
+        # model_type there) reading the file is not our code parsing it.
+        name = sys._getframe(2).f_globals.get("__name__", "")
+        if name.startswith("gpt2clf."):
+            openers.append(name)
+
+    real_open, real_io_open = builtins.open, io.open
+    real_read_text, real_read_bytes = _Path.read_text, _Path.read_bytes
+
+    def spy_open(file, *args, **kwargs):
+        note(file)
+        return real_open(file, *args, **kwargs)
+
+    def spy_io_open(file, *args, **kwargs):
+        note(file)
+        return real_io_open(file, *args, **kwargs)
+
+    def spy_read_text(self, *args, **kwargs):
+        note(self)
+        return real_read_text(self, *args, **kwargs)
+
+    def spy_read_bytes(self, *args, **kwargs):
+        note(self)
+        return real_read_bytes(self, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(io, "open", spy_io_open)
+    monkeypatch.setattr(_Path, "read_text", spy_read_text)
+    monkeypatch.setattr(_Path, "read_bytes", spy_read_bytes)
+
+    Predictor.from_folder(tiny_model_dir, precision="32-true").predict_proba(["hello there"])
+    Predictor.from_folder(tiny_model_dir, fast_start=False, precision="32-true")
+    GPT2TextClassifier.load(tiny_model_dir)
+    recorded_config(tiny_model_dir)
+    unsupported_reason(read_training_config(tiny_model_dir))
+    folder_fingerprints(tiny_model_dir)
+    with TestClient(create_app(tiny_model_dir)) as client:  # the folder loads in the background
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/v1/model").status_code == 200
+    assert openers, "the spy saw no read at all: the test would prove nothing"
+    assert set(openers) == {"gpt2clf.model_io"}, sorted(set(openers))

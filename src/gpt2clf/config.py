@@ -408,7 +408,9 @@ def check_batch_size(value: Any, name: str = "batch_size") -> int:
     length-sorted batches) calls this, so Python callers and every command get the same message.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be at least 1 (a whole number), got {value!r}")
+        flag = "--" + name.lstrip("-").replace("_", "-")
+        label = name if name.startswith("--") else f"{name} ({flag})"
+        raise ConfigError(f"{label} must be at least 1 (a whole number), got {value!r}")
     return value
 
 

@@ -773,43 +773,46 @@ def load_dataset_splits(
     if train_file is None:
         if test_file is not None:
             raise DataError("test_file needs train_file (without train_file the dataset is 20 Newsgroups)")
-        parts = _normalise_strip(strip)
-        train = load_20newsgroups("train", data_dir, parts)
-        test = load_20newsgroups("test", data_dir, parts)
-        if train.label_names != test.label_names:
-            raise DataError("the 20 Newsgroups train and test folders have different newsgroups; "
-                            "re-extract the archive")
-        kind, resolved = _resolve_news_source(data_dir)
-        source: dict[str, Any] = {
-            "kind": "20newsgroups",
-            "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None,
-            "resolved": None if kind == "online" else str(resolved),
-            "strip": list(parts),
-        }
-        return DatasetSplits(train=train, test=test, label_names=list(train.label_names), source=source)
+        return _newsgroups_splits(data_dir, strip)
+    settings = {"text_column": stored_column, "label_column": label_column, "test_ratio": test_ratio, "seed": seed}
+    return _file_splits(Path(train_file).expanduser(), None if test_file is None else Path(test_file).expanduser(),
+                        text_column, label_column, multi_label, test_ratio, seed, {**settings, **extra_source})
 
-    train_path = Path(train_file).expanduser()
-    rows = load_labelled_file(train_path, text_column, label_column, multi_label=multi_label)
-    source = {
-        "kind": "file",
-        "train_file": str(train_path.resolve()),
-        "test_file": None,
-        "text_column": stored_column,
-        "label_column": label_column,
-        "test_ratio": test_ratio,
-        "seed": seed,
-        "train_sha256": _sha256(train_path),
-        "test_sha256": None,
-        **extra_source,
+
+def _newsgroups_splits(data_dir: str | Path | None, strip: Sequence[str]) -> DatasetSplits:
+    """20 Newsgroups' own train and test splits, and where they were read from."""
+    parts = _normalise_strip(strip)
+    train = load_20newsgroups("train", data_dir, parts)
+    test = load_20newsgroups("test", data_dir, parts)
+    if train.label_names != test.label_names:
+        raise DataError("the 20 Newsgroups train and test folders have different newsgroups; "
+                        "re-extract the archive")
+    kind, resolved = _resolve_news_source(data_dir)
+    source: dict[str, Any] = {
+        "kind": "20newsgroups",
+        "data_dir": str(Path(data_dir).expanduser().resolve()) if data_dir else None,
+        "resolved": None if kind == "online" else str(resolved),
+        "strip": list(parts),
     }
+    return DatasetSplits(train=train, test=test, label_names=list(train.label_names), source=source)
+
+
+def _file_splits(train_path: Path, test_path: Path | None, text_column: str | Sequence[str], label_column: str,
+                 multi_label: bool, test_ratio: float, seed: int, settings: dict[str, Any]) -> DatasetSplits:
+    """Splits of a labelled train file (and test file); ``source`` records the files, their checksums and
+    ``settings`` (columns, test ratio, seed)."""
+    rows = load_labelled_file(train_path, text_column, label_column, multi_label=multi_label)
+    extra = {k: v for k, v in settings.items() if k not in ("text_column", "label_column", "test_ratio", "seed")}
+    source = {"kind": "file", "train_file": str(train_path.resolve()), "test_file": None,
+              "text_column": settings["text_column"], "label_column": label_column, "test_ratio": test_ratio,
+              "seed": seed, "train_sha256": _sha256(train_path), "test_sha256": None, **extra}
     test_rows = None
-    if test_file is not None:
-        test_path = Path(test_file).expanduser()
+    if test_path is not None:
         test_rows = load_labelled_file(test_path, text_column, label_column, multi_label=multi_label)
         source["test_file"] = str(test_path.resolve())
         source["test_sha256"] = _sha256(test_path)
     return _splits_from_rows(rows, test_rows, str(train_path), label_column, multi_label, test_ratio, seed,
-                             source, test_name=str(test_file) if test_file is not None else None)
+                             source, test_name=str(test_path) if test_path is not None else None)
 
 
 def _splits_from_rows(rows: tuple[list[str], list[Any]], test_rows: tuple[list[str], list[Any]] | None,

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
+from gpt2clf.model_io import read_training_config
 from gpt2clf.onnx_runtime import (
     DEFAULT_ONNX_NAME,
     INPUT_NAMES,
@@ -59,7 +60,6 @@ from gpt2clf.onnx_runtime import (
     folder_fingerprints,
     import_onnxruntime,
     pad_batch,
-    read_inference_config,
     softmax,
     unsupported_reason,
 )
@@ -156,7 +156,7 @@ def export_onnx(model_dir: str | Path, output: str | Path | None = None, *, opse
     check_export_dependencies()
     if not folder.is_dir():
         raise ModelLoadError(f"model folder not found: {folder}; pass a folder written by 'gpt2clf train'")
-    reason = unsupported_reason(read_inference_config(folder))
+    reason = unsupported_reason(read_training_config(folder))
     if reason:
         raise ExportError(f"cannot export {folder} to ONNX: {reason}")
 

@@ -31,13 +31,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from gpt2clf.config import Config
 from gpt2clf.errors import ModelLoadError, first_line
 from gpt2clf.files import atomic_directory, atomic_write_json
+
+if TYPE_CHECKING:  # reading and writing folders needs no torch import of its own (the ONNX runtime has none)
+    from torch import Tensor, nn
 
 FORMAT = "gpt2clf"
 FORMAT_VERSION = 1

@@ -45,6 +45,7 @@ import numpy as np
 
 from gpt2clf.config import InferenceSettings, check_batch_size
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
+from gpt2clf.model_io import config_sha256, read_training_config
 
 if TYPE_CHECKING:
     from gpt2clf.inference import Progress
@@ -63,15 +64,6 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_conf
 # ------------------------------------------------------------------------------------------
 # Model folder checks shared with gpt2clf.export
 # ------------------------------------------------------------------------------------------
-def read_inference_config(model_dir: str | Path) -> dict[str, Any]:
-    """The training config recorded in a model folder (``config.json`` -> ``extra.config``), or {}."""
-    try:
-        meta = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    extra = meta.get("extra") if isinstance(meta, dict) else None
-    config = extra.get("config") if isinstance(extra, dict) else None
-    return dict(config) if isinstance(config, dict) else {}
 
 
 def unsupported_reason(config: dict[str, Any]) -> str | None:
@@ -103,14 +95,13 @@ def unsupported_reason(config: dict[str, Any]) -> str | None:
 def folder_fingerprints(model_dir: str | Path) -> dict[str, str]:
     """SHA-256 of the model folder's ``config.json`` and of its tokenizer files, concatenated in order."""
     folder = Path(model_dir)
-    config = folder / "config.json"
     tokenizer = hashlib.sha256()
     for name in TOKENIZER_FILES:
         path = folder / name
         if path.is_file():
             tokenizer.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return {
-        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else "",
+        "config_sha256": config_sha256(folder),
         "tokenizer_sha256": tokenizer.hexdigest(),
     }
 
@@ -286,7 +277,7 @@ class OnnxPredictor:
         folder = Path(model_dir)
         if not folder.is_dir():
             raise ModelLoadError(f"model folder not found: {folder}")
-        reason = unsupported_reason(read_inference_config(folder))
+        reason = unsupported_reason(read_training_config(folder))
         if reason:
             raise ConfigError(f"cannot run {folder} through ONNX: {reason}")
         path = Path(onnx_path) if onnx_path is not None else folder / DEFAULT_ONNX_NAME
