@@ -5,11 +5,13 @@ The main entry points, importable from the package (loaded lazily, so ``import g
 
     from gpt2clf import Config, GPT2Classifier, GPT2TextClassifier, Predictor, fit, train
 
-Modules, in the order data flows (each imports only those above it):
-``errors``, ``files``, ``config`` -> ``corpora`` (text) -> ``batching`` (tokens, batches) ->
-``backbone`` (the Hugging Face adapter) -> ``model_io``, ``model`` -> ``inference`` ->
-``feature_cache``, ``prediction`` -> ``evaluation``, ``stats``, ``plots`` -> ``training`` ->
-``estimator`` (the scikit-learn estimator), ``cli``.
+Modules, in the order data flows (each imports only those to its left; a test checks it):
+``errors``, ``files``, ``config``, ``synthetic`` -> ``corpora`` (text) -> ``batching`` (tokens,
+windows, batches), ``json_tokenizer``, ``stats`` -> ``gpt2_body``, ``mpnet_body``, ``backbone``
+(the Hugging Face adapter) -> ``model_io`` (the model-folder format), ``model`` -> ``inference``,
+``fusion`` -> ``feature_cache``, ``prediction`` -> ``evaluation``, ``plots``, ``report``,
+``explain``, ``onnx_runtime``, ``export`` -> ``prepared`` -> ``optimization``, ``preflight`` ->
+``training`` -> ``estimator`` (the scikit-learn estimator), ``microbatch``, ``serving`` -> ``cli``.
 """
 
 from __future__ import annotations

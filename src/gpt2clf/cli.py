@@ -42,6 +42,8 @@ from gpt2clf.config import (
 )
 from gpt2clf.errors import DataError, PerformanceWarning, UserError
 
+__all__ = ["build_parser", "config_from_args", "main", "settings_from_args", "user_error_message"]
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 

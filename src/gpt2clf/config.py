@@ -33,6 +33,13 @@ import yaml
 
 from gpt2clf.errors import ConfigError
 
+__all__ = [
+    "CHUNK_AGGREGATIONS", "FREEZE_CHOICES", "FUSION_CHOICES", "LONG_DOCUMENT_CHOICES", "PADDING_SIDES",
+    "POOLING_CHOICES", "PRECISIONS", "PRESETS", "PRESET_CHOICES", "RECIPE_FIELDS", "SCHEDULES", "SERVE_HOST",
+    "SERVE_PORT", "STRIP_CHOICES", "Config", "InferenceSettings", "ServeSettings", "check_batch_size",
+    "choose_preset", "coerce_fields", "field_help"
+]
+
 POOLING_CHOICES = ("last", "mean", "attention")
 FREEZE_CHOICES = ("none", "backbone")
 PADDING_SIDES = ("right", "left")

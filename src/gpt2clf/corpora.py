@@ -870,12 +870,7 @@ def labelled_texts(texts: Sequence[str], labels: Sequence[Any], *, test_texts: S
     """
     if multi_label:
         return _multi_labelled_texts(texts, labels, test_texts, test_labels, label_names)
-    if isinstance(texts, str) or (test_texts is not None and isinstance(test_texts, str)):
-        raise DataError("texts must be a sequence of strings, not a single string")
-    if len(texts) != len(labels):
-        raise DataError(f"got {len(texts)} texts but {len(labels)} labels")
-    if (test_texts is None) != (test_labels is None):
-        raise DataError("give test_texts and test_labels together")
+    _check_texts_and_labels(texts, labels, test_texts, test_labels, "labels")
     names = [str(n) for n in label_names] if label_names is not None else sorted({str(y) for y in labels})
     if len(names) < 2:
         raise DataError(f"the labels have {len(names)} distinct value(s); classification needs at least 2")
@@ -893,14 +888,20 @@ def labelled_texts(texts: Sequence[str], labels: Sequence[Any], *, test_texts: S
     return DatasetSplits(train=train, test=test, label_names=list(names), source={"kind": "memory"})
 
 
-def _multi_labelled_texts(texts: Sequence[str], labels: Sequence[Any], test_texts: Sequence[str] | None,
-                          test_labels: Sequence[Any] | None, label_names: Sequence[str] | None) -> DatasetSplits:
+def _check_texts_and_labels(texts: Sequence[str], labels: Sequence[Any], test_texts: Sequence[str] | None,
+                            test_labels: Sequence[Any] | None, noun: str) -> None:
+    """The shape checks labelled_texts makes for both kinds of labels (``noun``: what a label is called)."""
     if isinstance(texts, str) or (test_texts is not None and isinstance(test_texts, str)):
         raise DataError("texts must be a sequence of strings, not a single string")
     if len(texts) != len(labels):
-        raise DataError(f"got {len(texts)} texts but {len(labels)} label lists")
+        raise DataError(f"got {len(texts)} texts but {len(labels)} {noun}")
     if (test_texts is None) != (test_labels is None):
         raise DataError("give test_texts and test_labels together")
+
+
+def _multi_labelled_texts(texts: Sequence[str], labels: Sequence[Any], test_texts: Sequence[str] | None,
+                          test_labels: Sequence[Any] | None, label_names: Sequence[str] | None) -> DatasetSplits:
+    _check_texts_and_labels(texts, labels, test_texts, test_labels, "label lists")
 
     def as_lists(values: Sequence[Any]) -> list[list[str]]:
         if any(isinstance(row, str) or not hasattr(row, "__iter__") for row in values):

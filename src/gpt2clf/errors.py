@@ -8,6 +8,8 @@ and exit code 2; library users can catch them like any other exception.
 
 from __future__ import annotations
 
+__all__ = ["ConfigError", "DataError", "ModelLoadError", "PerformanceWarning", "UserError", "first_line"]
+
 
 class UserError(Exception):
     """A problem with the user's input, not a bug in gpt2clf."""

@@ -3,7 +3,6 @@
 Logits and gold labels become an :class:`EvaluationResult` (:func:`compute_metrics`; for
 multi-label data :func:`compute_multilabel_metrics`, with per-label decision thresholds that
 :func:`tune_thresholds` chooses on the validation split);
-:func:`evaluate_model` runs a model over tokenized documents first, and
 :func:`evaluate_folder` scores a saved model folder on a split of the data it was trained on
 (or any other). scikit-learn computes every metric, so the figures match what users get
 from its own functions. Nothing here imports Lightning.
@@ -27,11 +26,10 @@ from gpt2clf.corpora import DataWarning, splits_for
 from gpt2clf.errors import DataError
 from gpt2clf.files import atomic_write_json, atomic_write_text
 from gpt2clf.inference import Progress
-from gpt2clf.model import GPT2Classifier
 from gpt2clf.model_io import recorded_config
-from gpt2clf.prediction import Predictor, batched_logits
+from gpt2clf.prediction import Predictor
 
-__all__ = ["EvaluationResult", "compute_metrics", "compute_multilabel_metrics", "evaluate_folder", "evaluate_model",
+__all__ = ["EvaluationResult", "compute_metrics", "compute_multilabel_metrics", "evaluate_folder",
            "remap_labels", "score_probabilities", "tune_thresholds"]
 
 # Decision thresholds tried per label: 0.05, 0.10, ..., 0.95.
@@ -212,23 +210,6 @@ def tune_thresholds(probabilities: torch.Tensor | np.ndarray, targets: Sequence[
                 best, best_key = t, key
         chosen.append(float(best))
     return chosen
-
-
-def evaluate_model(
-    model: GPT2Classifier,
-    token_lists: Sequence[list[int]],
-    labels: Sequence[int],
-    *,
-    batch_size: int,
-    pad_token_id: int,
-    padding_side: str = "right",
-    device: torch.device | str = "cpu",
-    precision: str = "32-true",
-) -> EvaluationResult:
-    """Run ``model`` over tokenized documents and score it against ``labels``."""
-    logits = batched_logits(model, token_lists, batch_size=batch_size, pad_token_id=pad_token_id,
-                            padding_side=padding_side, device=device, precision=precision)
-    return compute_metrics(logits, labels, model.spec.label_names)
 
 
 def remap_labels(labels: Sequence[int], names: Sequence[str], model_names: Sequence[str]) -> list[int]:

@@ -50,6 +50,12 @@ from torch import Tensor
 from gpt2clf.errors import ConfigError, UserError
 from gpt2clf.files import atomic_write_text
 
+__all__ = [
+    "METHODS", "Explanation", "attention_weights", "display_token", "explain", "explain_folder",
+    "explanation_view", "integrated_gradients", "png_data_uri", "readable_tokens", "render_html",
+    "template_environment"
+]
+
 METHODS = ("integrated-gradients", "attention")
 DEFAULT_STEPS = 50
 MAX_STEPS = 10_000

@@ -64,6 +64,8 @@ from gpt2clf.onnx_runtime import (
     unsupported_reason,
 )
 
+__all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "check_export_dependencies", "export_onnx"]
+
 EXPORT_FORMATS = ("onnx",)
 DEFAULT_OPSET = 18
 MIN_OPSET = 18

@@ -67,6 +67,11 @@ from gpt2clf.files import atomic_write_json
 from gpt2clf.inference import batched_inference, logits_in_input_order
 from gpt2clf.model import GPT2Classifier
 
+__all__ = [
+    "FeatureCollator", "FeatureDataset", "WindowedFeatures", "cache_key", "cache_root_dir", "cached_features",
+    "feature_logits", "layers_to_compute", "logits_from_features"
+]
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1

@@ -50,6 +50,11 @@ from gpt2clf.model_io import config_sha256, read_training_config
 if TYPE_CHECKING:
     from gpt2clf.inference import Progress
 
+__all__ = [
+    "DEFAULT_ONNX_NAME", "INPUT_NAMES", "OUTPUT_NAME", "OnnxMetadata", "OnnxPredictor", "folder_fingerprints",
+    "import_onnxruntime", "pad_batch", "read_onnx_metadata", "softmax", "unsupported_reason"
+]
+
 ONNX_FORMAT = "gpt2clf-onnx"
 ONNX_FORMAT_VERSION = 1
 DEFAULT_ONNX_NAME = "model.onnx"

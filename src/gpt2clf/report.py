@@ -43,6 +43,8 @@ import torch
 from gpt2clf.errors import DataError, UserError
 from gpt2clf.files import atomic_write_text
 
+__all__ = ["ScoredSplit", "check_run_folder", "confident_errors", "confused_pairs", "score_run", "write_run_report"]
+
 REPORT_NAME = "report.html"
 ERROR_STEPS = 16
 """Integration steps for the highlighted errors: coarse but quick (a few seconds per error)."""

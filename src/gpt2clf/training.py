@@ -102,6 +102,8 @@ from gpt2clf.prepared import (
     warn_about_unread_text,
 )
 
+__all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "build_trainer", "fit", "train"]
+
 # ---------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------
