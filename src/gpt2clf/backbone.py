@@ -39,6 +39,7 @@ __all__ = [
     "backbone_from_config",
     "conv1d_to_linear",
     "hidden_width",
+    "load_backbone_config",
     "load_pretrained_backbone",
     "max_positions",
     "position_ids_from_mask",
@@ -71,16 +72,10 @@ def load_pretrained_backbone(name_or_path: str, *, attn_implementation: str | No
     Raises:
         ModelLoadError: not found locally or on the Hub, or unreadable.
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     name = str(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        if Path(name).is_dir():
-            raise ModelLoadError(f"cannot read backbone folder {name}: {first_line(err)}") from err
-        raise ModelLoadError(f"backbone {name!r} was not found locally or on the Hugging Face Hub; "
-                             f"{_OFFLINE_HINT}") from err
+    config = load_backbone_config(name)
 
     def load(implementation: str | None) -> nn.Module:
         return AutoModel.from_pretrained(name, config=config, attn_implementation=implementation,
@@ -91,6 +86,24 @@ def load_pretrained_backbone(name_or_path: str, *, attn_implementation: str | No
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"cannot load backbone {name!r}: {first_line(err)}") from err
     return _base_model(model)
+
+
+def load_backbone_config(name_or_path: str) -> Any:
+    """The Hugging Face config of backbone ``name_or_path`` (hub id or local folder): its shape, no weights.
+
+    Raises:
+        ModelLoadError: not found locally or on the Hub, or unreadable.
+    """
+    from transformers import AutoConfig
+
+    name = str(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        if Path(name).is_dir():
+            raise ModelLoadError(f"cannot read backbone folder {name}: {first_line(err)}") from err
+        raise ModelLoadError(f"backbone {name!r} was not found locally or on the Hugging Face Hub; "
+                             f"{_OFFLINE_HINT}") from err
 
 
 def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,

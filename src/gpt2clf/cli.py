@@ -229,7 +229,8 @@ def training_field_groups() -> list[tuple[str, list[str]]]:
 def command_parser(commands: Any, name: str, help_text: str, description: str, examples: str
                    ) -> argparse.ArgumentParser:
     """A subcommand's parser: its help line, description, examples epilog and ``--debug``."""
-    parser = commands.add_parser(name, help=help_text, description=description, epilog=examples,
+    # allow_abbrev=False: a mistyped flag (--learning-rat) is refused, not taken as the flag it starts.
+    parser = commands.add_parser(name, help=help_text, description=description, epilog=examples, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
@@ -361,7 +362,7 @@ def add_report_and_data_parsers(commands: Any) -> None:
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by 'gpt2clf train --output'")
     report.add_argument("--output", "-o", metavar="FILE.html", help="where to write (default: RUN_DIR/report.html)")
 
-    data = commands.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command",
+    data = commands.add_parser("data", help="inspect datasets", allow_abbrev=False).add_subparsers(dest="data_command",
                                                                                metavar="SUBCOMMAND", required=True)
     stats = command_parser(data, "stats", "documents, classes and token lengths of a dataset",
         "Statistics of the dataset's own splits (before any validation split).",
@@ -377,6 +378,7 @@ def add_report_and_data_parsers(commands: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt2clf",
+        allow_abbrev=False,
         description="Fine-tune a pretrained GPT-2 with custom transformer blocks for text classification.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'gpt2clf COMMAND --help' for a command's options and examples.",

@@ -34,6 +34,7 @@ from gpt2clf.model import GPT2Classifier
 from gpt2clf.prepared import (
     PreparedData,
     build_model,
+    check_backbone,
     compute_device,
     prepare_data,
     seed_all,
@@ -351,6 +352,7 @@ def plan_run(config: Config, *, report: bool = True) -> dict[str, Any]:
     built (20 Newsgroups has 20 classes).
     """
     check_hardware(config)
+    check_backbone(config)  # a missing backbone or a --max-length past its positions, before any data
     config = resolved_config(config)
     warn_about_slow_settings(config)
     seed_all(config.seed)

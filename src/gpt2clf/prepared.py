@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt2clf.backbone import use_fused_gelu
+from gpt2clf.backbone import load_backbone_config, use_fused_gelu
+from gpt2clf.backbone import max_positions as backbone_max_positions
 from gpt2clf.batching import ReadingCoverage, TokenizedDataset, Windowing, encode_and_measure, load_tokenizer
 from gpt2clf.config import Config
 from gpt2clf.corpora import DatasetSplits, DataWarning, SplitSets, splits_for
@@ -37,6 +38,7 @@ __all__ = [
     "PreparedData",
     "attach_features",
     "build_model",
+    "check_backbone",
     "compute_device",
     "data_split",
     "prepare_data",
@@ -165,15 +167,25 @@ def build_model(config: Config, label_names: list[str]) -> GPT2Classifier:
                           pooling=config.pooling,
                           chunk_aggregation=config.chunk_aggregation if config.long_documents == "chunks" else None)
     model = GPT2Classifier.from_backbone(config.backbone, spec)
-    positions = max_positions(model)
-    if positions is not None and config.max_length > positions:
-        raise ConfigError(f"max_length {config.max_length} is more than the backbone's {positions} positions; "
-                          f"use --max-length {positions} or less")
+    _check_length(config, max_positions(model))
     model.set_trainable(config.freeze, config.train_top_layers)
     use_fused_gelu(model)  # the same function as GPT-2's Python GELU, one kernel, less memory
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
+
+
+def check_backbone(config: Config) -> None:
+    """Refuse a backbone that cannot be found, or a ``max_length`` past its position embeddings, from
+    its config alone: before any data is read, so a typo costs no tokenizing. (build_model checks the
+    length again, exactly, less the position offset some architectures have.)"""
+    _check_length(config, backbone_max_positions(load_backbone_config(config.backbone)))
+
+
+def _check_length(config: Config, positions: int | None) -> None:
+    if positions is not None and config.max_length > positions:
+        raise ConfigError(f"max_length {config.max_length} is more than the backbone's {positions} positions; "
+                          f"use --max-length {positions} or less")
 
 
 def max_positions(model: GPT2Classifier) -> int | None:

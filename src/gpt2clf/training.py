@@ -93,6 +93,7 @@ from gpt2clf.prepared import (
     PreparedData,
     attach_features,
     build_model,
+    check_backbone,
     compute_device,
     data_split,
     prepare_data,
@@ -417,6 +418,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
         >>> result.metrics["validation"]["accuracy"]                                    # doctest: +SKIP
     """
     check_hardware(config)
+    check_backbone(config)  # a missing backbone or a --max-length past its positions, before any data
     config = resolved_config(config)
     warn_about_slow_settings(config)
     seed_all(config.seed)
