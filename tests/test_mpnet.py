@@ -148,7 +148,7 @@ def full_run(mpnet_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_max_length_is_limited_to_the_positions_after_the_offset(mpnet_dir: Path) -> None:
     """130 position embeddings, real tokens numbered from pad id + 1 = 2: 128 tokens fit, 129 are refused."""
     from gpt2clf.errors import ConfigError
-    from gpt2clf.training import build_model
+    from gpt2clf.prepared import build_model
 
     assert build_model(small_config(mpnet_dir, max_length=128), ["a", "b"]).adapter.max_positions == 128
     with pytest.raises(ConfigError, match="max_length 129 is more than the backbone's 128 positions"):

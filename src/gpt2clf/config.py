@@ -502,12 +502,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # What --preset accepts: auto picks a recipe for the machine, none keeps the plain defaults.
 PRESET_CHOICES = ("auto", "none", *PRESETS)
-# The settings that make a recipe what it is: how the backbone trains. Setting one yourself means you are
-# choosing the kind of run, so --preset auto then keeps the plain defaults rather than mixing your choice
-# into a recipe built for another (e.g. --freeze none into the cpu recipe's learning rate of 1e-3). Any
-# other flag (--epochs 1 for a quick try, --max-length, --batch-size) adjusts the recipe auto picks, as
-# flags adjust any preset.
-RECIPE_FIELDS = ("feature_cache", "freeze", "train_top_layers")
+# The settings the recipes that --preset auto picks from decide. Setting one of them yourself means you
+# are choosing the recipe, so auto then keeps the plain defaults rather than mixing your value into a
+# recipe you did not ask for (e.g. --freeze none into the cpu recipe's learning rate of 1e-3). To adjust
+# a recipe instead, name it: --preset cpu --epochs 1.
+RECIPE_FIELDS = tuple(sorted((set(PRESETS["cpu"]) | set(PRESETS["best"]) | {"train_top_layers"}) - {"backbone"}))
 
 
 def choose_preset(explicit: Any, *, gpu: bool | None = None) -> tuple[str, str]:
@@ -520,14 +519,15 @@ def choose_preset(explicit: Any, *, gpu: bool | None = None) -> tuple[str, str]:
 
     Example::
 
-        >>> choose_preset(["freeze"], gpu=False)[0], choose_preset(["epochs"], gpu=False)[0]
+        >>> choose_preset(["epochs"], gpu=False)[0], choose_preset(["seed"], gpu=False)[0]
         ('none', 'cpu')
     """
     given = sorted(set(explicit) & set(RECIPE_FIELDS))
     if given:
         names = ", ".join("--" + name.replace("_", "-") for name in given[:3])
         return "none", (f"recipe: the plain defaults, because you set {names} (--preset auto picks a recipe only "
-                        "when you leave the backbone's training to it; --preset cpu or best starts from one)")
+                        "when none of its settings is given; --preset cpu or best starts from one, e.g. --preset cpu "
+                        "--epochs 1)")
     if gpu is None:
         import torch
 
