@@ -440,7 +440,7 @@ def test_the_readmes_gpu_commands_run_on_a_cpu(tiny_backbone: Path, tmp_path: Pa
     assert commands, "the README names GPU training commands"
     shrink = ["--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
               "--max-train-samples", "40", "--max-eval-samples", "20", "--max-length", "32", "--epochs", "1",
-              "--no-progress"]
+              "--no-progress", "--no-report"]  # the report has tests of its own; here it only cost time
     for i, command in enumerate(commands):
         command = [str(tmp_path / f"run{i}") if part.startswith("runs/") else part for part in command]
         assert main([*command, *shrink]) == 0, command
@@ -497,3 +497,19 @@ def test_trainable_parts_train_with_dropout_and_frozen_parts_stay_in_eval_mode(t
     assert all(not any(step.values()) for step in seen["validation"]), seen["validation"][0]
     eval_mode_warnings = [w for w in caught if "in eval mode at the start of training" in str(w.message)]
     assert not eval_mode_warnings, [str(w.message) for w in eval_mode_warnings]
+
+
+def test_a_long_cpu_estimate_names_faster_recipes_other_than_the_one_in_use() -> None:
+    """Over two hours on a CPU the estimate line names faster options; a run that already has the frozen
+    recipe's one backbone pass is not told to use it."""
+    from gpt2clf.preflight import describe_estimate
+
+    base = {"device": "cpu", "precision": "32-true", "training": 3 * 3600.0, "evaluation": 600.0, "fusion": 0.0,
+            "report": 0.0}
+    fine_tuning = describe_estimate({**base, "feature_cache": 0.0, "total": 3 * 3600.0 + 600.0})
+    assert "~3.2 h (training 3.0 h, evaluation 10.0 min)" in fine_tuning
+    assert "faster: --preset cpu (one backbone pass" in fine_tuning
+    frozen = describe_estimate({**base, "training": 600.0, "feature_cache": 4 * 3600.0, "total": 4 * 3600.0 + 1200.0})
+    assert "feature cache 4.0 h" in frozen and "--max-train-samples" in frozen and "--preset cpu " not in frozen
+    quick = describe_estimate({**base, "training": 60.0, "feature_cache": 0.0, "total": 660.0})
+    assert "faster" not in quick

@@ -283,8 +283,12 @@ def describe_estimate(estimate: dict[str, Any]) -> str:
     line = (f"estimated time on this {estimate['device'].upper()} ({estimate['precision']}): "
             f"~{clock(estimate['total'])} ({', '.join(parts)})")
     if estimate["device"] == "cpu" and estimate["total"] > 2 * 3600:
-        line += ("; faster: --preset cpu (one backbone pass into a feature cache), --freeze backbone, "
-                 "--preset cpu-quick, or a GPU")
+        if estimate.get("feature_cache"):  # already the frozen recipe: its one backbone pass is the cost
+            line += ("; faster: fewer or shorter documents (--max-train-samples, --max-length), --preset cpu-quick, "
+                     "or a GPU")
+        else:
+            line += ("; faster: --preset cpu (one backbone pass into a feature cache), --freeze backbone, "
+                     "--preset cpu-quick, or a GPU")
     return line
 
 
