@@ -774,9 +774,9 @@ def load_dataset_splits(
         if test_file is not None:
             raise DataError("test_file needs train_file (without train_file the dataset is 20 Newsgroups)")
         return _newsgroups_splits(data_dir, strip)
-    settings = {"text_column": stored_column, "label_column": label_column, "test_ratio": test_ratio, "seed": seed}
     return _file_splits(Path(train_file).expanduser(), None if test_file is None else Path(test_file).expanduser(),
-                        text_column, label_column, multi_label, test_ratio, seed, {**settings, **extra_source})
+                        text_column=text_column, label_column=label_column, multi_label=multi_label,
+                        test_ratio=test_ratio, seed=seed, recorded={"text_column": stored_column, **extra_source})
 
 
 def _newsgroups_splits(data_dir: str | Path | None, strip: Sequence[str]) -> DatasetSplits:
@@ -797,15 +797,15 @@ def _newsgroups_splits(data_dir: str | Path | None, strip: Sequence[str]) -> Dat
     return DatasetSplits(train=train, test=test, label_names=list(train.label_names), source=source)
 
 
-def _file_splits(train_path: Path, test_path: Path | None, text_column: str | Sequence[str], label_column: str,
-                 multi_label: bool, test_ratio: float, seed: int, settings: dict[str, Any]) -> DatasetSplits:
-    """Splits of a labelled train file (and test file); ``source`` records the files, their checksums and
-    ``settings`` (columns, test ratio, seed)."""
+def _file_splits(train_path: Path, test_path: Path | None, *, text_column: str | Sequence[str], label_column: str,
+                 multi_label: bool, test_ratio: float, seed: int, recorded: dict[str, Any]) -> DatasetSplits:
+    """Splits of a labelled train file (and test file); ``source`` records the files, their checksums, the
+    settings, and ``recorded`` (the text column as stored, and the caller's extra fields)."""
     rows = load_labelled_file(train_path, text_column, label_column, multi_label=multi_label)
-    extra = {k: v for k, v in settings.items() if k not in ("text_column", "label_column", "test_ratio", "seed")}
     source = {"kind": "file", "train_file": str(train_path.resolve()), "test_file": None,
-              "text_column": settings["text_column"], "label_column": label_column, "test_ratio": test_ratio,
-              "seed": seed, "train_sha256": _sha256(train_path), "test_sha256": None, **extra}
+              "text_column": recorded["text_column"], "label_column": label_column, "test_ratio": test_ratio,
+              "seed": seed, "train_sha256": _sha256(train_path), "test_sha256": None,
+              **{k: v for k, v in recorded.items() if k != "text_column"}}
     test_rows = None
     if test_path is not None:
         test_rows = load_labelled_file(test_path, text_column, label_column, multi_label=multi_label)
