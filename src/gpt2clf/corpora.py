@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import io
 import json
 import os
@@ -51,6 +50,7 @@ import numpy as np
 
 from gpt2clf.config import STRIP_CHOICES
 from gpt2clf.errors import DataError, first_line
+from gpt2clf.files import file_sha256
 
 if TYPE_CHECKING:
     from gpt2clf.config import Config
@@ -804,13 +804,13 @@ def _file_splits(train_path: Path, test_path: Path | None, *, text_column: str |
     rows = load_labelled_file(train_path, text_column, label_column, multi_label=multi_label)
     source = {"kind": "file", "train_file": str(train_path.resolve()), "test_file": None,
               "text_column": recorded["text_column"], "label_column": label_column, "test_ratio": test_ratio,
-              "seed": seed, "train_sha256": _sha256(train_path), "test_sha256": None,
+              "seed": seed, "train_sha256": file_sha256(train_path), "test_sha256": None,
               **{k: v for k, v in recorded.items() if k != "text_column"}}
     test_rows = None
     if test_path is not None:
         test_rows = load_labelled_file(test_path, text_column, label_column, multi_label=multi_label)
         source["test_file"] = str(test_path.resolve())
-        source["test_sha256"] = _sha256(test_path)
+        source["test_sha256"] = file_sha256(test_path)
     return _splits_from_rows(rows, test_rows, str(train_path), label_column, multi_label, test_ratio, seed,
                              source, test_name=str(test_path) if test_path is not None else None)
 
@@ -963,14 +963,6 @@ def splits_from_source(source: dict[str, Any]) -> DatasetSplits:
         raise DataError("the model was trained on texts given in memory; point evaluate at data with "
                         "--train-file/--test-file (or --data-dir for 20 Newsgroups)")
     raise DataError(f"unknown dataset source kind {kind!r}; expected '20newsgroups', 'file' or 'hf_dataset'")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stratified_split(ds: TextDataset, ratio: float, seed: int) -> tuple[TextDataset, TextDataset]:
