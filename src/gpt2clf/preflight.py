@@ -170,6 +170,7 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
     return estimate
 
 
+# The parts of an estimate that add up to its total, in the order describe_estimate names them.
 ESTIMATE_PARTS = ("training", "evaluation", "feature_cache", "fusion", "report")
 
 

@@ -110,20 +110,6 @@ __all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "bui
 # ---------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class ClassificationDataModule(pl.LightningDataModule):
     """Dataloaders with dynamic padding; training batches are length-grouped and rank-aware.
 
@@ -164,20 +150,6 @@ class ClassificationDataModule(pl.LightningDataModule):
 # ---------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 class ClassificationModule(pl.LightningModule):
@@ -298,29 +270,6 @@ class ClassificationModule(pl.LightningModule):
 # ---------------------------------------------------------------------------------------
 # the whole job
 # ---------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-# The parts of an estimate that add up to its total, in the order describe_estimate names them.
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def monitored_metric(config: Config) -> str:
@@ -517,10 +466,6 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
                              result.data.label_names)
         write_run_report(run_dir, scored=scored)
     return result.metrics
-
-
-
-
 
 
 def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData, trainer: pl.Trainer,
