@@ -117,6 +117,17 @@ def test_dry_run_data_stats_and_train_say_what_goes_unread(tiny_backbone: Path, 
         fit(small_config(tiny_backbone, epochs=1), labelled_texts(texts, labels))
 
 
+@pytest.mark.parametrize(("settings", "advice"), [
+    (dict(long_documents="truncate"), "--long-documents chunks reads whole documents"),
+    (dict(long_documents="chunks"), "raise --chunk-token-budget"),
+    (dict(long_documents="chunks", max_chunks=4), "raise --max-chunks, or leave it unset"),
+])
+def test_the_unread_text_advice_names_the_setting_that_limits_reading(settings: dict, advice: str) -> None:
+    from gpt2clf.batching import Windowing
+
+    assert Windowing.of(dict(max_length=64, **settings)).how_to_read_more().startswith(advice)
+
+
 @pytest.mark.parametrize("aggregation", ["mean", "sum", "max", "logsumexp", "max-pool", "attention"])
 def test_window_aggregations_compute_their_formula_per_document(aggregation: str) -> None:
     from transformers import GPT2Config, GPT2Model

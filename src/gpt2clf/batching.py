@@ -180,6 +180,14 @@ class Windowing:
             return 1
         return (self.token_budget - body) // self.stride_for(body) + 1
 
+    def how_to_read_more(self) -> str:
+        """The setting that makes this windowing read more of a long document, for messages."""
+        if self.mode != "chunks":
+            return "--long-documents chunks reads whole documents"
+        if self.max_chunks is not None:  # the cap decides, whatever the token budget
+            return "raise --max-chunks, or leave it unset to read up to --chunk-token-budget tokens"
+        return "raise --chunk-token-budget"
+
     def describe(self) -> str:
         """A short human description, e.g. ``chunks of 512 tokens, up to 4096 tokens``."""
         if self.mode == "truncate":

@@ -153,11 +153,10 @@ def warn_about_unread_text(config: Config, data: PreparedData) -> None:
     coverage = data.coverage.get("train")
     if coverage is None or not coverage.unread_tokens:
         return
-    hint = ("raise --chunk-token-budget (or --max-chunks)" if config.long_documents == "chunks"
-            else "--long-documents chunks reads whole documents")
+    windowing = Windowing.of(config)
     warnings.warn(DataWarning(
-        f"--long-documents {config.long_documents} reads {Windowing.of(config).describe()}: of the training split, "
-        f"{coverage.describe()} ({hint})"), stacklevel=2)
+        f"--long-documents {config.long_documents} reads {windowing.describe()}: of the training split, "
+        f"{coverage.describe()} ({windowing.how_to_read_more()})"), stacklevel=2)
 
 
 def build_model(config: Config, label_names: list[str]) -> GPT2Classifier:
