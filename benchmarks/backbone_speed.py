@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -36,19 +37,14 @@ import torch
 
 
 def cpu_facts() -> dict[str, Any]:
-    """The CPU's model name, core count and whether it has native bf16."""
-    flags: set[str] = set()
+    """The CPU's model name, thread count and whether it has native bf16 (gpt2clf's own detection)."""
+    from gpt2clf.inference import cpu_has_native_bf16
+
     name = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not name:
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    native_bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
-    return {"cpu": name, "threads": torch.get_num_threads(), "native_bf16": native_bf16}
+    with contextlib.suppress(OSError):
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), name)
+    return {"cpu": name, "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16()}
 
 
 def build_models(mpnet_folder: str) -> dict[str, torch.nn.Module]:

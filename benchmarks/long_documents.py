@@ -149,7 +149,9 @@ def cpu_line() -> str:
     except OSError:
         return "unknown CPU"
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    bf16 = "avx512_bf16" if "avx512_bf16" in info else "AVX2 only"
+    from gpt2clf.inference import cpu_has_native_bf16
+
+    bf16 = "native bf16" if cpu_has_native_bf16() else "AVX2 only"  # gpt2clf's own rule (AVX512-BF16 or AMX)
     return f"{model}, {os.cpu_count()} cores, {bf16}"
 
 
