@@ -25,7 +25,9 @@ A run named ``window-loss`` is ``default`` trained with a window-level (multiple
 each window is trained on its document's label, and prediction aggregates windows as usual. It
 is an experiment patched into the training step here, not a gpt2clf option (it did not help the
 tiny model: BENCHMARKS.md). Every row also gives the training split's accuracy, which shows when
-a model memorises its training documents instead of finding the phrase.
+a model memorises its training documents instead of finding the phrase. The runs
+``frozen-embeddings``, ``frozen-backbone`` and ``slow-backbone`` (tiny backbone only) keep the chunk
+defaults and change which parts of the tiny model train, or how fast (``TINY_RECIPES``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,18 @@ def tiny_gpt2(folder: Path) -> Path:
     return folder
 
 
+# Runs with the chunk defaults that change only which parts of the tiny model train, or how fast:
+# each tests whether memorising the filler through the embedding table is what stops it learning.
+TINY_RECIPES: dict[str, dict[str, Any]] = {
+    # Both GPT-2 layers and the blocks train; the random token and position embeddings do not.
+    "frozen-embeddings": dict(train_top_layers=2, feature_cache=False),
+    # Only our blocks and the head train, on the random backbone's (cached) features.
+    "frozen-backbone": dict(freeze="backbone"),
+    # The backbone, embeddings included, at a tenth of the blocks' rate.
+    "slow-backbone": dict(learning_rate=1e-4, head_learning_rate=1e-3),
+}
+
+
 def run_config(backbone: str, run: str, epochs: int, seed: int, scratch: Path, max_chunks: int | None) -> Any:
     from gpt2clf import Config
 
@@ -87,6 +101,10 @@ def run_config(backbone: str, run: str, epochs: int, seed: int, scratch: Path, m
         return Config(**common, long_documents="truncate")
     if run in ("default", "window-loss"):
         return Config(**common, long_documents="chunks")
+    if run in TINY_RECIPES:
+        if backbone != "tiny":
+            raise SystemExit(f"run {run!r} changes how the tiny model trains; use it with --backbone tiny")
+        return Config(**{**common, **TINY_RECIPES[run]}, long_documents="chunks")
     return Config(**common, long_documents="chunks", chunk_aggregation=run)
 
 
@@ -182,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", choices=["tiny", "minilm"], default="tiny")
     parser.add_argument("--runs", nargs="+", default=["truncate", "mean", "logsumexp"],
-                        help="truncate, default, window-loss, or a chunk aggregation (mean, max, logsumexp, max-pool, "
-                             "attention)")
+                        help="truncate, default, window-loss, a chunk aggregation (mean, max, logsumexp, max-pool, "
+                             f"attention), or with --backbone tiny one of {', '.join(TINY_RECIPES)} (chunk defaults)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--max-chunks", type=int, default=None, help="windows per document (default: the default)")
