@@ -513,3 +513,24 @@ def test_a_long_cpu_estimate_names_faster_recipes_other_than_the_one_in_use() ->
     assert "feature cache 4.0 h" in frozen and "--max-train-samples" in frozen and "--preset cpu " not in frozen
     quick = describe_estimate({**base, "training": 60.0, "feature_cache": 0.0, "total": 660.0})
     assert "faster" not in quick
+
+
+def test_the_estimate_times_a_pass_by_the_median_of_short_calls_so_one_outlier_does_not_set_it() -> None:
+    """A cheap pass is timed three times and the median kept; a pass slower than the timing budget once."""
+    from gpt2clf.preflight import TIMING_SECONDS, median_call_seconds
+
+    def fake_clock(durations: list[float]):
+        now = [0.0]
+        ticks = iter([d for duration in durations for d in (0.0, duration)])
+
+        def clock() -> float:
+            now[0] += next(ticks)
+            return now[0]
+        return clock
+
+    calls: list[int] = []
+    cheap = median_call_seconds(lambda: calls.append(1), clock=fake_clock([0.10, 0.02, 0.11]))
+    assert cheap == pytest.approx(0.10) and len(calls) == 3
+    calls.clear()
+    slow = median_call_seconds(lambda: calls.append(1), clock=fake_clock([2 * TIMING_SECONDS, 0.5]))
+    assert slow == pytest.approx(2 * TIMING_SECONDS) and len(calls) == 1
