@@ -517,9 +517,12 @@ def test_a_long_cpu_estimate_names_faster_recipes_other_than_the_one_in_use() ->
 
 def test_the_estimate_times_a_pass_by_the_median_of_short_calls_so_one_outlier_does_not_set_it() -> None:
     """A cheap pass is timed three times and the median kept; a pass slower than the timing budget once."""
+    from collections.abc import Callable
+
     from gpt2clf.preflight import TIMING_SECONDS, median_call_seconds
 
-    def fake_clock(durations: list[float]):
+    def fake_clock(durations: list[float]) -> Callable[[], float]:
+        """A clock whose successive timed calls last ``durations``."""
         now = [0.0]
         ticks = iter([d for duration in durations for d in (0.0, duration)])
 

@@ -184,8 +184,8 @@ def median_call_seconds(fn: Callable[[], Any], *, sync: Callable[[], Any] = lamb
     """Seconds one call of ``fn`` takes: the median of up to three calls, timed until they add up to
     :data:`TIMING_SECONDS` (so a slow call is timed once). ``sync`` waits for queued device work.
 
-    One short call can be a third off on a shared CPU (ACCURACY.md, round 3); the median of three
-    is not moved by one outlier.
+    One short call can be a third or more off, even on a quiet CPU (ACCURACY.md, round 3); the
+    median of three is not moved by one outlier.
     """
     seconds: list[float] = []
     while len(seconds) < 3 and sum(seconds) < TIMING_SECONDS:
