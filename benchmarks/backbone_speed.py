@@ -25,26 +25,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 
 def cpu_facts() -> dict[str, Any]:
-    """The CPU's model name, thread count and whether it has native bf16 (gpt2clf's own detection)."""
-    from gpt2clf.inference import cpu_has_native_bf16
+    """The CPU's model name, thread count and whether it has native bf16 (as gpt2clf's reports say)."""
+    from gpt2clf.report import hardware_info
 
-    name = platform.processor()
-    with contextlib.suppress(OSError):
-        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), name)
-    return {"cpu": name, "threads": torch.get_num_threads(), "native_bf16": cpu_has_native_bf16()}
+    hardware = hardware_info()
+    return {"cpu": hardware["cpu"], "threads": torch.get_num_threads(), "native_bf16": hardware["cpu_native_bf16"]}
 
 
 def build_models(mpnet_folder: str) -> dict[str, torch.nn.Module]:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
 import statistics
 import sys
@@ -162,15 +161,12 @@ def measure(backbone: str, run: str, epochs: int, seed: int, scratch: Path, max_
 
 
 def cpu_line() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    from gpt2clf.inference import cpu_has_native_bf16
+    """The CPU's model name, core count and bf16 support, as gpt2clf's reports detect them."""
+    from gpt2clf.report import hardware_info
 
-    bf16 = "native bf16" if cpu_has_native_bf16() else "AVX2 only"  # gpt2clf's own rule (AVX512-BF16 or AMX)
-    return f"{model}, {os.cpu_count()} cores, {bf16}"
+    hardware = hardware_info()
+    bf16 = "native bf16" if hardware["cpu_native_bf16"] else "AVX2 only"
+    return f"{hardware['cpu']}, {hardware['cpu_cores']} cores, {bf16}"
 
 
 def train_column(group: list[dict[str, Any]]) -> str:
