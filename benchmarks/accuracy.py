@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -141,23 +140,24 @@ TFIDF_ROW = "TF-IDF (word 1-2 grams) + calibrated linear SVM alone"
 
 
 def cpu_description() -> dict[str, Any]:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    bf16 = "amx_bf16" if "amx_bf16" in flags else ("avx512_bf16" if "avx512_bf16" in flags else None)
-    return {"model": model, "cores": os.cpu_count(), "bf16": bf16}
+    """The CPU a row ran on, as gpt2clf itself sees it (``report.hardware_info``): the same bf16
+    test that ``--precision auto`` uses. ``bf16`` is "native" or None (rows before round 3 name the flag)."""
+    from gpt2clf.report import hardware_info
+
+    hardware = hardware_info()
+    return {"model": hardware["cpu"], "cores": hardware["cpu_cores"],
+            "bf16": "native" if hardware["cpu_native_bf16"] else None}
+
+
+def bf16_text(cpu: dict[str, Any]) -> str:
+    """A row's native bf16, for the report: "native bf16", or "AVX2 only" (rows before round 3 name the flag)."""
+    return "AVX2 only" if not cpu["bf16"] else "native bf16" if cpu["bf16"] == "native" else cpu["bf16"]
 
 
 def machine_text(row: dict[str, Any]) -> str:
     """One run's CPU and precision, as the report's machine line gives it."""
     cpu = row["cpu"]
-    return (f"{cpu['model']}, {cpu['cores']} cores, native bf16: {cpu['bf16'] or 'no (AVX2 only)'}, "
+    return (f"{cpu['model']}, {cpu['cores']} cores, {bf16_text(cpu)}, "
             f"precision {row['precision']} (`auto`)")
 
 
@@ -401,7 +401,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         elif row["kind"] == "tfidf" and "rechecked" in row:  # written by --refit
             wall = "(within the refit above)"
         cpu = row["cpu"]
-        machine = f"{cpu['model']}, {cpu['cores']} cores, {cpu['bf16'] or 'AVX2 only'}" if row["kind"] == "network" \
+        machine = f"{cpu['model']}, {cpu['cores']} cores, {bf16_text(cpu)}" if row["kind"] == "network" \
             else ""
         lines.append(f"| {label} | {100 * test['accuracy']:.1f}% | {100 * test['macro_f1']:.1f} | "
                      f"{test['loss']:.3f} | {weight} | {estimate} | {wall} | {rss} | {machine} |")

@@ -29,9 +29,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,21 +47,12 @@ def log(message: str) -> None:
 
 
 def cpu_description() -> dict[str, Any]:
-    """lscpu's model name, logical CPUs, and whether /proc/cpuinfo lists bf16 instructions."""
-    model = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        found = re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    bf16 = None
-    try:
-        found = re.search(r"avx512_bf16|amx_bf16", Path("/proc/cpuinfo").read_text())
-        bf16 = found.group(0) if found else "none"
-    except OSError:
-        pass
-    return {"model_name": model, "logical_cpus": os.cpu_count(), "bf16_flag": bf16}
+    """The CPU model, logical CPUs and native bf16, as gpt2clf itself sees them (``report.hardware_info``)."""
+    from gpt2clf.report import hardware_info
+
+    hardware = hardware_info()
+    return {"model_name": hardware["cpu"], "logical_cpus": hardware["cpu_cores"],
+            "native_bf16": hardware["cpu_native_bf16"]}
 
 
 def build_gpt2_small_folder(folder: Path, tokenizer_path: Path, label_names: list[str]) -> None:

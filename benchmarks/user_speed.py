@@ -222,15 +222,11 @@ def framework_overhead(steps: int = 60) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    import os
+    """The CPU, its cores and native bf16, as gpt2clf itself sees them (``report.hardware_info``), and the date."""
+    from gpt2clf.report import hardware_info
 
-    from gpt2clf.inference import cpu_has_native_bf16
-
-    model = ""
-    with contextlib.suppress(OSError, StopIteration):
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    return {"cpu": model, "cores": os.cpu_count(), "cpu_bf16": cpu_has_native_bf16(),
+    hardware = hardware_info()
+    return {"cpu": hardware["cpu"], "cores": hardware["cpu_cores"], "cpu_bf16": hardware["cpu_native_bf16"],
             "date": time.strftime("%Y-%m-%d")}
 
 
