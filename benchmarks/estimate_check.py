@@ -1,7 +1,8 @@
 """How far is ``--dry-run``'s training rate from the real training loop's? One accuracy run, measured.
 
-The time estimate (:func:`gpt2clf.preflight.estimate_seconds`) times one short training step of 4
-windows of median length and scales it to every epoch's tokens. This script repeats that
+The time estimate (:func:`gpt2clf.preflight.estimate_seconds`) times a training step of windows of
+median length (4 rows, then as many rows as a real step has, within ``REAL_BATCH_SECONDS``) and
+scales it to every epoch's tokens. This script repeats that
 measurement several times, then runs the real training loop (the run's own dataloader,
 collator, forward, loss, backward, gradient clipping and AdamW step) for a number of batches,
 timing each part, and prints both rates in tokens per second. It never changes the run's

@@ -537,3 +537,38 @@ def test_the_estimate_times_a_pass_by_the_median_of_short_calls_so_one_outlier_d
     calls.clear()
     slow = median_call_seconds(lambda: calls.append(1), clock=fake_clock([2 * TIMING_SECONDS, 0.5]))
     assert slow == pytest.approx(2 * TIMING_SECONDS) and len(calls) == 1
+
+
+@pytest.mark.parametrize("freeze", ["backbone", "none"])
+def test_the_estimate_times_each_pass_on_the_rows_the_real_pass_has_unless_that_exceeds_its_time_budget(
+        tiny_backbone: Path, monkeypatch: pytest.MonkeyPatch, freeze: str) -> None:
+    """A small batch of 4 rows warms up and is timed, then a batch with the real pass's rows: the training
+    batch (8 documents x 2.5 windows each), the evaluation batch (16 x 2.5), the cache pass (16 windows).
+    With no time to spare for the real-shaped batch, only the small one is timed."""
+    from gpt2clf import Config, preflight
+    from gpt2clf.prepared import build_model
+
+    config = Config(backbone=str(tiny_backbone), batch_size=8, max_length=32, freeze=freeze,
+                    long_documents="chunks", precision="32-true", feature_cache=freeze == "backbone")
+    model = build_model(config, ["a", "b", "c"])
+    seen: dict[str, set[int]] = {"backbone": set(), "top": set()}
+    for name, part in (("backbone_hidden_states", "backbone"), ("classify_hidden_states", "top")):
+        original = getattr(model, name)
+
+        def recording(hidden: torch.Tensor, *args, original=original, part=part, **kwargs) -> torch.Tensor:
+            seen[part].add(hidden.shape[0])
+            return original(hidden, *args, **kwargs)
+        monkeypatch.setattr(model, name, recording)
+
+    rates = preflight._measured_rates(config, model, 32, torch.device("cpu"), full_pass=False,
+                                      windows_per_document=2.5)
+    assert set(rates) == ({"cache", "train", "eval"} if freeze == "backbone" else {"train", "eval"})
+    assert all(rate > 0 for rate in rates.values())
+    # Frozen: the backbone runs once on the small batch to make the cached states, then as the cache pass.
+    assert seen == {"backbone": {4, 16}, "top": {4, 20, 40}} if freeze == "backbone" else \
+        seen == {"backbone": {4, 20, 40}, "top": {4, 20, 40}}
+
+    monkeypatch.setattr(preflight, "REAL_BATCH_SECONDS", 0.0)
+    seen = {"backbone": set(), "top": set()}
+    preflight._measured_rates(config, model, 32, torch.device("cpu"), full_pass=False, windows_per_document=2.5)
+    assert seen == {"backbone": {4}, "top": {4}}

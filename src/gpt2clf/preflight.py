@@ -133,10 +133,11 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
                      report: bool = False) -> dict[str, Any]:
     """The run's wall time on this machine, from short measured passes and the planned tokens.
 
-    A small batch of training windows of median length runs, on the run's device and precision:
-    forward and backward as a training step computes it (from cached backbone states when the
-    run uses a feature cache), forward alone as evaluation computes it, and the frozen part of
-    the backbone alone (the one-off feature-cache pass, counted only for splits not cached yet).
+    Batches of training windows of median length run, on the run's device and precision, with the
+    rows the real pass has (within :data:`REAL_BATCH_SECONDS` a call): forward and backward as a
+    training step computes it (from cached backbone states when the run uses a feature cache),
+    forward alone as evaluation computes it, and the frozen part of the backbone alone (the one-off
+    feature-cache pass, counted only for splits not cached yet).
     Seconds per token then scale to every epoch's training tokens, the validation passes (one per
     epoch and one at the end), the test pass, the feature cache and, with ``report``, the
     integrated-gradients pass over the report's ten test errors; TF-IDF fusion is timed on a
@@ -150,7 +151,8 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
         return {}
     device = compute_device(config)
     lengths = sorted(len(w) for w in windows)
-    rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report)
+    rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report,
+                            windows_per_document=len(windows) / len(data.train.input_ids))
     tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
     cache_share = {}  # per split, the share of the frozen layers the cache pass still has to run
     if uses_feature_cache(config, model):
@@ -197,49 +199,83 @@ def median_call_seconds(fn: Callable[[], Any], *, sync: Callable[[], Any] = lamb
     return statistics.median(seconds)
 
 
+# Each pass is warmed up and first timed on a small batch (4 rows), then timed on a batch with the
+# rows the real pass has (batch size x windows per document), cut to fit this many seconds a call:
+# per token, a small batch ran faster than the 32-70-row batches real runs use (ACCURACY.md, round 3).
+REAL_BATCH_SECONDS = 10.0
+
+
 def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: torch.device, *,
-                    full_pass: bool) -> dict[str, float]:
+                    full_pass: bool, windows_per_document: float = 1.0) -> dict[str, float]:
     """Seconds per token of a training step, an evaluation forward, the cache pass and (``full_pass``) a
-    forward and backward through the whole model: each the median of up to three timed calls after a
-    warm-up call."""
-    rows = min(config.batch_size, 4)
+    forward and backward through the whole model, on rows of ``length`` tokens: each timed on a batch
+    shaped like the real pass's (within :data:`REAL_BATCH_SECONDS`), the median of up to three calls."""
+    small = min(config.batch_size, 4)
+    length = min(length, config.max_length)
     # Any ids the backbone has embeddings for (a small vocabulary may have fewer than 100).
     vocabulary = model.backbone.get_input_embeddings().num_embeddings
-    ids = torch.randint(0, min(100, vocabulary), (rows, min(length, config.max_length)), device=device)
-    mask = torch.ones_like(ids)
+    ids = torch.randint(0, min(100, vocabulary), (small, length), device=device)
     cached = uses_feature_cache(config, model)
     start_layer = len(model.backbone_layers()) - config.train_top_layers if cached and config.train_top_layers \
         else None
     model.to(device)
     was_training = model.training
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def rows_of(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+        """``tensor``'s small batch repeated to ``rows`` rows (what the rows hold does not change the time)."""
+        return tensor.repeat(math.ceil(rows / small), *([1] * (tensor.dim() - 1)))[:rows]
 
     def top_part(hidden: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=device)
         if start_layer is not None:
             hidden = model.backbone_from_layer(hidden, mask, start_layer)
         return model.classify_hidden_states(hidden, mask)
 
-    def timed(fn: Callable[[], Any], *, train: bool, grad: bool | None = None) -> float:
+    def timed(call: Callable[[int], Callable[[], Any]], real_rows: float, *, train: bool,
+              grad: bool | None = None) -> float:
         model.train(train)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         with autocast_context(device, config.precision), \
                 (torch.enable_grad() if (train if grad is None else grad) else torch.inference_mode()):
+            fn = call(small)
             fn()  # warm-up: first-call allocations and kernel selection
-            return median_call_seconds(fn, sync=sync) / ids.numel()
+            per_token = median_call_seconds(fn, sync=sync) / (small * length)
+            rows = min(round(real_rows), int(REAL_BATCH_SECONDS / max(per_token * length, 1e-9)))
+            if rows > small:
+                per_token = median_call_seconds(call(rows), sync=sync) / (rows * length)
+            return per_token
 
+    train_rows = config.batch_size * windows_per_document
+    eval_rows = config.effective_eval_batch_size * windows_per_document
     try:
         rates: dict[str, float] = {}
         if cached:
             with torch.no_grad(), autocast_context(device, config.precision):  # no_grad: usable in autograd later
-                hidden = model.backbone_hidden_states(ids, mask, num_layers=start_layer)
-            rates["cache"] = timed(lambda: model.backbone_hidden_states(ids, mask, num_layers=start_layer),
-                                   train=False)
-            rates["train"] = timed(lambda: top_part(hidden).float().sum().backward(), train=True)
-            rates["eval"] = timed(lambda: top_part(hidden), train=False)
+                hidden = model.backbone_hidden_states(ids, torch.ones_like(ids), num_layers=start_layer)
+
+            def cache_call(rows: int) -> Callable[[], Any]:
+                batch = rows_of(ids, rows)
+                return lambda: model.backbone_hidden_states(batch, torch.ones_like(batch), num_layers=start_layer)
+
+            def top_call(rows: int, backward: bool) -> Callable[[], Any]:
+                batch = rows_of(hidden, rows)
+                return (lambda: top_part(batch).float().sum().backward()) if backward else (lambda: top_part(batch))
+
+            rates["cache"] = timed(cache_call, config.effective_eval_batch_size, train=False)
+            rates["train"] = timed(lambda rows: top_call(rows, True), train_rows, train=True)
+            rates["eval"] = timed(lambda rows: top_call(rows, False), eval_rows, train=False)
         else:
-            rates["train"] = timed(lambda: model(ids, mask).float().sum().backward(), train=True)
-            rates["eval"] = timed(lambda: model(ids, mask), train=False)
+            def model_call(rows: int, backward: bool) -> Callable[[], Any]:
+                batch = rows_of(ids, rows)
+                mask = torch.ones_like(batch)
+                return (lambda: model(batch, mask).float().sum().backward()) if backward else \
+                    (lambda: model(batch, mask))
+
+            rates["train"] = timed(lambda rows: model_call(rows, True), train_rows, train=True)
+            rates["eval"] = timed(lambda rows: model_call(rows, False), eval_rows, train=False)
         if full_pass:  # integrated gradients: forward and backward to the input embeddings, in eval mode
-            rates["full"] = timed(lambda: _backward_to_inputs(model, ids, mask), train=False, grad=True)
+            rates["full"] = timed(lambda rows: lambda: _backward_to_inputs(model, ids, torch.ones_like(ids)),
+                                  small, train=False, grad=True)
         return rates
     finally:
         model.zero_grad(set_to_none=True)
