@@ -13,6 +13,8 @@ the full data; ``--max-train-samples`` measures on fewer posts)::
 
     python benchmarks/estimate_check.py --run r3-frozen-chunks-logsumexp --cache-dir /path/to/cache
     python benchmarks/estimate_check.py --run r3-frozen-chunks-logsumexp --max-train-samples 1000 --json
+    # the estimator alone, as it was before it timed real-shaped batches (4 rows only):
+    python benchmarks/estimate_check.py --run r3-frozen-chunks-logsumexp --steps 0 --real-batch-seconds 0
 """
 
 from __future__ import annotations
@@ -97,10 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="feature cache root (as accuracy.py's --cache-dir)")
     parser.add_argument("--max-train-samples", type=int, help="measure on fewer training posts")
     parser.add_argument("--estimates", type=int, default=5, help="estimator calls (default 5)")
-    parser.add_argument("--steps", type=int, default=40, help="real training batches to time (default 40)")
+    parser.add_argument("--steps", type=int, default=40, help="real training batches to time (default 40; 0: none)")
+    parser.add_argument("--real-batch-seconds", type=float,
+                        help="the estimator's budget for its real-shaped batch (default gpt2clf's "
+                             "REAL_BATCH_SECONDS; 0 times the 4-row batch only, as the estimator did before)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
+    from gpt2clf import preflight
     from gpt2clf.inference import cpu_has_native_bf16
     from gpt2clf.preflight import resolved_config
     from gpt2clf.prepared import attach_features, build_model, prepare_data, uses_feature_cache
@@ -110,21 +116,27 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(config, max_train_samples=args.max_train_samples, max_eval_samples=200)
     prepared = prepare_data(config, None)
     model = build_model(config, prepared.label_names)
+    if args.real_batch_seconds is not None:
+        preflight.REAL_BATCH_SECONDS = args.real_batch_seconds
     estimated = estimator_rates(config, model, prepared, args.estimates)
-    if uses_feature_cache(config, model):
-        attach_features(prepared, model, config, show_progress=False)
-    loop = training_loop_rates(config, model, prepared, args.steps)
+    loop = None
+    if args.steps:
+        if uses_feature_cache(config, model):
+            attach_features(prepared, model, config, show_progress=False)
+        loop = training_loop_rates(config, model, prepared, args.steps)
     result = {"run": args.run, "precision": config.precision, "native_bf16": cpu_has_native_bf16(),
+              "real_batch_seconds": preflight.REAL_BATCH_SECONDS,
               "estimator_tokens_per_second": estimated, "estimator_median": statistics.median(estimated),
               "training_loop": loop, "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"estimator, training tokens/s: {', '.join(f'{rate:.0f}' for rate in estimated)} "
-              f"(median {result['estimator_median']:.0f})")
-        print(f"real training loop: {loop['tokens_per_second']} tokens/s over {loop['steps']} batches of "
-              f"{loop['rows_per_step']} rows (forward + backward alone {loop['forward_backward_tokens_per_second']}); "
-              f"seconds by part: {loop['seconds']}")
+        print(f"estimator (real-shaped batch within {preflight.REAL_BATCH_SECONDS:g} s), training tokens/s: "
+              f"{', '.join(f'{rate:.0f}' for rate in estimated)} (median {result['estimator_median']:.0f})")
+        if loop:
+            print(f"real training loop: {loop['tokens_per_second']} tokens/s over {loop['steps']} batches of "
+                  f"{loop['rows_per_step']} rows (forward + backward alone "
+                  f"{loop['forward_backward_tokens_per_second']}); seconds by part: {loop['seconds']}")
     return 0
 
 
