@@ -107,9 +107,13 @@ RUNS: dict[str, dict[str, Any]] = {
     # The cpu preset trained twice as long: its validation accuracy still rose at its 4th and last epoch. It reuses
     # mpnet-cpu-preset's feature cache (same backbone, windows and precision), so its time is training alone.
     "mpnet-cpu-preset-epochs8": dict(backbone="mpnet", command="gpt2clf train --preset cpu --epochs 8"),
+    # The cpu preset with a GPT-2-small-wide block (768, 12 heads of 64 as in the preset) on the same reused cache:
+    # does the width of our block matter on a 12 x 768 backbone's states?
+    "mpnet-cpu-preset-wide": dict(backbone="mpnet", command="gpt2clf train --preset cpu --n-embed 768 --n-heads 12"),
 }
 # Runs that are one command line rather than a fit() call with COMMON settings.
-CLI_RUNS = {"mpnet-cpu-preset", "mpnet-cpu-preset-train2000", "mpnet-cpu-preset-epochs8"}
+CLI_RUNS = {"mpnet-cpu-preset", "mpnet-cpu-preset-train2000", "mpnet-cpu-preset-epochs8",
+            "mpnet-cpu-preset-wide"}
 # Runs that reproduce the behaviour before the dropout fix: the backbone stays in eval mode while it trains.
 BACKBONE_DROPOUT_OFF = {"r3-top2-truncate-no-dropout", "r3-top2-truncate128-1k-no-dropout"}
 LABELS = {
@@ -138,6 +142,7 @@ LABELS = {
     "mpnet-cpu-preset": "MPNet: `--preset cpu` through the CLI (frozen, head-tail 192, one 256-wide block)",
     "mpnet-cpu-preset-train2000": "MPNet: `--preset cpu --max-train-samples 2000` through the CLI",
     "mpnet-cpu-preset-epochs8": "MPNet: `--preset cpu --epochs 8` through the CLI (feature cache reused)",
+    "mpnet-cpu-preset-wide": "MPNet: `--preset cpu --n-embed 768 --n-heads 12` through the CLI (feature cache reused)",
 }
 TRAINING_POSTS = 11_314  # the bydate training split; validation is carved out of it
 TFIDF_ROW = "TF-IDF (word 1-2 grams) + calibrated linear SVM alone"
