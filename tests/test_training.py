@@ -238,7 +238,11 @@ def test_two_process_ddp_on_cpu_writes_one_model(tiny_backbone: Path, tmp_path: 
     assert metrics["test"]["documents"] == 100
 
 
-def test_dry_run_blog_counts_the_seed_parameters(gpt2_small_backbone: Path, capsys) -> None:
+def test_dry_run_blog_counts_the_seed_parameters(gpt2_small_backbone: Path, capsys, monkeypatch) -> None:
+    from gpt2clf import preflight
+
+    # The count is what is checked here; timing 16 x 512-token batches of a 139M model (up to 10 s a pass) is not.
+    monkeypatch.setattr(preflight, "REAL_BATCH_SECONDS", 0.0)
     code = main(["train", "--preset", "blog", "--backbone", str(gpt2_small_backbone), "--tokenizer", str(TOKENIZER),
                  "--data-dir", str(ARCHIVE), "--max-train-samples", "200", "--max-eval-samples", "100",
                  "--dry-run", "--json"])
