@@ -5,7 +5,8 @@ median length (4 rows, then as many rows as a real step has, within ``REAL_BATCH
 scales it to every epoch's tokens. This script repeats that
 measurement several times, then runs the real training loop (the run's own dataloader,
 collator, forward, loss, backward, gradient clipping and AdamW step) for a number of batches,
-timing each part, and prints both rates in tokens per second. It never changes the run's
+timing each part, and prints both rates in tokens per second, and each whole-run estimate in minutes
+(against the wall time ACCURACY.md gives for the run). It never changes the run's
 results and saves nothing but the feature cache the run would compute anyway.
 
 Usage (the feature cache of the run must exist or is computed first, which can take an hour on
@@ -31,11 +32,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def estimator_rates(config: Any, model: Any, prepared: Any, calls: int) -> list[float]:
-    """Training tokens per second as the estimator measures them, ``calls`` times."""
+def estimator_calls(config: Any, model: Any, prepared: Any, calls: int) -> list[dict[str, Any]]:
+    """The estimate, ``calls`` times, as ``fit`` makes it for an accuracy run (no report: accuracy.py writes
+    none). A feature cache that exists already counts as no time, as in the run."""
     from gpt2clf.preflight import estimate_seconds
 
-    return [float(estimate_seconds(config, model, prepared)["tokens_per_second"]["train"]) for _ in range(calls)]
+    return [estimate_seconds(config, model, prepared) for _ in range(calls)]
 
 
 def training_loop_rates(config: Any, model: Any, prepared: Any, steps: int) -> dict[str, Any]:
@@ -118,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(config, prepared.label_names)
     if args.real_batch_seconds is not None:
         preflight.REAL_BATCH_SECONDS = args.real_batch_seconds
-    estimated = estimator_rates(config, model, prepared, args.estimates)
+    estimates = estimator_calls(config, model, prepared, args.estimates)
+    estimated = [float(estimate["tokens_per_second"]["train"]) for estimate in estimates]
+    minutes = [round(estimate["total"] / 60, 1) for estimate in estimates]
     loop = None
     if args.steps:
         if uses_feature_cache(config, model):
@@ -127,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"run": args.run, "precision": config.precision, "native_bf16": cpu_has_native_bf16(),
               "real_batch_seconds": preflight.REAL_BATCH_SECONDS,
               "estimator_tokens_per_second": estimated, "estimator_median": statistics.median(estimated),
+              "estimated_minutes": minutes,
               "training_loop": loop, "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"estimator (real-shaped batch within {preflight.REAL_BATCH_SECONDS:g} s), training tokens/s: "
               f"{', '.join(f'{rate:.0f}' for rate in estimated)} (median {result['estimator_median']:.0f})")
+        print(f"the whole run's estimate, minutes: {', '.join(f'{m:g}' for m in minutes)} "
+              f"(median {statistics.median(minutes):g})")
         if loop:
             print(f"real training loop: {loop['tokens_per_second']} tokens/s over {loop['steps']} batches of "
                   f"{loop['rows_per_step']} rows (forward + backward alone "
