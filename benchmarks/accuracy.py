@@ -112,8 +112,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "mpnet-cpu-preset-wide": dict(backbone="mpnet", command="gpt2clf train --preset cpu --n-embed 768 --n-heads 12"),
 }
 # Runs that are one command line rather than a fit() call with COMMON settings.
-CLI_RUNS = {"mpnet-cpu-preset", "mpnet-cpu-preset-train2000", "mpnet-cpu-preset-epochs8",
-            "mpnet-cpu-preset-wide"}
+CLI_RUNS = {name for name, settings in RUNS.items() if "command" in settings}
 # Runs that reproduce the behaviour before the dropout fix: the backbone stays in eval mode while it trains.
 BACKBONE_DROPOUT_OFF = {"r3-top2-truncate-no-dropout", "r3-top2-truncate128-1k-no-dropout"}
 LABELS = {
