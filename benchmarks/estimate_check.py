@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.real_batch_seconds is not None:
         preflight.REAL_BATCH_SECONDS = args.real_batch_seconds
     estimates = estimator_calls(config, model, prepared, args.estimates)
-    estimated = [float(estimate["tokens_per_second"]["train"]) for estimate in estimates]
+    train_rates = [float(estimate["tokens_per_second"]["train"]) for estimate in estimates]
     minutes = [round(estimate["total"] / 60, 1) for estimate in estimates]
     loop = None
     if args.steps:
@@ -130,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         loop = training_loop_rates(config, model, prepared, args.steps)
     result = {"run": args.run, "precision": config.precision, "native_bf16": cpu_has_native_bf16(),
               "real_batch_seconds": preflight.REAL_BATCH_SECONDS,
-              "estimator_tokens_per_second": estimated, "estimator_median": statistics.median(estimated),
+              "estimator_tokens_per_second": train_rates, "estimator_median": statistics.median(train_rates),
               "estimated_minutes": minutes,
               "training_loop": loop, "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"estimator (real-shaped batch within {preflight.REAL_BATCH_SECONDS:g} s), training tokens/s: "
-              f"{', '.join(f'{rate:.0f}' for rate in estimated)} (median {result['estimator_median']:.0f})")
+              f"{', '.join(f'{rate:.0f}' for rate in train_rates)} (median {result['estimator_median']:.0f})")
         print(f"the whole run's estimate, minutes: {', '.join(f'{m:g}' for m in minutes)} "
               f"(median {statistics.median(minutes):g})")
         if loop:
