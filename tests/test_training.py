@@ -240,12 +240,20 @@ def test_two_process_ddp_on_cpu_writes_one_model(tiny_backbone: Path, tmp_path: 
     assert metrics["test"]["documents"] == 100
 
 
-def test_dry_run_blog_counts_the_seed_parameters(gpt2_small_backbone: Path, capsys, monkeypatch) -> None:
+@pytest.fixture
+def estimate_on_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimate timed on its 4-row warm-up batches only, for tests that check something else: timing
+    real-shaped batches (up to ``REAL_BATCH_SECONDS`` a call) of a 139M model, or of bf16 emulated on a CPU
+    without native bf16, would cost tens of seconds."""
     from gpt2clf import preflight
 
-    # The count is what is checked here, not the estimate: timing 512-token batches of a 139M model (up to
-    # 10 s a call) is left out, and 32-token rows change no parameter (the backbone keeps its 1,024 positions).
     monkeypatch.setattr(preflight, "REAL_BATCH_SECONDS", 0.0)
+
+
+def test_dry_run_blog_counts_the_seed_parameters(gpt2_small_backbone: Path, capsys,
+                                                 estimate_on_small_batches: None) -> None:
+    # The count is checked here, not the estimate; 32-token rows change no parameter (the backbone keeps
+    # its 1,024 positions).
     code = main(["train", "--preset", "blog", "--backbone", str(gpt2_small_backbone), "--tokenizer", str(TOKENIZER),
                  "--data-dir", str(ARCHIVE), "--max-train-samples", "200", "--max-eval-samples", "100",
                  "--max-length", "32", "--dry-run", "--json"])
@@ -443,14 +451,12 @@ def readme_gpu_commands() -> list[list[str]]:
     return commands
 
 
-def test_the_readmes_gpu_commands_run_on_a_cpu(tiny_backbone: Path, tmp_path: Path, monkeypatch) -> None:
-    from gpt2clf import preflight
-
+def test_the_readmes_gpu_commands_run_on_a_cpu(tiny_backbone: Path, tmp_path: Path,
+                                                estimate_on_small_batches: None) -> None:
     commands = readme_gpu_commands()
     assert commands, "the README names GPU training commands"
-    # bf16 is emulated on a CPU without native bf16 (seconds a step for a 768-wide block), so: one small step,
-    # and the estimate timed on its 4-row warm-up batch only. The report has tests of its own.
-    monkeypatch.setattr(preflight, "REAL_BATCH_SECONDS", 0.0)
+    # bf16 is emulated on a CPU without native bf16 (seconds a step for a 768-wide block): one small step.
+    # The report has tests of its own.
     shrink = ["--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
               "--max-train-samples", "16", "--max-eval-samples", "8", "--max-length", "16", "--epochs", "1",
               "--no-progress", "--no-report"]
