@@ -21,12 +21,13 @@ import pickle
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2Model
 
 import gpt2clf.feature_cache as features
-from gpt2clf.errors import ConfigError
+from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.feature_cache import (
     FeatureCollator,
     FeatureDataset,
@@ -243,21 +244,107 @@ def test_truncated_hidden_file_is_not_a_hit(tmp_path: Path, monkeypatch) -> None
     assert calls
 
 
-def test_a_crash_while_computing_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
-    model = tiny_model()
-    tokens = token_lists()
+def crash_after(model: GPT2Classifier, monkeypatch: pytest.MonkeyPatch, batches: int,
+                error: type[BaseException] = KeyboardInterrupt) -> list[int]:
+    """Make the backbone raise ``error`` when asked for batch ``batches + 1``; returns the batch sizes it ran."""
     original = model.backbone_hidden_states
-    seen: list[int] = []
+    sizes: list[int] = []
 
-    def crash_on_second_batch(*args, **kwargs):
-        seen.append(1)
-        if len(seen) == 2:
-            raise RuntimeError("killed")
-        return original(*args, **kwargs)
+    def crash(input_ids, *args, **kwargs):
+        if len(sizes) == batches:
+            raise error("killed")
+        sizes.append(len(input_ids))
+        return original(input_ids, *args, **kwargs)
 
-    monkeypatch.setattr(model, "backbone_hidden_states", crash_on_second_batch)
-    with pytest.raises(RuntimeError, match="killed"):
-        cache(model, tokens, tmp_path)
+    monkeypatch.setattr(model, "backbone_hidden_states", crash)
+    return sizes
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_computation_resumes_where_it_stopped(tmp_path: Path, monkeypatch, error) -> None:
+    model = tiny_model()
+    tokens = token_lists(n=11)
+    with monkeypatch.context() as patch:
+        first_sizes = crash_after(model, patch, batches=2, error=error)
+        with pytest.raises(error, match="killed"):
+            cache(model, tokens, tmp_path)
+    key = features.cache_key(features.cache_key_fields(model, tokens, tokenizer_name=TOKENIZER))
+    partial = tmp_path / f".{key}{features.PARTIAL_SUFFIX}"
+    assert [p.name for p in tmp_path.iterdir()] == [partial.name]  # nothing that reads as a cache
+    progress = json.loads((partial / features.PROGRESS_FILE).read_text())
+    assert progress["documents_done"] == sum(first_sizes) == 8  # two batches of 4
+
+    original = model.backbone_hidden_states
+    second_sizes: list[int] = []
+
+    def counted(input_ids, *args, **kwargs):
+        second_sizes.append(len(input_ids))
+        return original(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "backbone_hidden_states", counted)
+    reported: list[tuple[int, int]] = []
+    dataset = cache(model, tokens, tmp_path, progress=lambda done, total: reported.append((done, total)))
+    assert sum(second_sizes) == len(tokens) - 8  # only the documents not done before
+    assert reported[0] == (8, 11) and reported[-1] == (11, 11)
+    assert [p.name for p in tmp_path.iterdir()] == [key]
+    assert sorted(p.name for p in dataset.folder.iterdir()) == sorted(
+        [features.META_FILE, features.HIDDEN_FILE, features.OFFSETS_FILE])
+    assert json.loads((dataset.folder / features.META_FILE).read_text())["compute_seconds"] >= 0
+    fresh = cache(model, tokens, tmp_path / "fresh")
+    assert np.array_equal(np.fromfile(dataset.folder / features.HIDDEN_FILE, dtype=np.float16),
+                          np.fromfile(fresh.folder / features.HIDDEN_FILE, dtype=np.float16))
+    torch.testing.assert_close(feature_logits(model, dataset, batch_size=4), full_logits(model, tokens),
+                               atol=1e-2, rtol=0)
+
+
+def test_progress_is_saved_on_disk_while_computing(tmp_path: Path, monkeypatch) -> None:
+    """Without an exception to catch (kill -9, power loss), the last periodic save is what a rerun resumes from."""
+    monkeypatch.setattr(features, "CHECKPOINT_SECONDS", 0.0)
+    model = tiny_model()
+    tokens = token_lists(n=11)
+    on_disk: list[int] = []
+
+    def read_done_file(done: int, total: int) -> None:
+        partial = next(tmp_path.glob(f"*{features.PARTIAL_SUFFIX}"))
+        on_disk.append(int(np.frombuffer((partial / features.DONE_FILE).read_bytes(), dtype=np.uint8).sum()))
+
+    cache(model, tokens, tmp_path, progress=read_done_file)
+    assert on_disk == [0, 4, 8, 11]
+
+
+@pytest.mark.parametrize("damage", ["other key", "short done file", "truncated hidden file", "no progress file"])
+def test_a_partial_folder_that_does_not_match_is_recomputed_from_scratch(tmp_path: Path, monkeypatch,
+                                                                          damage: str) -> None:
+    model = tiny_model()
+    tokens = token_lists(n=11)
+    with monkeypatch.context() as patch:
+        crash_after(model, patch, batches=1)
+        with pytest.raises(KeyboardInterrupt):
+            cache(model, tokens, tmp_path)
+    partial = next(tmp_path.glob(f"*{features.PARTIAL_SUFFIX}"))
+    if damage == "other key":
+        info = json.loads((partial / features.PROGRESS_FILE).read_text())
+        (partial / features.PROGRESS_FILE).write_text(json.dumps({**info, "key": "0" * 32}))
+    elif damage == "short done file":
+        (partial / features.DONE_FILE).write_bytes(b"\x01" * 3)
+    elif damage == "truncated hidden file":
+        with open(partial / features.HIDDEN_FILE, "r+b") as handle:
+            handle.truncate(100)
+    else:
+        (partial / features.PROGRESS_FILE).unlink()
+    sizes = count_backbone_runs(model, monkeypatch)
+    dataset = cache(model, tokens, tmp_path)
+    assert len(sizes) == 3  # all 11 documents again, in batches of 4
+    torch.testing.assert_close(feature_logits(model, dataset, batch_size=4), full_logits(model, tokens),
+                               atol=1e-2, rtol=0)
+
+
+def test_values_beyond_float16_leave_nothing_to_resume(tmp_path: Path, monkeypatch) -> None:
+    model = tiny_model()
+    original = model.backbone_hidden_states
+    monkeypatch.setattr(model, "backbone_hidden_states", lambda *a, **k: original(*a, **k) * 1e6)
+    with pytest.raises(DataError, match="float16"):
+        cache(model, token_lists(), tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -454,3 +541,21 @@ def test_from_lower_runs_only_the_layers_above_a_top_layers_cache(tmp_path: Path
     full = cache(model, tokens, tmp_path)
     assert full.key not in (derived.key, lower.key) and "derived_from_layer" not in full.meta
     assert len(backbone_runs) > 0
+
+
+def test_the_estimate_counts_only_what_an_interrupted_run_left_to_do(tmp_path: Path, monkeypatch) -> None:
+    from gpt2clf.feature_cache import layers_to_compute
+
+    model = tiny_model()
+    tokens = token_lists(n=11)
+    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == 2
+    with monkeypatch.context() as patch:
+        sizes = crash_after(model, patch, batches=2)
+        with pytest.raises(KeyboardInterrupt):
+            cache(model, tokens, tmp_path)
+    lengths = sorted((len(t) for t in tokens), reverse=True)  # the longest documents go first
+    left = sum(lengths[sum(sizes):]) / sum(lengths)
+    assert 0 < left < 1
+    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == pytest.approx(2 * left)
+    cache(model, tokens, tmp_path)
+    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == 0

@@ -19,10 +19,14 @@ On-disk layout (one folder per cache key, under the cache root)::
     ROOT/<key>/hidden.bin    float16 (total_tokens, width), documents concatenated without padding
     ROOT/<key>/offsets.bin   int64 (num_documents + 1,): document i is rows offsets[i]:offsets[i+1]
 
-A cache is written into ``ROOT/.<key>.<host>.<pid>.tmp`` and renamed into place only when
-complete, under a lock on the cache root (a second run computing the same cache waits for the
-first, then reads its result), so a crash leaves a temporary folder that is never read (and
-is removed by a later run on the same host once its writer process is gone). The key hashes everything the stored
+A cache is computed into ``ROOT/.<key>.partial/`` under a lock on the cache root (a second run
+computing the same cache waits for the first, then reads its result) and renamed into place only
+when complete, so a partial folder is never read as a cache. It also holds ``done.bin`` (which
+documents' rows are on disk) and ``progress.json``, saved at least once a minute and when the run is
+interrupted, so the next run asking for the same cache computes only the rest: a cache pass of
+hours survives Ctrl-C, a reboot or the end of a working session. Deleting a partial folder is safe
+(the work is just redone). Folders ``ROOT/.<key>.<host>.<pid>.tmp`` from older versions are removed
+once their writer process is gone. The key hashes everything the stored
 values depend on: the backbone's weights and config (only the frozen part), the tokenizer
 name, the exact token ids (which also capture ``max_length`` truncation), ``max_length``,
 the compute precision, the storage dtype, the split layer and :data:`FORMAT_VERSION`; so a
@@ -59,11 +63,10 @@ from gpt2clf.batching import (
     flatten_windows,
     index_and_labels,
     label_value,
-    length_sorted_batches,
 )
 from gpt2clf.config import PADDING_SIDES, check_batch_size
 from gpt2clf.errors import ConfigError, DataError
-from gpt2clf.files import atomic_write_json
+from gpt2clf.files import atomic_write_bytes, atomic_write_json
 from gpt2clf.inference import batched_inference, logits_in_input_order
 from gpt2clf.model import GPT2Classifier
 
@@ -80,6 +83,11 @@ STORAGE_DTYPE = np.float16
 HIDDEN_FILE = "hidden.bin"
 OFFSETS_FILE = "offsets.bin"
 META_FILE = "meta.json"
+# A computation in progress: ROOT/.<key>.partial/ holds the cache's files plus these two (see _compute_into).
+PARTIAL_SUFFIX = ".partial"
+DONE_FILE = "done.bin"  # uint8 per document: 1 once its rows are flushed to hidden.bin
+PROGRESS_FILE = "progress.json"  # what the partial is of, and the seconds spent on it so far
+CHECKPOINT_SECONDS = 60.0  # an interruption the process cannot catch (kill -9, power) loses at most this
 _FP16_MAX = float(np.finfo(np.float16).max)
 # Config keys that name where a backbone came from rather than what it computes.
 _CONFIG_KEYS_IGNORED = ("_name_or_path", "transformers_version", "_commit_hash", "name_or_path")
@@ -303,7 +311,8 @@ def cached_features(
     ``device`` (where the model already is), and the result is written atomically. A hit
     never runs the backbone. ``train_top_layers=K`` (``0 < K <`` number of layers) caches the
     output of the layers below the top ``K`` instead; ``None`` or 0: the backbone's output.
-    ``progress(done, total)`` is called after each batch of a computation.
+    ``progress(documents_done, documents)`` is called before the first batch of a computation and after
+    each; an interrupted computation resumes where it stopped when the same call is made again.
 
     ``from_lower``: on a miss, when a cache of the same documents at a lower split layer exists
     (a ``train_top_layers`` run's), run only the layers above it, reading its stored states. That
@@ -338,9 +347,10 @@ def cached_features(
 def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]], *,
                       cache_root: str | Path | None, tokenizer_name: str, precision: str = "32-true",
                       max_length: int | None = None, train_top_layers: int | None = None,
-                      from_lower: bool = False) -> int:
-    """How many backbone layers :func:`cached_features` with these arguments would run over the documents:
-    0 on a hit, fewer than the frozen part's with ``from_lower`` and a lower cache (for time estimates)."""
+                      from_lower: bool = False) -> float:
+    """How many backbone layers :func:`cached_features` with these arguments would run over all the documents'
+    tokens (for time estimates): 0 on a hit, fewer than the frozen part's with ``from_lower`` and a lower cache,
+    scaled down by the share of tokens an interrupted run already computed into a partial folder."""
     start_layer = _start_layer(model, train_top_layers)
     fields = cache_key_fields(model, token_lists, tokenizer_name=tokenizer_name, max_length=max_length,
                               precision=precision, start_layer=start_layer)
@@ -349,10 +359,18 @@ def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]
         return 0
     target = start_layer if start_layer is not None else len(model.backbone_layers())
     lower = _lower_cache(model, root, fields) if from_lower and root.is_dir() else None
-    if lower is None:
+    if lower is not None:
+        fields = {**fields, "derived_from_layer": lower.start_layer}
+        if _read_meta(root / cache_key(fields)) is not None:
+            return 0
+        target -= int(lower.start_layer or 0)
+    lengths = [len(tokens) for tokens in token_lists]
+    resumed = _resume_state(root / f".{cache_key(fields)}{PARTIAL_SUFFIX}", cache_key(fields), lengths,
+                            model.backbone_width)
+    if resumed is None:
         return target
-    derived = {**fields, "derived_from_layer": lower.start_layer}
-    return 0 if _read_meta(root / cache_key(derived)) is not None else target - int(lower.start_layer or 0)
+    left = sum(length for length, finished in zip(lengths, resumed[0], strict=True) if not finished)
+    return target * left / max(1, sum(lengths))
 
 
 def _lower_cache(model: GPT2Classifier, root: Path, fields: dict[str, Any]) -> FeatureDataset | None:
@@ -377,7 +395,7 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
                    start_layer: int | None, progress: Callable[[int, int], None] | None,
                    max_batch_tokens: int | None, source: FeatureDataset | None = None) -> FeatureDataset:
     """Run the backbone over ``token_lists`` (or its layers above ``source``, a lower cache of them) into a new
-    cache folder under ``root``, atomically, under a lock."""
+    cache folder under ``root``, under a lock; resume the partial folder an interrupted run left, if any."""
     key = cache_key(fields)
     folder = root / key
     root.mkdir(parents=True, exist_ok=True)
@@ -389,29 +407,83 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
         _remove_abandoned_temporaries(root)
         lengths = [len(tokens) for tokens in token_lists]
         width = model.backbone_width
-        needed = 2 * width * sum(lengths) + 8 * (len(lengths) + 1)
+        partial = root / f".{key}{PARTIAL_SUFFIX}"
+        resumed = _resume_state(partial, key, lengths, width)
+        done, seconds = resumed if resumed is not None else (np.zeros(len(lengths), dtype=bool), 0.0)
+        remaining = sum(length for length, finished in zip(lengths, done, strict=True) if not finished)
+        needed = 2 * width * remaining + (0 if resumed else 8 * (len(lengths) + 1))
         free = shutil.disk_usage(root).free
         if needed > free:
-            raise DataError(f"the feature cache needs {needed / 2**30:.1f} GiB but {root} has "
+            raise DataError(f"the feature cache needs {needed / 2**30:.1f} GiB more but {root} has "
                             f"{free / 2**30:.1f} GiB free; set --cache-dir (or GPT2CLF_CACHE) elsewhere or "
                             "train without feature_cache")
-        tmp = root / f".{key}.{socket.gethostname()}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        if resumed is None:
+            _start_partial(partial, key, lengths, width)
+        else:
+            log.info("resuming the feature cache in %s: %d of %d documents were done", partial, int(done.sum()),
+                     len(lengths))
         try:
-            _compute_into(tmp, model, token_lists, lengths, width, batch_size=batch_size,
-                          device=torch.device(device), precision=precision, start_layer=start_layer,
-                          progress=progress, max_batch_tokens=max_batch_tokens, source=source)
-            meta = {**fields, "key": key, "width": width, "num_documents": len(lengths),
-                    "num_tokens": int(sum(lengths)), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            atomic_write_json(tmp / META_FILE, meta)  # last: a folder without it is incomplete
-            if folder.exists():  # an incomplete leftover (no writer holds the lock): never read, replace it
-                shutil.rmtree(folder, ignore_errors=True)
-            os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    log.info("feature cache written: %s", folder)
+            seconds = _compute_into(partial, model, token_lists, lengths, width, done=done, seconds=seconds,
+                                    batch_size=batch_size, device=torch.device(device), precision=precision,
+                                    start_layer=start_layer, progress=progress, max_batch_tokens=max_batch_tokens,
+                                    source=source)
+        except DataError:  # the same documents would fail the same way: nothing worth resuming
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        meta = {**fields, "key": key, "width": width, "num_documents": len(lengths),
+                "num_tokens": int(sum(lengths)), "compute_seconds": round(seconds, 1),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(partial / META_FILE, meta)  # last: a folder without it is incomplete
+        if folder.exists():  # an incomplete leftover (no writer holds the lock): never read, replace it
+            shutil.rmtree(folder, ignore_errors=True)
+        os.rename(partial, folder)
+        for name in (DONE_FILE, PROGRESS_FILE):  # bookkeeping of the computation, not part of the cache
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+    log.info("feature cache written: %s (%.0f s of computation)", folder, seconds)
     return FeatureDataset(folder, labels)
+
+
+def _start_partial(partial: Path, key: str, lengths: list[int], width: int) -> None:
+    """A fresh partial cache folder: offsets, a (sparse) hidden-state file of full size, nothing done yet."""
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    atomic_write_bytes(partial / OFFSETS_FILE, offsets.tobytes())
+    with open(partial / HIDDEN_FILE, "wb") as handle:
+        handle.truncate(np.dtype(STORAGE_DTYPE).itemsize * int(offsets[-1]) * width)
+    _write_progress(partial, key, np.zeros(len(lengths), dtype=bool), lengths, width, 0.0)
+
+
+def _write_progress(partial: Path, key: str, done: np.ndarray, lengths: list[int], width: int,
+                    seconds: float) -> None:
+    """Record which documents' rows are on disk (call only after flushing them)."""
+    atomic_write_bytes(partial / DONE_FILE, done.astype(np.uint8).tobytes())
+    atomic_write_json(partial / PROGRESS_FILE, {
+        "format_version": FORMAT_VERSION, "key": key, "num_documents": len(lengths),
+        "num_tokens": int(sum(lengths)), "width": width, "documents_done": int(done.sum()),
+        "compute_seconds": round(seconds, 3)})
+
+
+def _resume_state(partial: Path, key: str, lengths: list[int], width: int) -> tuple[np.ndarray, float] | None:
+    """(documents done, seconds spent) of a partial cache folder of exactly this cache, or None (none, or unusable)."""
+    try:
+        info = json.loads((partial / PROGRESS_FILE).read_text(encoding="utf-8"))
+        if (info.get("format_version") != FORMAT_VERSION or info.get("key") != key
+                or info.get("num_documents") != len(lengths) or info.get("width") != width):
+            return None
+        offsets = np.fromfile(partial / OFFSETS_FILE, dtype=np.int64)
+        expected = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=expected[1:])
+        done = np.frombuffer((partial / DONE_FILE).read_bytes(), dtype=np.uint8)
+        hidden_size = (partial / HIDDEN_FILE).stat().st_size
+        if (not np.array_equal(offsets, expected) or done.size != len(lengths)
+                or hidden_size != np.dtype(STORAGE_DTYPE).itemsize * int(expected[-1]) * width):
+            return None
+        return done.astype(bool), float(info["compute_seconds"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | None:
@@ -425,17 +497,25 @@ def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | N
 
 
 def _compute_into(folder: Path, model: GPT2Classifier, token_lists: Sequence[Sequence[int]], lengths: list[int],
-                  width: int, *, batch_size: int, device: torch.device, precision: str,
-                  start_layer: int | None, progress: Callable[[int, int], None] | None,
-                  max_batch_tokens: int | None = None, source: FeatureDataset | None = None) -> None:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    offsets.tofile(folder / OFFSETS_FILE)
-    hidden = np.memmap(folder / HIDDEN_FILE, dtype=STORAGE_DTYPE, mode="w+", shape=(int(offsets[-1]), width))
+                  width: int, *, done: np.ndarray, seconds: float, batch_size: int, device: torch.device,
+                  precision: str, start_layer: int | None, progress: Callable[[int, int], None] | None,
+                  max_batch_tokens: int | None = None, source: FeatureDataset | None = None) -> float:
+    """Compute the documents not yet ``done`` into a partial folder; return the seconds spent in all runs.
+
+    ``done`` is updated in place, and saved with the hidden states flushed before it at least every
+    :data:`CHECKPOINT_SECONDS` and when an exception (Ctrl-C included) leaves, so a rerun resumes
+    from there. The order of the remaining documents changes only the batching, which the masked
+    padding makes irrelevant to the values.
+    """
+    key = folder.name[1:-len(PARTIAL_SUFFIX)]
+    offsets = np.fromfile(folder / OFFSETS_FILE, dtype=np.int64)
+    hidden = np.memmap(folder / HIDDEN_FILE, dtype=STORAGE_DTYPE, mode="r+", shape=(int(offsets[-1]), width))
     collate = PaddingCollator(pad_token_id=0, padding_side="right")  # the pad id is masked: any id will do
     read_states = FeatureCollator()
+    todo = np.flatnonzero(~done).tolist()
 
-    def run_batch(indices: list[int]) -> Tensor:
+    def run_batch(positions: list[int]) -> Tensor:
+        indices = [todo[p] for p in positions]
         if source is not None:  # only the layers above a lower cache of the same documents
             batch = read_states([source[i] for i in indices])
             return model.adapter.run_layers(batch["hidden_states"].to(device), batch["attention_mask"].to(device),
@@ -444,25 +524,47 @@ def _compute_into(folder: Path, model: GPT2Classifier, token_lists: Sequence[Seq
         return model.backbone_hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                             num_layers=start_layer)
 
-    total = len(length_sorted_batches(lengths, batch_size, max_tokens=max_batch_tokens))
-    outputs = batched_inference(model, lengths, run_batch, device=device, precision=precision,
-                                batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-    for done, (indices, states) in enumerate(outputs, start=1):
-        states = states.float().cpu()
-        peak = float(states.abs().max()) if states.numel() else 0.0
-        if not peak <= _FP16_MAX:  # also catches NaN
-            raise DataError(f"backbone hidden states reach {peak:g}, beyond float16's range; "
-                            "the feature cache cannot store them (train without feature_cache)")
-        rows = states.numpy().astype(STORAGE_DTYPE)
-        for row, i in enumerate(indices):
-            hidden[offsets[i]:offsets[i + 1]] = rows[row, :lengths[i]]
-        if progress is not None:
-            progress(done, total)
+    started = last_saved = time.monotonic()
+    unsaved = False
+
+    def save() -> None:
+        nonlocal last_saved, unsaved
+        hidden.flush()
+        _write_progress(folder, key, done, lengths, width, seconds + time.monotonic() - started)
+        last_saved, unsaved = time.monotonic(), False
+
+    if progress is not None:
+        progress(int(done.sum()), len(lengths))
+    try:
+        outputs = batched_inference(model, [lengths[i] for i in todo], run_batch, device=device,
+                                    precision=precision, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        for positions, states in outputs:
+            states = states.float().cpu()
+            peak = float(states.abs().max()) if states.numel() else 0.0
+            if not peak <= _FP16_MAX:  # also catches NaN
+                raise DataError(f"backbone hidden states reach {peak:g}, beyond float16's range; "
+                                "the feature cache cannot store them (train without feature_cache)")
+            rows = states.numpy().astype(STORAGE_DTYPE)
+            for row, p in enumerate(positions):
+                i = todo[p]
+                hidden[offsets[i]:offsets[i + 1]] = rows[row, :lengths[i]]
+                done[i] = True
+            unsaved = True
+            if time.monotonic() - last_saved >= CHECKPOINT_SECONDS:
+                save()
+            if progress is not None:
+                progress(int(done.sum()), len(lengths))
+    except DataError:
+        raise
+    except BaseException:  # interrupted (Ctrl-C, out of memory, ...): keep what is done for the rerun
+        if unsaved:
+            save()
+        raise
     hidden.flush()
-    del hidden
     for name in (HIDDEN_FILE, OFFSETS_FILE):
         with open(folder / name, "rb") as handle:
             os.fsync(handle.fileno())
+    return seconds + time.monotonic() - started
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:

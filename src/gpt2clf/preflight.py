@@ -293,8 +293,9 @@ def _backward_to_inputs(model: GPT2Classifier, ids: torch.Tensor, mask: torch.Te
         handle.remove()
 
 
-def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> int:
-    """How many backbone layers the feature-cache pass will run over ``split`` (0: it is cached already)."""
+def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> float:
+    """How many backbone layers the feature-cache pass will run over ``split`` (0: it is cached already; scaled
+    down by what an interrupted run left in a partial cache)."""
     from gpt2clf.feature_cache import layers_to_compute
 
     tokens = getattr(data, split)

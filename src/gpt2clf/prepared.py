@@ -107,7 +107,8 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
         tokens = getattr(data, split)
         if not len(tokens):
             continue
-        with tqdm(desc=f"feature cache, {split}", unit="batch", disable=not show_progress, leave=False,
+        with tqdm(desc=f"feature cache, {split}", unit="window" if config.long_documents == "chunks" else "document",
+                  disable=not show_progress, leave=False,
                   mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
 
             def progress(done: int, total: int, bar=bar) -> None:
