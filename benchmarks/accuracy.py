@@ -27,6 +27,7 @@ own row, so a refit row is known to use the same network.
 Usage::
 
     python benchmarks/accuracy.py --runs frozen-chunks frozen-truncate top1-chunks --out accuracy.jsonl
+    python benchmarks/accuracy.py --runs mpnet-frozen-chunks-val10 --resume   # again after an interruption
     python benchmarks/accuracy.py --refit frozen-truncate --out accuracy.jsonl
     python benchmarks/accuracy.py --report accuracy.jsonl --markdown ACCURACY.md
 """
@@ -34,12 +35,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import resource
+import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +175,14 @@ def machine_text(row: dict[str, Any]) -> str:
             f"precision {row['precision']} (`auto`)")
 
 
-def run_one(name: str, out: Path, cache_dir: str | None) -> None:
-    """Train configuration ``name`` and append its rows to ``out`` (called in a child process)."""
+def run_one(name: str, out: Path, cache_dir: str | None, resume: bool = False) -> None:
+    """Train configuration ``name`` and append its rows to ``out`` (called in a child process).
+
+    ``resume``: continue the run that an earlier call left unfinished (killed, or the session ended) from its
+    last finished epoch, its feature cache from its last saved progress; the row's wall time is then the sum of
+    all the calls' times (kept in ``runs/accuracy-NAME/segments.json``, updated every 30 s) and its estimate the
+    one the first call printed.
+    """
     if name in CLI_RUNS:
         run_command(name, out, cache_dir)
         return
@@ -181,19 +193,97 @@ def run_one(name: str, out: Path, cache_dir: str | None) -> None:
 
         BackboneAdapter.set_train_mode = lambda self, mode: self.module.eval()  # the behaviour before the fix
     config = run_config(name, cache_dir)
-    started = time.perf_counter()
-    result = fit(config, enable_progress_bar=False, notify=lambda line: print(line, file=sys.stderr, flush=True))
-    seconds = time.perf_counter() - started
-    result.save(REPO / "runs" / f"accuracy-{name}" / "model")  # for the README's worked example
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    write_rows(name, out, result.metrics, result.config.precision, seconds, rss_gb)
+    folder = REPO / "runs" / f"accuracy-{name}"
+    ledger = Segments(folder / "segments.json", resume=resume)
+    run_dir = folder / "run"
+    if not ledger.resumed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    def notify(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        ledger.estimate_line(line)
+
+    with ledger.timing():
+        result = fit(config, run_dir=run_dir, resume=last.is_file(), enable_progress_bar=False, notify=notify)
+    result.save(folder / "model")  # for the README's worked example
+    metrics = dict(result.metrics)
+    if len(ledger.segments) > 1:  # the whole run's estimate: the one printed before its first segment
+        metrics["estimated_seconds"] = {"total": ledger.first_estimate_seconds(),
+                                        "last_segment": metrics.get("estimated_seconds")}
+    write_rows(name, out, metrics, result.config.precision, ledger.total_seconds(), ledger.peak_rss_gb(),
+               segments=len(ledger.segments))
 
 
-def write_rows(name: str, out: Path, metrics: dict[str, Any], precision: str, seconds: float, rss_gb: float) -> None:
-    """Append a finished run's rows (network, fused, TF-IDF alone) to ``out`` and print their accuracies."""
+class Segments:
+    """The wall time of a run that may take several calls (each a segment), kept on disk as it goes.
+
+    A heartbeat thread rewrites the file every :attr:`INTERVAL` seconds, so a call that is killed outright
+    loses at most that much of its time from the total."""
+
+    INTERVAL = 30.0
+
+    def __init__(self, path: Path, *, resume: bool) -> None:
+        self.path = path
+        saved = json.loads(path.read_text(encoding="utf-8")) if resume and path.is_file() else {"segments": []}
+        self.resumed = bool(saved["segments"]) and not saved["segments"][-1]["finished"]
+        self.segments: list[dict[str, Any]] = saved["segments"] if self.resumed else []
+        self.segments.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": 0.0,
+                              "peak_rss_gb": 0.0, "estimate": None, "finished": False})
+
+    def estimate_line(self, line: str) -> None:
+        self.segments[-1]["estimate"] = line
+        self.save()
+
+    def first_estimate_seconds(self) -> float | None:
+        """The total of the estimate line the first segment printed (e.g. "~10.5 h (...)"), in seconds."""
+        match = re.search(r"~([0-9.]+) (h|min)", self.segments[0].get("estimate") or "")
+        return float(match[1]) * (3600 if match[2] == "h" else 60) if match else None
+
+    def total_seconds(self) -> float:
+        return sum(segment["seconds"] for segment in self.segments)
+
+    def peak_rss_gb(self) -> float:
+        return max(segment["peak_rss_gb"] for segment in self.segments)
+
+    def save(self) -> None:
+        from gpt2clf.files import atomic_write_json
+
+        atomic_write_json(self.path, {"segments": self.segments})
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        started = time.perf_counter()
+        stop = threading.Event()
+
+        def update() -> None:
+            self.segments[-1]["seconds"] = round(time.perf_counter() - started, 1)
+            self.segments[-1]["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+            self.save()
+
+        def beat() -> None:
+            while not stop.wait(self.INTERVAL):
+                update()
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+            self.segments[-1]["finished"] = True
+        finally:
+            stop.set()
+            thread.join()
+            update()
+
+
+def write_rows(name: str, out: Path, metrics: dict[str, Any], precision: str, seconds: float, rss_gb: float,
+               segments: int = 1) -> None:
+    """Append a finished run's rows (network, fused, TF-IDF alone) to ``out`` and print their accuracies.
+
+    ``segments``: how many calls the run took (``--resume``); ``seconds`` is their sum."""
     components = metrics.get("fusion", {}).get("components", {}).get("test", {})
     estimate = metrics.get("estimated_seconds") or {}
-    common = {"run": name, "wall_seconds": round(seconds, 1), "peak_rss_gb": round(rss_gb, 2),
+    common = {"run": name, "wall_seconds": round(seconds, 1), "peak_rss_gb": round(rss_gb, 2), "segments": segments,
               "estimated_seconds": estimate.get("total"), "estimate": estimate,
               "cpu": cpu_description(), "precision": precision, "backbone": backbone_of(name),
               "date": time.strftime("%Y-%m-%d"), "config": run_settings(name),
@@ -398,6 +488,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         test = row["test"]
         weight = "" if row.get("fusion_weight") is None else f"{row['fusion_weight']:.2f} ({row['fusion_mode']})"
         wall = "(within the run above)" if row["kind"] != "network" else clock(row["wall_seconds"])
+        if row["kind"] == "network" and row.get("segments", 1) > 1:
+            wall += f" in {row['segments']} calls (`--resume`)"
         rss = "" if row["kind"] != "network" else f"{row['peak_rss_gb']:.1f} GB"
         estimate = ""
         if row["kind"] == "network":
@@ -460,6 +552,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="feature cache folder (default: gpt2clf's)")
     parser.add_argument("--refit", nargs="*", choices=sorted(RUNS), default=[],
                         help="refit the TF-IDF of these runs' saved models on training + validation")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue runs an earlier call left unfinished (killed, or out of time) from their last "
+                             "finished epoch and saved feature-cache progress; their time is summed over the calls")
     parser.add_argument("--child", choices=sorted(RUNS), help=argparse.SUPPRESS)
     parser.add_argument("--refit-child", choices=sorted(RUNS), help=argparse.SUPPRESS)
     parser.add_argument("--report", type=Path, help="JSON-lines results to turn into markdown")
@@ -470,7 +565,7 @@ def main() -> None:
                         help="the report of earlier rounds, put in verbatim at the end")
     args = parser.parse_args()
     if args.child:
-        run_one(args.child, args.out, args.cache_dir)
+        run_one(args.child, args.out, args.cache_dir, resume=args.resume)
         return
     if args.refit_child:
         refit_one(args.refit_child, args.out, args.cache_dir)
@@ -480,6 +575,8 @@ def main() -> None:
         command = [sys.executable, __file__, option, name, "--out", str(args.out)]
         if args.cache_dir:
             command += ["--cache-dir", args.cache_dir]
+        if args.resume:
+            command.append("--resume")
         print(f"[{time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
         subprocess.run(command, check=True)
     if args.report:
