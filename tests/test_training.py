@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,6 +188,19 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_backbone: Path, s
 
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = json.loads((small_run / "metrics.json").read_text())
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert got["test"] == expected["test"]
+    assert got["validation"] == expected["validation"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tiny_backbone: Path, small_run: Path,
+                                                                          tmp_path: Path) -> None:
+    """As after a kill in the feature cache pass: the folder holds config.yaml and no checkpoint."""
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    shutil.copy(small_run / "config.yaml", run_dir / "config.yaml")
+    assert main([*small_train_args(tiny_backbone, run_dir), "--resume"]) == 0
     expected = json.loads((small_run / "metrics.json").read_text())
     got = json.loads((run_dir / "metrics.json").read_text())
     assert got["test"] == expected["test"]

@@ -86,8 +86,10 @@ def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
         raise UserError(f"output {run_dir} exists and is not a folder; choose another --output")
     holds_run = (run_dir / RUN_MARKER).exists() or (run_dir / "model").exists()
     if resume:
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            raise UserError(f"nothing to resume in {run_dir}: no checkpoints/last.ckpt; start it without --resume")
+        # config.yaml is written before anything runs; without a checkpoint (stopped before the end of its first
+        # epoch, e.g. in the feature cache pass) the run restarts its training, and the cache keeps its progress.
+        if not (run_dir / RUN_MARKER).is_file():
+            raise UserError(f"nothing to resume in {run_dir}: no {RUN_MARKER}; start it without --resume")
     elif holds_run and not overwrite:
         raise UserError(f"output folder {run_dir} already holds a run; pass --overwrite to replace it, "
                         "--resume to continue it, or choose another --output")

@@ -355,6 +355,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     ``data`` gives the texts in memory (see :func:`gpt2clf.corpora.labelled_texts`); None reads
     the dataset ``config`` names. ``run_dir`` receives checkpoints and logs (None: a temporary
     folder, removed afterwards). Nothing else is written: :func:`train` writes the run folder.
+    ``resume`` continues from ``run_dir``'s ``checkpoints/last.ckpt`` (from the first epoch if there is none yet).
     ``notify(line)``, when given, receives the estimated wall time before training starts (with
     ``estimate_report``, including the report that :func:`train` writes afterwards).
 
@@ -403,7 +404,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
                     # The frozen part of the backbone is in eval mode by design (ClassificationModule.on_fit_start).
                     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
                 trainer.fit(module, datamodule=ClassificationDataModule(prepared, config),
-                            ckpt_path=str(last) if resume else None, weights_only=True)
+                            ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
         except SystemExit:
             # Lightning turns Ctrl-C into a graceful shutdown and SystemExit(1); the last
             # epoch's checkpoint is complete and resumable, so report it as an interruption.
