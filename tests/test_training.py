@@ -185,6 +185,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_backbone: Path, s
     os.kill(process.pid, signal.SIGKILL)  # mid-way through epoch 2
     process.wait()
     assert not (run_dir / "metrics.json").exists()
+    from gpt2clf.training import finished_epochs
+
+    assert finished_epochs(last) == 1  # so the resumed run's estimate counts one epoch of training, not two
+    assert finished_epochs(small_run / "checkpoints" / "last.ckpt") == 2
 
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -132,7 +132,7 @@ def check_fusion_data(config: Config, data: PreparedData) -> None:
 
 
 def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, *,
-                     report: bool = False) -> dict[str, Any]:
+                     report: bool = False, epochs_done: int = 0) -> dict[str, Any]:
     """The run's wall time on this machine, from short measured passes and the planned tokens.
 
     Batches of training windows of median length run, on the run's device and precision, with the
@@ -145,7 +145,7 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
     integrated-gradients pass over the report's ten test errors; TF-IDF fusion is timed on a
     sample of the training texts. The model's weights do not change (no optimizer step) and its
     gradients are cleared afterwards. A rough figure (the checks in ACCURACY.md compare it with
-    measured runs).
+    measured runs). ``epochs_done``: epochs a resumed run has finished already (not counted).
     """
     windows = [w for item in data.train.input_ids for w in (item if data.train.input_ids and
                                                               isinstance(item[0], list) else [item])]
@@ -160,9 +160,10 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
     if uses_feature_cache(config, model):
         frozen = len(model.backbone_layers()) - (config.train_top_layers or 0)
         cache_share = {split: _cache_layers(config, model, data, split) / frozen for split in tokens if tokens[split]}
+    epochs = max(0, config.epochs - epochs_done)
     estimate: dict[str, Any] = {
-        "training": config.epochs * tokens["train"] * rates["train"],
-        "evaluation": ((config.epochs + 1) * tokens["validation"] + tokens["test"]) * rates["eval"],
+        "training": epochs * tokens["train"] * rates["train"],
+        "evaluation": ((epochs + 1) * tokens["validation"] + tokens["test"]) * rates["eval"],
         "feature_cache": sum(tokens[split] * share for split, share in cache_share.items()) * rates.get("cache", 0.0),
         "fusion": _fusion_seconds(config, data),
         "report": (NUM_ERRORS * (ERROR_STEPS + 1) * min(lengths[len(lengths) // 2], config.max_length) * rates["full"]

@@ -381,9 +381,12 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     warn_about_unread_text(config, prepared)
     seed_all(config.seed)
     model = build_model(config, prepared.label_names)
+    last = Path(run_dir or ".") / "checkpoints" / "last.ckpt"
+    resume_from = last if resume and last.is_file() else None
     estimate = None
     if notify is not None:
-        estimate = estimate_seconds(config, model, prepared, report=estimate_report)
+        estimate = estimate_seconds(config, model, prepared, report=estimate_report,
+                                    epochs_done=finished_epochs(resume_from) if resume_from else 0)
         notify(describe_estimate(estimate))
         seed_all(config.seed)
     if config.compile:
@@ -394,7 +397,6 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
         module.feature_start_layer = prepared.features["train"].start_layer
     trainer = build_trainer(config, Path(run_dir) if run_dir is not None else None,
                             enable_progress_bar=enable_progress_bar)
-    last = Path(run_dir or ".") / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
     try:
         try:
@@ -404,7 +406,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
                     # The frozen part of the backbone is in eval mode by design (ClassificationModule.on_fit_start).
                     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
                 trainer.fit(module, datamodule=ClassificationDataModule(prepared, config),
-                            ckpt_path=str(last) if resume and last.is_file() else None, weights_only=True)
+                            ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
         except SystemExit:
             # Lightning turns Ctrl-C into a graceful shutdown and SystemExit(1); the last
             # epoch's checkpoint is complete and resumable, so report it as an interruption.
@@ -428,6 +430,12 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     finally:
         if run_dir is None:
             shutil.rmtree(trainer.default_root_dir, ignore_errors=True)
+
+
+def finished_epochs(checkpoint: Path) -> int:
+    """How many epochs a Lightning checkpoint saved at the end of an epoch has behind it (read lazily)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return int(state.get("epoch", -1)) + 1
 
 
 def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
