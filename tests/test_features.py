@@ -559,3 +559,30 @@ def test_the_estimate_counts_only_what_an_interrupted_run_left_to_do(tmp_path: P
     assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == pytest.approx(2 * left)
     cache(model, tokens, tmp_path)
     assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == 0
+
+
+def test_disk_check_counts_only_what_is_left_to_write(tmp_path: Path, monkeypatch) -> None:
+    from collections import namedtuple
+
+    model = tiny_model()
+    tokens = token_lists(n=11)
+    full = 2 * 64 * sum(len(t) for t in tokens)
+    usage = namedtuple("usage", "total used free")
+
+    def free_bytes(n: int) -> None:
+        monkeypatch.setattr(features.shutil, "disk_usage", lambda path: usage(10**12, 0, n))
+
+    free_bytes(full // 2)
+    with pytest.raises(DataError, match=r"needs .* GiB more"):
+        cache(model, tokens, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    free_bytes(10**12)
+    with monkeypatch.context() as patch:
+        sizes = crash_after(model, patch, batches=2)
+        with pytest.raises(KeyboardInterrupt):
+            cache(model, tokens, tmp_path)
+    left = sum(sorted((len(t) for t in tokens), reverse=True)[sum(sizes):])
+    assert 2 * 64 * left < full // 2
+    free_bytes(full // 2)  # too little for all of it, enough for the rest
+    dataset = cache(model, tokens, tmp_path)
+    assert features._read_meta(dataset.folder) is not None

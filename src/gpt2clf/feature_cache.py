@@ -411,7 +411,7 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
         resumed = _resume_state(partial, key, lengths, width)
         done, seconds = resumed if resumed is not None else (np.zeros(len(lengths), dtype=bool), 0.0)
         remaining = sum(length for length, finished in zip(lengths, done, strict=True) if not finished)
-        needed = 2 * width * remaining + (0 if resumed else 8 * (len(lengths) + 1))
+        needed = _hidden_bytes(remaining, width) + (0 if resumed else 8 * (len(lengths) + 1))
         free = shutil.disk_usage(root).free
         if needed > free:
             raise DataError(f"the feature cache needs {needed / 2**30:.1f} GiB more but {root} has "
@@ -448,12 +448,23 @@ def _start_partial(partial: Path, key: str, lengths: list[int], width: int) -> N
     """A fresh partial cache folder: offsets, a (sparse) hidden-state file of full size, nothing done yet."""
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = _offsets(lengths)
     atomic_write_bytes(partial / OFFSETS_FILE, offsets.tobytes())
     with open(partial / HIDDEN_FILE, "wb") as handle:
-        handle.truncate(np.dtype(STORAGE_DTYPE).itemsize * int(offsets[-1]) * width)
+        handle.truncate(_hidden_bytes(int(offsets[-1]), width))
     _write_progress(partial, key, np.zeros(len(lengths), dtype=bool), lengths, width, 0.0)
+
+
+def _offsets(lengths: Sequence[int]) -> np.ndarray:
+    """offsets.bin's content: document i is rows offsets[i]:offsets[i + 1] of hidden.bin."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def _hidden_bytes(tokens: int, width: int) -> int:
+    """hidden.bin's size: one row of ``width`` stored values per token."""
+    return np.dtype(STORAGE_DTYPE).itemsize * tokens * width
 
 
 def _write_progress(partial: Path, key: str, done: np.ndarray, lengths: list[int], width: int,
@@ -474,12 +485,11 @@ def _resume_state(partial: Path, key: str, lengths: list[int], width: int) -> tu
                 or info.get("num_documents") != len(lengths) or info.get("width") != width):
             return None
         offsets = np.fromfile(partial / OFFSETS_FILE, dtype=np.int64)
-        expected = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=expected[1:])
+        expected = _offsets(lengths)
         done = np.frombuffer((partial / DONE_FILE).read_bytes(), dtype=np.uint8)
         hidden_size = (partial / HIDDEN_FILE).stat().st_size
         if (not np.array_equal(offsets, expected) or done.size != len(lengths)
-                or hidden_size != np.dtype(STORAGE_DTYPE).itemsize * int(expected[-1]) * width):
+                or hidden_size != _hidden_bytes(int(expected[-1]), width)):
             return None
         return done.astype(bool), float(info["compute_seconds"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -575,7 +585,7 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
             return None
         documents, tokens, width = int(meta["num_documents"]), int(meta["num_tokens"]), int(meta["width"])
         sizes_ok = ((folder / OFFSETS_FILE).stat().st_size == 8 * (documents + 1)
-                    and (folder / HIDDEN_FILE).stat().st_size == np.dtype(STORAGE_DTYPE).itemsize * tokens * width)
+                    and (folder / HIDDEN_FILE).stat().st_size == _hidden_bytes(tokens, width))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return meta if sizes_ok else None
