@@ -383,12 +383,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     model = build_model(config, prepared.label_names)
     last = Path(run_dir or ".") / "checkpoints" / "last.ckpt"
     resume_from = last if resume and last.is_file() else None
-    estimate = None
-    if notify is not None:
-        estimate = estimate_seconds(config, model, prepared, report=estimate_report,
-                                    epochs_done=finished_epochs(resume_from) if resume_from else 0)
-        notify(describe_estimate(estimate))
-        seed_all(config.seed)
+    estimate = _announce_estimate(config, model, prepared, notify, estimate_report, resume_from)
     if config.compile:
         model.compile(dynamic=True)  # in place: parameter names (and saved folders) stay the same
     module = ClassificationModule(model, config)
@@ -430,6 +425,19 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     finally:
         if run_dir is None:
             shutil.rmtree(trainer.default_root_dir, ignore_errors=True)
+
+
+def _announce_estimate(config: Config, model: GPT2Classifier, prepared: PreparedData,
+                       notify: Callable[[str], None] | None, report: bool,
+                       resume_from: Path | None) -> dict[str, Any] | None:
+    """The run's time estimate, passed to ``notify`` as one line (None: no ``notify``, nothing measured)."""
+    if notify is None:
+        return None
+    estimate = estimate_seconds(config, model, prepared, report=report,
+                                epochs_done=finished_epochs(resume_from) if resume_from else 0)
+    notify(describe_estimate(estimate))
+    seed_all(config.seed)  # the measurement drew random numbers: training starts from the seed as without it
+    return estimate
 
 
 def finished_epochs(checkpoint: Path) -> int:
