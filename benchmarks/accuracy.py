@@ -198,14 +198,13 @@ def run_one(name: str, out: Path, cache_dir: str | None, resume: bool = False) -
     run_dir = folder / "run"
     if not ledger.resumed:
         shutil.rmtree(run_dir, ignore_errors=True)
-    last = run_dir / "checkpoints" / "last.ckpt"
 
     def notify(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
         ledger.estimate_line(line)
 
     with ledger.timing():
-        result = fit(config, run_dir=run_dir, resume=last.is_file(), enable_progress_bar=False, notify=notify)
+        result = fit(config, run_dir=run_dir, resume=ledger.resumed, enable_progress_bar=False, notify=notify)
     result.save(folder / "model")  # for the README's worked example
     metrics = dict(result.metrics)
     if len(ledger.segments) > 1:  # the whole run's estimate: the one printed before its first segment
