@@ -364,13 +364,12 @@ def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]
         if _read_meta(root / cache_key(fields)) is not None:
             return 0
         target -= int(lower.start_layer or 0)
+    key = cache_key(fields)
     lengths = [len(tokens) for tokens in token_lists]
-    resumed = _resume_state(root / f".{cache_key(fields)}{PARTIAL_SUFFIX}", cache_key(fields), lengths,
-                            model.backbone_width)
+    resumed = _resume_state(_partial_folder(root, key), key, lengths, model.backbone_width)
     if resumed is None:
         return target
-    left = sum(length for length, finished in zip(lengths, resumed[0], strict=True) if not finished)
-    return target * left / max(1, sum(lengths))
+    return target * _tokens_left(lengths, resumed[0]) / max(1, sum(lengths))
 
 
 def _lower_cache(model: GPT2Classifier, root: Path, fields: dict[str, Any]) -> FeatureDataset | None:
@@ -407,11 +406,10 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
         _remove_abandoned_temporaries(root)
         lengths = [len(tokens) for tokens in token_lists]
         width = model.backbone_width
-        partial = root / f".{key}{PARTIAL_SUFFIX}"
+        partial = _partial_folder(root, key)
         resumed = _resume_state(partial, key, lengths, width)
         done, seconds = resumed if resumed is not None else (np.zeros(len(lengths), dtype=bool), 0.0)
-        remaining = sum(length for length, finished in zip(lengths, done, strict=True) if not finished)
-        needed = _hidden_bytes(remaining, width) + (0 if resumed else 8 * (len(lengths) + 1))
+        needed = _hidden_bytes(_tokens_left(lengths, done), width) + (0 if resumed else 8 * (len(lengths) + 1))
         free = shutil.disk_usage(root).free
         if needed > free:
             raise DataError(f"the feature cache needs {needed / 2**30:.1f} GiB more but {root} has "
@@ -423,7 +421,7 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
             log.info("resuming the feature cache in %s: %d of %d documents were done", partial, int(done.sum()),
                      len(lengths))
         try:
-            seconds = _compute_into(partial, model, token_lists, lengths, width, done=done, seconds=seconds,
+            seconds = _compute_into(partial, key, model, token_lists, lengths, width, done=done, seconds=seconds,
                                     batch_size=batch_size, device=torch.device(device), precision=precision,
                                     start_layer=start_layer, progress=progress, max_batch_tokens=max_batch_tokens,
                                     source=source)
@@ -442,6 +440,16 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
                 (folder / name).unlink()
     log.info("feature cache written: %s (%.0f s of computation)", folder, seconds)
     return FeatureDataset(folder, labels)
+
+
+def _partial_folder(root: Path, key: str) -> Path:
+    """Where the cache ``key`` is computed until it is complete (hidden: a partial folder is never read as a cache)."""
+    return root / f".{key}{PARTIAL_SUFFIX}"
+
+
+def _tokens_left(lengths: Sequence[int], done: np.ndarray) -> int:
+    """How many tokens belong to the documents not yet ``done``."""
+    return sum(length for length, finished in zip(lengths, done, strict=True) if not finished)
 
 
 def _start_partial(partial: Path, key: str, lengths: list[int], width: int) -> None:
@@ -506,10 +514,11 @@ def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | N
     return layers - train_top_layers
 
 
-def _compute_into(folder: Path, model: GPT2Classifier, token_lists: Sequence[Sequence[int]], lengths: list[int],
-                  width: int, *, done: np.ndarray, seconds: float, batch_size: int, device: torch.device,
-                  precision: str, start_layer: int | None, progress: Callable[[int, int], None] | None,
-                  max_batch_tokens: int | None = None, source: FeatureDataset | None = None) -> float:
+def _compute_into(folder: Path, key: str, model: GPT2Classifier, token_lists: Sequence[Sequence[int]],
+                  lengths: list[int], width: int, *, done: np.ndarray, seconds: float, batch_size: int,
+                  device: torch.device, precision: str, start_layer: int | None,
+                  progress: Callable[[int, int], None] | None, max_batch_tokens: int | None = None,
+                  source: FeatureDataset | None = None) -> float:
     """Compute the documents not yet ``done`` into a partial folder; return the seconds spent in all runs.
 
     ``done`` is updated in place, and saved with the hidden states flushed before it at least every
@@ -517,7 +526,6 @@ def _compute_into(folder: Path, model: GPT2Classifier, token_lists: Sequence[Seq
     from there. The order of the remaining documents changes only the batching, which the masked
     padding makes irrelevant to the values.
     """
-    key = folder.name[1:-len(PARTIAL_SUFFIX)]
     offsets = np.fromfile(folder / OFFSETS_FILE, dtype=np.int64)
     hidden = np.memmap(folder / HIDDEN_FILE, dtype=STORAGE_DTYPE, mode="r+", shape=(int(offsets[-1]), width))
     collate = PaddingCollator(pad_token_id=0, padding_side="right")  # the pad id is masked: any id will do
