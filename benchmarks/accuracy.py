@@ -156,7 +156,7 @@ TFIDF_ROW = "TF-IDF (word 1-2 grams) + calibrated linear SVM alone"
 def cpu_description() -> dict[str, Any]:
     """The CPU a row ran on, as gpt2clf itself sees it (``report.hardware_info``): the same bf16
     test that ``--precision auto`` uses. ``bf16`` is "native" or None (rows before round 3 name the flag)."""
-    from gpt2clf.report import hardware_info
+    from gpt2clf.report.run_report import hardware_info
 
     hardware = hardware_info()
     return {"model": hardware["cpu"], "cores": hardware["cpu_cores"],
@@ -189,7 +189,7 @@ def run_one(name: str, out: Path, cache_dir: str | None, resume: bool = False) -
     from gpt2clf import fit
 
     if name in BACKBONE_DROPOUT_OFF:
-        from gpt2clf.backbone import BackboneAdapter
+        from gpt2clf.model.backbone import BackboneAdapter
 
         BackboneAdapter.set_train_mode = lambda self, mode: self.module.eval()  # the behaviour before the fix
     config = run_config(name, cache_dir)
@@ -346,11 +346,11 @@ def refit_one(name: str, out: Path, cache_dir: str | None) -> None:
     """Refit the TF-IDF of run ``name``'s saved model on training + validation; append its rows to ``out``."""
     import torch
 
-    from gpt2clf.evaluation import score_probabilities
-    from gpt2clf.fusion import Fusion, refit_fusion
-    from gpt2clf.model import GPT2Classifier
-    from gpt2clf.preflight import resolved_config
-    from gpt2clf.prepared import attach_features, prepare_data, score_split
+    from gpt2clf.infer.evaluation import score_probabilities
+    from gpt2clf.model.classifier import GPT2Classifier
+    from gpt2clf.model.fusion import Fusion, refit_fusion
+    from gpt2clf.training.inputs import attach_features, prepare_data, score_split
+    from gpt2clf.training.plan import resolved_config
 
     folder = REPO / "runs" / f"accuracy-{name}" / "model"
     earlier = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -7,7 +7,7 @@ This script times the backbone forward pass alone (no blocks, no head), in infer
 * ``gpt2``: ``transformers.GPT2Model(GPT2Config())`` (random weights, GPT-2 small's shape), SDPA;
 * ``mpnet-transformers``: ``transformers.MPNetModel`` loaded from the MPNet folder (the model
   ``gpt2clf train`` builds; transformers' MPNet has no SDPA path, so its attention is eager);
-* ``mpnet-native``: :class:`gpt2clf.mpnet_body.MPNetBody` (what ``predict``, ``evaluate`` and
+* ``mpnet-native``: :class:`gpt2clf.model.mpnet_body.MPNetBody` (what ``predict``, ``evaluate`` and
   ``serve`` build from a model folder; SDPA with MPNet's position bias as an additive mask).
 
 Each is timed in float32 and, where the CPU has native bf16 (AVX512-BF16 or AMX), under bf16
@@ -35,7 +35,7 @@ import torch
 
 def cpu_facts() -> dict[str, Any]:
     """The CPU's model name, thread count and whether it has native bf16 (as gpt2clf's reports say)."""
-    from gpt2clf.report import hardware_info
+    from gpt2clf.report.run_report import hardware_info
 
     hardware = hardware_info()
     return {"cpu": hardware["cpu"], "threads": torch.get_num_threads(), "native_bf16": hardware["cpu_native_bf16"]}
@@ -44,7 +44,7 @@ def cpu_facts() -> dict[str, Any]:
 def build_models(mpnet_folder: str) -> dict[str, torch.nn.Module]:
     from transformers import AutoModel, GPT2Config, GPT2Model
 
-    from gpt2clf.mpnet_body import MPNetBody
+    from gpt2clf.model.mpnet_body import MPNetBody
 
     torch.manual_seed(0)
     models: dict[str, torch.nn.Module] = {"gpt2": GPT2Model(GPT2Config(attn_implementation="sdpa"))}

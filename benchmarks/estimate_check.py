@@ -1,6 +1,6 @@
 """How far is ``--dry-run``'s training rate from the real training loop's? One accuracy run, measured.
 
-The time estimate (:func:`gpt2clf.preflight.estimate_seconds`) times a training step of windows of
+The time estimate (:func:`gpt2clf.training.plan.estimate_seconds`) times a training step of windows of
 median length (4 rows, then as many rows as a real step has, within ``REAL_BATCH_SECONDS``) and
 scales it to every epoch's tokens. This script repeats that
 measurement several times, then runs the real training loop (the run's own dataloader,
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def estimator_calls(config: Any, model: Any, prepared: Any, calls: int) -> list[dict[str, Any]]:
     """The estimate, ``calls`` times, as ``fit`` makes it for an accuracy run (no report: accuracy.py writes
     none). A feature cache that exists already counts as no time, as in the run."""
-    from gpt2clf.preflight import estimate_seconds
+    from gpt2clf.training.plan import estimate_seconds
 
     return [estimate_seconds(config, model, prepared) for _ in range(calls)]
 
@@ -45,7 +45,7 @@ def training_loop_rates(config: Any, model: Any, prepared: Any, steps: int) -> d
     import torch
     import torch.nn.functional as F
 
-    from gpt2clf.training import ClassificationDataModule, ClassificationModule
+    from gpt2clf.training.loop import ClassificationDataModule, ClassificationModule
 
     module = ClassificationModule(model, config)
     if prepared.features is not None:
@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    from gpt2clf import preflight
-    from gpt2clf.inference import cpu_has_native_bf16
-    from gpt2clf.preflight import resolved_config
-    from gpt2clf.prepared import attach_features, build_model, prepare_data, uses_feature_cache
+    from gpt2clf.infer.runtime import cpu_has_native_bf16
+    from gpt2clf.training import plan as preflight
+    from gpt2clf.training.inputs import attach_features, build_model, prepare_data, uses_feature_cache
+    from gpt2clf.training.plan import resolved_config
 
     config = resolved_config(run_config(args.run, args.cache_dir))
     if args.max_train_samples:

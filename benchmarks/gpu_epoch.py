@@ -51,9 +51,9 @@ def main() -> int:
     from transformers import GPT2Config, GPT2Model
 
     from gpt2clf.config import Config
-    from gpt2clf.preflight import resolved_config
-    from gpt2clf.prepared import build_model, prepare_data
-    from gpt2clf.training import ClassificationDataModule, ClassificationModule, build_trainer
+    from gpt2clf.training.inputs import build_model, prepare_data
+    from gpt2clf.training.loop import ClassificationDataModule, ClassificationModule, build_trainer
+    from gpt2clf.training.plan import resolved_config
 
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -143,7 +143,7 @@ def main() -> int:
         device = torch.device("cuda" if cuda else "cpu")
         model.to(device).train()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        from gpt2clf.inference import autocast_context
+        from gpt2clf.infer.runtime import autocast_context
 
         with profile(activities=activities) as prof:
             for step, batch in enumerate(loader):

@@ -1,6 +1,6 @@
 """Which chunk aggregation lets one window decide a long document? Measured on generated data.
 
-The data (:func:`gpt2clf.synthetic.planted_phrase_corpus`): four classes, 800 training and 200 test
+The data (:func:`tests/synthetic.py`'s ``planted_phrase_corpus``): four classes, 800 training and 200 test
 documents of 260-420 words drawn from real 20 Newsgroups posts, each with its class's two-word
 phrase planted once after word 220, so at ``--max-length 64`` a document is 10-16 windows of
 which one decides. Each run trains with ``gpt2clf.fit`` exactly as ``gpt2clf train`` would (20% of
@@ -51,8 +51,9 @@ GPT2_TOKENIZER = REPO.parent / "shared" / "gpt2-tokenizer"
 
 def corpus(seed: int = 0) -> Any:
     """The generated task, with filler words from the 20 Newsgroups training posts."""
-    from gpt2clf.corpora import load_20newsgroups
-    from gpt2clf.synthetic import filler_vocabulary, planted_phrase_corpus
+    from gpt2clf.data.corpora import load_20newsgroups
+    sys.path.insert(0, str(REPO / "tests"))  # the generated corpora live with the tests, not in the package
+    from synthetic import filler_vocabulary, planted_phrase_corpus
 
     posts = load_20newsgroups("train", data_dir=ARCHIVE).texts
     return planted_phrase_corpus(filler_vocabulary(posts), seed=seed)
@@ -115,7 +116,7 @@ def window_level_loss() -> Iterator[None]:
     """
     import torch.nn.functional as F
 
-    from gpt2clf.training import ClassificationModule
+    from gpt2clf.training.loop import ClassificationModule
 
     original = ClassificationModule.training_step
 
@@ -139,8 +140,8 @@ def measure(backbone: str, run: str, epochs: int, seed: int, scratch: Path, max_
     import torch
 
     from gpt2clf import fit
-    from gpt2clf.corpora import labelled_texts
-    from gpt2clf.prepared import split_logits
+    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.training.inputs import split_logits
 
     data = corpus()
     config = run_config(backbone, run, epochs, seed, scratch, max_chunks)
@@ -162,7 +163,7 @@ def measure(backbone: str, run: str, epochs: int, seed: int, scratch: Path, max_
 
 def cpu_line() -> str:
     """The CPU's model name, core count and bf16 support, as gpt2clf's reports detect them."""
-    from gpt2clf.report import hardware_info
+    from gpt2clf.report.run_report import hardware_info
 
     hardware = hardware_info()
     bf16 = "native bf16" if hardware["cpu_native_bf16"] else "AVX2 only"

@@ -1,14 +1,14 @@
 """CPU inference: PyTorch against ONNX Runtime (fp32 and dynamic int8), on real 20 Newsgroups posts.
 
 Data flow: a GPT-2-small-shaped model folder (``GPT2Config()`` with random weights plus our
-blocks: 2 blocks of 768, 2 heads, 20 labels; or ``--model-dir``) -> ``gpt2clf.export.export_onnx``
+blocks: 2 blocks of 768, 2 heads, 20 labels; or ``--model-dir``) -> ``gpt2clf.infer.export.export_onnx``
 (its own parity check) -> ``onnxruntime.quantization.quantize_dynamic`` (int8 weights,
 QInt8) -> the same ``--docs`` test posts, tokenized by the folder's tokenizer and truncated
 at the folder's ``max_length`` (512), through four engines:
 
-* ``torch-fp32``: :class:`gpt2clf.prediction.Predictor` on the CPU, float32;
+* ``torch-fp32``: :class:`gpt2clf.infer.predictor.Predictor` on the CPU, float32;
 * ``torch-int8``: the same with ``int8=True`` (PyTorch dynamic quantization);
-* ``onnx-fp32``: :class:`gpt2clf.onnx_runtime.OnnxPredictor` on the exported file;
+* ``onnx-fp32``: :class:`gpt2clf.infer.onnx_runtime.OnnxPredictor` on the exported file;
 * ``onnx-int8``: OnnxPredictor on the quantized copy.
 
 Each engine runs one warm-up pass over a few documents, then ``--repeats`` timed passes
@@ -48,7 +48,7 @@ def log(message: str) -> None:
 
 def cpu_description() -> dict[str, Any]:
     """The CPU model, logical CPUs and native bf16, as gpt2clf itself sees them (``report.hardware_info``)."""
-    from gpt2clf.report import hardware_info
+    from gpt2clf.report.run_report import hardware_info
 
     hardware = hardware_info()
     return {"model_name": hardware["cpu"], "logical_cpus": hardware["cpu_cores"],
@@ -60,8 +60,8 @@ def build_gpt2_small_folder(folder: Path, tokenizer_path: Path, label_names: lis
     import torch
     from transformers import GPT2Config, GPT2Model
 
-    from gpt2clf.batching import load_tokenizer
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+    from gpt2clf.data.batching import load_tokenizer
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 
     torch.manual_seed(0)
     backbone = folder.parent / "gpt2-small-random"
@@ -102,11 +102,11 @@ def main() -> int:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from gpt2clf.batching import tokenize_texts
-    from gpt2clf.corpora import load_20newsgroups
-    from gpt2clf.export import export_onnx
-    from gpt2clf.onnx_runtime import OnnxPredictor, softmax
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.data.batching import tokenize_texts
+    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.infer.export import export_onnx
+    from gpt2clf.infer.onnx_runtime import OnnxPredictor, softmax
+    from gpt2clf.infer.predictor import Predictor
 
     torch.set_num_threads(args.threads)
     test = load_20newsgroups("test", data_dir=args.data_dir)

@@ -57,7 +57,7 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from gpt2clf.serving import create_app, running_in_thread
+    from gpt2clf.serve.app import create_app, running_in_thread
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="gpt2clf-screenshot-") as scratch:

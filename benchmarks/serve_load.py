@@ -83,8 +83,8 @@ def build_model(shape: str, folder: Path) -> Path:
     import torch
     from transformers import GPT2Config, GPT2Model
 
-    from gpt2clf.batching import load_tokenizer
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+    from gpt2clf.data.batching import load_tokenizer
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 
     torch.manual_seed(0)
     if shape == "gpt2-small":

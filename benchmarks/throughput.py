@@ -8,13 +8,13 @@ of the 20 Newsgroups training posts, tokenized with the real GPT-2 tokenizer):
     2 heads whose attention ignores padding, mean pooling over all 512 slots, a linear head),
     every document padded to 512 tokens, fp32, batches of 16 in data order, plain AdamW.
 (b) ``hf``: ``GPT2ForSequenceClassification``, same settings as (a).
-(c) ``gpt2clf``: :class:`gpt2clf.model.GPT2Classifier` (2 blocks of 768, 2 heads), full
+(c) ``gpt2clf``: :class:`gpt2clf.model.classifier.GPT2Classifier` (2 blocks of 768, 2 heads), full
     fine-tuning at its best settings: dynamic padding, length-grouped batches of 16, SDPA,
     the faster of fp32 and bf16 autocast on this device (probed), fused AdamW; inference
-    through :func:`gpt2clf.prediction.batched_logits` (length-sorted, inference mode), and
-    on CPU also through the int8 copy of :func:`gpt2clf.inference.quantize_for_cpu_inference`.
+    through :func:`gpt2clf.infer.predictor.batched_logits` (length-sorted, inference mode), and
+    on CPU also through the int8 copy of :func:`gpt2clf.infer.runtime.quantize_for_cpu_inference`.
 (d) ``frozen``: gpt2clf with a frozen backbone: one backbone pass into the feature cache
-    (:func:`gpt2clf.feature_cache.cached_features`), then training blocks + head from the cache.
+    (:func:`gpt2clf.training.feature_cache.cached_features`), then training blocks + head from the cache.
 
 Each pipeline runs in its own subprocess (same environment, one after the other), so each
 reports its own peak resident memory (``ru_maxrss``; on CUDA ``max_memory_allocated``).
@@ -329,12 +329,17 @@ def worker(name: str, payload: dict[str, Any]) -> dict[str, Any]:
     elif name in ("gpt2clf", "frozen"):
         from transformers import GPT2Model
 
-        from gpt2clf.backbone import use_fused_gelu
-        from gpt2clf.batching import PaddingCollator, TokenizedDataset
-        from gpt2clf.feature_cache import FeatureCollator, cached_features, feature_logits, logits_from_features
-        from gpt2clf.inference import autocast_context, quantize_for_cpu_inference
-        from gpt2clf.model import ClassifierSpec, GPT2Classifier
-        from gpt2clf.prediction import batched_logits
+        from gpt2clf.data.batching import PaddingCollator, TokenizedDataset
+        from gpt2clf.infer.predictor import batched_logits
+        from gpt2clf.infer.runtime import autocast_context, quantize_for_cpu_inference
+        from gpt2clf.model.backbone import use_fused_gelu
+        from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
+        from gpt2clf.training.feature_cache import (
+            FeatureCollator,
+            cached_features,
+            feature_logits,
+            logits_from_features,
+        )
 
         # Length-grouped batches as training's LengthGroupedSampler made them (chosen in the parent).
         groups: list[list[list[int]]] = payload["grouped_docs"]
@@ -451,8 +456,8 @@ def memory_worker(payload: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from transformers import GPT2Model
 
-    from gpt2clf.backbone import use_fused_gelu
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+    from gpt2clf.model.backbone import use_fused_gelu
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 
     device = torch.device(payload["device"])
     tiny = payload["tiny"]
@@ -495,14 +500,14 @@ def load_sample(args) -> dict[str, Any]:
     * (a) and (b) take the pool's first ``seed_steps x batch_size`` posts (their padded steps
       cost the same whatever the content);
     * (c) and (d) take ``--grouped-batches`` of the batches that training's
-      :class:`~gpt2clf.batching.LengthGroupedSampler` makes from the pool (epoch 0, seed 0): the
+      :class:`~gpt2clf.data.batching.LengthGroupedSampler` makes from the pool (epoch 0, seed 0): the
       batches at evenly spaced quantiles of the token count, so that the timed lengths
       represent where the corpus's tokens are (long posts carry most of them).
     """
     import numpy as np
 
-    from gpt2clf.batching import LengthGroupedSampler, load_tokenizer, tokenize_texts
-    from gpt2clf.corpora import load_20newsgroups
+    from gpt2clf.data.batching import LengthGroupedSampler, load_tokenizer, tokenize_texts
+    from gpt2clf.data.corpora import load_20newsgroups
 
     tokenizer = load_tokenizer(str(args.tokenizer))
     train = load_20newsgroups("train", args.data)
@@ -567,8 +572,8 @@ def probe_precision(device, tiny: bool) -> dict[str, Any]:
     import torch
     from transformers import GPT2Model
 
-    from gpt2clf.inference import autocast_context
-    from gpt2clf.model import Block
+    from gpt2clf.infer.runtime import autocast_context
+    from gpt2clf.model.classifier import Block
 
     config = gpt2_config(tiny)
     config.n_layer = 1

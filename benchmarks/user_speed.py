@@ -79,8 +79,8 @@ def build_model_folder(folder: Path) -> Path:
     import torch
     from transformers import GPT2Config, GPT2Model
 
-    from gpt2clf.batching import load_tokenizer
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+    from gpt2clf.data.batching import load_tokenizer
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 
     torch.manual_seed(0)
     model = GPT2Classifier(GPT2Model(GPT2Config()), ClassifierSpec(num_labels=20, n_blocks=2))
@@ -92,7 +92,7 @@ def build_model_folder(folder: Path) -> Path:
 def write_posts(path: Path, count: int) -> list[str]:
     import random
 
-    from gpt2clf.corpora import load_20newsgroups
+    from gpt2clf.data.corpora import load_20newsgroups
 
     texts = load_20newsgroups("test", ARCHIVE).texts
     chosen = random.Random(0).sample(texts, count)
@@ -104,8 +104,8 @@ def seed_pipeline(model_dir: str, posts: str) -> None:
     """The seed-style process: float32, every post padded to 512, batches of 16 in input order."""
     import torch
 
-    from gpt2clf.batching import load_tokenizer
-    from gpt2clf.model import GPT2Classifier
+    from gpt2clf.data.batching import load_tokenizer
+    from gpt2clf.model.classifier import GPT2Classifier
 
     texts = [json.loads(line)["text"] for line in Path(posts).read_text(encoding="utf-8").splitlines()]
     tokenizer = load_tokenizer(model_dir)
@@ -121,8 +121,8 @@ def seed_pipeline(model_dir: str, posts: str) -> None:
 
 def best_inference(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     """Docs/s of each inference configuration on ``texts`` (model loaded once per configuration)."""
-    from gpt2clf.inference import cpu_has_native_bf16
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
+    from gpt2clf.infer.runtime import cpu_has_native_bf16
 
     precisions = ["32-true", *(["bf16-mixed"] if cpu_has_native_bf16() else [])]
     configs = [{"precision": p, "max_batch_tokens": b} for p in precisions for b in (2048, 4096, 8192, 16384)]
@@ -152,11 +152,11 @@ def framework_overhead(steps: int = 60) -> dict[str, Any]:
     from transformers import GPT2Config, GPT2Model
 
     from gpt2clf.config import Config
-    from gpt2clf.corpora import labelled_texts, load_20newsgroups
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
-    from gpt2clf.optimization import lr_lambda
-    from gpt2clf.prepared import prepare_data
-    from gpt2clf.training import ClassificationDataModule, ClassificationModule, build_trainer
+    from gpt2clf.data.corpora import labelled_texts, load_20newsgroups
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
+    from gpt2clf.training.inputs import prepare_data
+    from gpt2clf.training.loop import ClassificationDataModule, ClassificationModule, build_trainer
+    from gpt2clf.training.optimization import lr_lambda
 
     news = load_20newsgroups("train", ARCHIVE)
     config = Config(backbone="unused", tokenizer=str(TOKENIZER), max_length=64, batch_size=16, epochs=1,
@@ -223,7 +223,7 @@ def framework_overhead(steps: int = 60) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     """The CPU, its cores and native bf16, as gpt2clf itself sees them (``report.hardware_info``), and the date."""
-    from gpt2clf.report import hardware_info
+    from gpt2clf.report.run_report import hardware_info
 
     hardware = hardware_info()
     return {"cpu": hardware["cpu"], "cores": hardware["cpu_cores"], "cpu_bf16": hardware["cpu_native_bf16"],

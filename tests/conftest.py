@@ -34,7 +34,7 @@ def tokenizer_path(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_path: Path):
     """The real GPT-2 tokenizer loaded through gpt2clf (pad token = eos, right padding)."""
-    from gpt2clf.batching import load_tokenizer
+    from gpt2clf.data.batching import load_tokenizer
 
     return load_tokenizer(str(tokenizer_path))
 
@@ -79,7 +79,7 @@ def gpt2_small_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_backbone: Path, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained but complete gpt2clf model folder over the tiny backbone, three labels."""
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 
     spec = ClassifierSpec(num_labels=3, label_names=["a", "b", "c"], n_embed=32, n_heads=2, n_blocks=1)
     folder = tmp_path_factory.mktemp("tiny-model") / "model"

@@ -13,27 +13,79 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "src" / "gpt2clf"
 
+# The stages, bottom to top: a module imports only modules of its own stage or of stages below it.
+# The foundation (errors, files, config) and the entry points (estimator, cli) sit at the package's top level.
+STAGES: list[set[str]] = [
+    {"errors"}, {"files"}, {"config"},
+    {"data"},  # text -> tokens, windows, batches
+    {"model"},  # token ids -> logits; the model-folder format
+    {"infer"},  # logits -> probabilities and metrics
+    {"report"},  # plots, explanations, the HTML run report
+    {"training"},  # run setup, feature cache, optimisation, the Lightning loop
+    {"serve", "distributed"},  # HTTP; Ray
+    {"estimator"}, {"cli"},
+]
+
+
+def module_name(path: Path) -> str:
+    """``src/gpt2clf/model/classifier.py`` -> ``model.classifier``; a package's ``__init__`` -> its own name."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) or "gpt2clf"
+
+
+def package_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
 
 def package_imports() -> dict[str, set[str]]:
     """module -> the gpt2clf modules it imports anywhere (top level, inside functions, under TYPE_CHECKING)."""
+    modules = package_modules()
     graph: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE.glob("*.py")):
-        name = path.stem
+
+    def resolve(dotted: str) -> str | None:
+        """The longest known module that ``gpt2clf.<dotted>`` names (a name imported from a module counts as it)."""
+        parts = dotted.split(".")
+        while parts:
+            if ".".join(parts) in modules:
+                return ".".join(parts)
+            parts.pop()
+        return None
+
+    for name, path in modules.items():
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gpt2clf"):
-                target = node.module.split(".")
-                if len(target) > 1:
-                    found.add(target[1])
-                else:  # from gpt2clf import x: x is a module or a lazily exported name
-                    found.update(alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists())
+                base = node.module.removeprefix("gpt2clf").lstrip(".")
+                targets = [f"{base}.{alias.name}".lstrip(".") for alias in node.names]
             elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name.startswith("gpt2clf."):
-                        found.add(alias.name.split(".")[1])
-        found.discard(name)
+                targets = [alias.name.removeprefix("gpt2clf.") for alias in node.names
+                           if alias.name.startswith("gpt2clf.")]
+            for target in targets:
+                module = resolve(target)
+                if module is None and target.split(".")[0] in _lazy_exports():
+                    module = _lazy_exports()[target.split(".")[0]]  # from gpt2clf import Predictor
+                if module and module != name:
+                    found.add(module)
         graph[name] = found
     return graph
+
+
+def _lazy_exports() -> dict[str, str]:
+    """The root's lazily exported names -> the module that defines each."""
+    import gpt2clf
+
+    return {name: module.removeprefix("gpt2clf.") for name, module in gpt2clf._EXPORTS.items()}
+
+
+def stage_of(module: str) -> int:
+    top = module.split(".")[0]
+    for index, stage in enumerate(STAGES):
+        if top in stage:
+            return index
+    raise AssertionError(f"{module}: in no stage; add its sub-package to STAGES")
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -60,13 +112,38 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycles_among_package_modules() -> None:
     graph = package_imports()
-    assert {"cli", "config", "corpora", "batching", "backbone", "model", "inference", "training"} <= set(graph)
+    assert {"cli", "config", "data.corpora", "data.batching", "model.backbone", "model.classifier", "infer.runtime",
+            "training.loop"} <= set(graph)
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
 def test_cycle_finder_finds_a_planted_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_is_cut_into_stages() -> None:
+    """At least five sub-packages, at most eight modules left at the top level, and every module in a stage."""
+    sub_packages = [path.parent.name for path in PACKAGE.glob("*/__init__.py")]
+    top_level = [path.name for path in PACKAGE.glob("*.py")]
+    assert len(sub_packages) >= 5, sub_packages
+    assert len(top_level) <= 8, top_level
+    for module in package_modules():
+        if module != "gpt2clf":
+            stage_of(module)  # raises for a module in no stage
+
+
+def test_stages_import_only_downward() -> None:
+    """Each sub-package imports only those below it in STAGES (function-level imports count too)."""
+    upward = [f"{module} -> {target}" for module, targets in package_imports().items() if module != "gpt2clf"
+              for target in targets if stage_of(target) > stage_of(module)]
+    assert not upward, upward
+
+
+def test_the_stage_check_finds_a_planted_upward_import() -> None:
+    assert stage_of("training.loop") > stage_of("model.classifier")
+    assert stage_of("cli") > stage_of("serve.app") > stage_of("report.plots") > stage_of("infer.predictor")
+    assert stage_of("data.corpora") < stage_of("model.folder")
 
 
 def test_layers_import_only_downward() -> None:
@@ -82,14 +159,67 @@ def test_layers_import_only_downward() -> None:
                     todo.append(nxt)
         return seen
 
-    assert not reaches("model") & {"training", "cli", "prediction", "evaluation", "feature_cache", "inference"}
-    assert not reaches("corpora") & {"batching", "model", "backbone", "training", "cli"}
-    assert not reaches("batching") & {"model", "backbone", "training", "cli"}
-    assert "training" not in reaches("evaluation") | reaches("prediction")
+    assert not reaches("model.classifier") & {"training.loop", "cli", "infer.predictor", "infer.evaluation",
+                                              "train.feature_cache", "infer.runtime"}
+    assert not reaches("data.corpora") & {"data.batching", "model.classifier", "model.backbone", "training.loop", "cli"}
+    assert not reaches("data.batching") & {"model.classifier", "model.backbone", "training.loop", "cli"}
+    assert "training.loop" not in reaches("infer.evaluation") | reaches("infer.predictor")
     assert all("cli" not in reaches(name) for name in graph if name != "cli")
-    matplotlib_users = [p.stem for p in PACKAGE.glob("*.py") if "matplotlib" in p.read_text(encoding="utf-8")
-                        and p.stem != "plots"]
+    matplotlib_users = [name for name, path in package_modules().items()
+                        if "matplotlib" in path.read_text(encoding="utf-8") and name != "report.plots"]
     assert matplotlib_users == []
+
+
+def test_functions_and_modules_stay_small_enough_to_read() -> None:
+    """No function in the package passes 80 lines (create_app, a short assembly, 60), none takes more than
+    8 parameters (constructors aside), and no module passes 700 lines."""
+    long_functions, long_signatures, long_modules = [], [], []
+    for name, path in package_modules().items():
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 700:
+            long_modules.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                limit = 60 if (name, node.name) == ("serve.app", "create_app") else 80
+                if length > limit:
+                    long_functions.append(f"{name}.{node.name}: {length} lines (limit {limit})")
+                if node.name != "__init__" and parameter_count(node) > 8:
+                    long_signatures.append(f"{name}.{node.name}: {parameter_count(node)} parameters")
+    assert not long_functions, long_functions
+    assert not long_signatures, long_signatures
+    assert not long_modules, long_modules
+
+
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Parameters a caller passes: ``self``/``cls`` not counted, ``*args``/``**kwargs`` one each."""
+    args = node.args
+    names = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+    count = len(names) + (args.vararg is not None) + (args.kwarg is not None)
+    return count - (1 if names and names[0].arg in ("self", "cls") else 0)
+
+
+def test_the_size_checks_count_what_they_claim() -> None:
+    tree = ast.parse("def f(self, a, b, /, c, *rest, d, e, **more): pass\ndef g(): pass\n")
+    f, g = tree.body
+    assert parameter_count(f) == 7 and parameter_count(g) == 0
+
+
+def test_every_module_declares_its_public_names() -> None:
+    """Each module lists its public surface in __all__, and every name listed exists."""
+    import importlib
+
+    problems = []
+    for name, path in package_modules().items():
+        if path.name == "__init__.py" and name != "gpt2clf":
+            continue  # sub-packages only document their modules; the root lists its lazy exports
+        module = importlib.import_module(name if name == "gpt2clf" else f"gpt2clf.{name}")
+        names = getattr(module, "__all__", None)
+        if names is None:
+            problems.append(f"{name}: no __all__")
+        elif name != "gpt2clf":
+            problems.extend(f"{name}.{item}: listed, not defined" for item in names if not hasattr(module, item))
+    assert not problems, problems
 
 
 def run_python(code: str, *, env_extra: dict[str, str] | None = None, cwd: Path | None = None
@@ -99,45 +229,18 @@ def run_python(code: str, *, env_extra: dict[str, str] | None = None, cwd: Path 
                           timeout=300)
 
 
-def test_functions_and_modules_stay_small_enough_to_read() -> None:
-    """No function in the package passes 80 lines, create_app stays a short assembly (60), and
-    training.py keeps to its one job (650 lines)."""
-    long_functions = []
-    for path in sorted(PACKAGE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = node.end_lineno - node.lineno + 1
-                limit = 60 if (path.stem, node.name) == ("serving", "create_app") else 80
-                if length > limit:
-                    long_functions.append(f"{path.stem}.{node.name}: {length} lines (limit {limit})")
-    assert not long_functions, long_functions
-    assert len((PACKAGE / "training.py").read_text(encoding="utf-8").splitlines()) <= 650
-
-
-def test_every_module_declares_its_public_names() -> None:
-    """Each module lists its public surface in __all__, and every name listed exists."""
-    import importlib
-
-    problems = []
-    for path in sorted(PACKAGE.glob("*.py")):
-        module = importlib.import_module(f"gpt2clf.{path.stem}" if path.stem != "__init__" else "gpt2clf")
-        names = getattr(module, "__all__", None)
-        if names is None:
-            problems.append(f"{path.stem}: no __all__")
-        elif path.stem != "__init__":
-            problems.extend(f"{path.stem}.{name}: listed, not defined" for name in names if not hasattr(module, name))
-    assert not problems, problems
-
-
 def test_entry_points_import_lazily() -> None:
     code = ("import sys, gpt2clf\n"
             "assert 'torch' not in sys.modules\n"
             "from gpt2clf import Config, GPT2Classifier, Predictor, fit, train\n"
             "assert callable(fit) and callable(train) and Config().epochs >= 1\n"
-            "print(GPT2Classifier.__module__, Predictor.__module__)\n")
+            "from gpt2clf import GPT2TextClassifier, evaluate_folder, labelled_texts\n"
+            "print(GPT2Classifier.__module__, Predictor.__module__, train.__module__, GPT2TextClassifier.__module__,\n"
+            "      evaluate_folder.__module__, labelled_texts.__module__)\n")
     result = run_python(code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["gpt2clf.model", "gpt2clf.prediction"]
+    assert result.stdout.split() == ["gpt2clf.model.classifier", "gpt2clf.infer.predictor", "gpt2clf.training.loop",
+                                     "gpt2clf.estimator", "gpt2clf.infer.evaluation", "gpt2clf.data.corpora"]
 
 
 def test_help_imports_no_torch() -> None:
@@ -180,13 +283,13 @@ def test_predict_and_evaluate_run_without_lightning(no_lightning: Path, tiny_mod
 
 
 def test_the_micro_batcher_works_without_fastapi() -> None:
-    """``gpt2clf.microbatch`` is plain asyncio: it imports, and merges requests, with the serve extra blocked."""
+    """``gpt2clf.serve.microbatch`` is plain asyncio: it imports, and merges requests, with the serve extra blocked."""
     code = ("import sys\n"
             "for name in ('fastapi', 'starlette', 'uvicorn', 'pydantic', 'prometheus_client'):\n"
             "    sys.modules[name] = None  # any import of them now fails\n"
             "import asyncio\n"
             "from concurrent.futures import ThreadPoolExecutor\n"
-            "from gpt2clf.microbatch import Job, MicroBatcher, QueueFull\n"
+            "from gpt2clf.serve.microbatch import Job, MicroBatcher, QueueFull\n"
             "calls = []\n"
             "def run_batch(texts):\n"
             "    calls.append(texts)\n"
@@ -214,22 +317,21 @@ def test_the_micro_batcher_works_without_fastapi() -> None:
 
 
 def test_only_model_io_reads_a_model_folders_config_json(tiny_model_dir: Path, monkeypatch, tmp_path: Path) -> None:
-    """A model folder's config.json is parsed in one place (gpt2clf.model_io): every reader of a folder
+    """A model folder's config.json is parsed in one place (gpt2clf.model.folder): every reader of a folder
     (the predictor, the estimator, the server, export's checks, evaluation's recorded config) goes through it.
     Any other gpt2clf module that opens the file fails this test, however it opens it."""
     import builtins
     import io
-    import sys
     import time
     from pathlib import Path as _Path
 
     from fastapi.testclient import TestClient
 
     from gpt2clf.estimator import GPT2TextClassifier
-    from gpt2clf.model_io import read_training_config, recorded_config
-    from gpt2clf.onnx_runtime import folder_fingerprints, unsupported_reason
-    from gpt2clf.prediction import Predictor
-    from gpt2clf.serving import create_app
+    from gpt2clf.infer.onnx_runtime import folder_fingerprints, unsupported_reason
+    from gpt2clf.infer.predictor import Predictor
+    from gpt2clf.model.folder import read_training_config, recorded_config
+    from gpt2clf.serve.app import create_app
 
     target = (tiny_model_dir / "config.json").resolve()
     openers: list[str] = []
@@ -282,4 +384,4 @@ def test_only_model_io_reads_a_model_folders_config_json(tiny_model_dir: Path, m
             time.sleep(0.05)
         assert client.get("/v1/model").status_code == 200
     assert openers, "the spy saw no read at all: the test would prove nothing"
-    assert set(openers) == {"gpt2clf.model_io"}, sorted(set(openers))
+    assert set(openers) == {"gpt2clf.model.folder"}, sorted(set(openers))

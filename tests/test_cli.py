@@ -256,7 +256,7 @@ def test_shared_inference_flags_have_one_default_in_every_command(capsys, monkey
 
 
 def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path, capsys) -> None:
-    from gpt2clf.inference import cpu_has_native_bf16
+    from gpt2clf.infer.runtime import cpu_has_native_bf16
 
     args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
             "--max-train-samples", "40", "--max-eval-samples", "20", "--max-length", "64", "--accelerator", "cpu",
@@ -349,8 +349,8 @@ def test_streaming_predict_shows_documents_done_and_rate(tiny_model_dir: Path, f
 
 
 def test_the_library_reports_progress_and_prints_nothing(tiny_model_dir: Path, forty_documents, capsys) -> None:
-    from gpt2clf.evaluation import evaluate_folder
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.evaluation import evaluate_folder
+    from gpt2clf.infer.predictor import Predictor
 
     reports: list[tuple[int, int | None]] = []
     result = evaluate_folder(tiny_model_dir, data_overrides={"train_file": str(forty_documents["train"]),

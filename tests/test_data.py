@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from gpt2clf.batching import (
+from gpt2clf.data.batching import (
     LengthGroupedSampler,
     PaddingCollator,
     TokenizedDataset,
@@ -24,7 +24,7 @@ from gpt2clf.batching import (
     load_tokenizer,
     tokenize_texts,
 )
-from gpt2clf.corpora import (
+from gpt2clf.data.corpora import (
     DatasetSplits,
     DataWarning,
     TextDataset,
@@ -36,9 +36,9 @@ from gpt2clf.corpora import (
     stratified_split,
     stratified_subset,
 )
+from gpt2clf.data.stats import DatasetStats, dataset_stats
 from gpt2clf.errors import DataError, ModelLoadError
-from gpt2clf.plots import plot_dataset_stats
-from gpt2clf.stats import DatasetStats, dataset_stats
+from gpt2clf.report.plots import plot_dataset_stats
 
 # scikit-learn's target_names: the newsgroup folders in sorted order.
 NEWSGROUPS = [

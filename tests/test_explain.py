@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from gpt2clf.cli import main
-from gpt2clf.explain import Explanation, attention_weights, explain, readable_tokens
-from gpt2clf.model import ClassifierSpec, GPT2Classifier
-from gpt2clf.prediction import Predictor
+from gpt2clf.infer.predictor import Predictor
+from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
+from gpt2clf.report.explain import Explanation, attention_weights, explain, readable_tokens
 from planted import KEYWORDS, MAX_LENGTH, planted_run, planted_text
 
 # "Dominates": one token carries at least half of the document's total |attribution| and
@@ -177,7 +177,7 @@ def test_recomputed_attention_weights_are_the_ones_the_block_used(tiny_backbone:
 
 def test_the_heat_map_names_tokens_as_the_top_tokens_table_does(tiny_model_dir: Path, tmp_path: Path,
                                                                  monkeypatch, capsys) -> None:
-    from gpt2clf import plots
+    from gpt2clf.report import plots
 
     drawn: list[list[str]] = []
     original = plots._png

@@ -87,7 +87,7 @@ def test_onnxruntime_on_tokenized_text_matches_torch_predict_json(exported: tupl
                                                                  trained_model_dir: Path, capsys) -> None:
     import onnxruntime as ort
 
-    from gpt2clf.batching import load_tokenizer, tokenize_texts
+    from gpt2clf.data.batching import load_tokenizer, tokenize_texts
 
     path, _ = exported
     tokenizer = load_tokenizer(str(trained_model_dir), padding_side="left")
@@ -156,22 +156,22 @@ def test_exported_graph_has_dynamic_int64_inputs_float_logits_and_opset_18(expor
 
 def test_exported_metadata_lets_a_runtime_work_without_torch(exported: tuple[Path, dict],
                                                             trained_model_dir: Path) -> None:
-    from gpt2clf.onnx_runtime import read_onnx_metadata
+    from gpt2clf.infer.onnx_runtime import read_onnx_metadata
 
     path, _ = exported
     meta = read_onnx_metadata(path)
     assert meta.label_names == ["food", "sport", "tech"]
     assert (meta.max_length, meta.padding_side, meta.format_version) == (32, "left", 1)
-    from gpt2clf.batching import load_tokenizer
+    from gpt2clf.data.batching import load_tokenizer
 
     assert meta.pad_token_id == load_tokenizer(str(trained_model_dir)).pad_token_id
 
 
 def test_untrained_right_padded_model_exports_to_another_path(tiny_model_dir: Path, tmp_path: Path,
                                                               capsys) -> None:
-    from gpt2clf.export import export_onnx
-    from gpt2clf.onnx_runtime import OnnxPredictor
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.export import export_onnx
+    from gpt2clf.infer.onnx_runtime import OnnxPredictor
+    from gpt2clf.infer.predictor import Predictor
 
     out = tmp_path / "deploy" / "tiny.onnx"
     report = export_onnx(tiny_model_dir, out)
@@ -185,8 +185,8 @@ def test_untrained_right_padded_model_exports_to_another_path(tiny_model_dir: Pa
 def test_export_wrapper_matches_model_forward_for_every_pooling(tiny_backbone: Path) -> None:
     import torch
 
-    from gpt2clf.export import _export_wrapper
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+    from gpt2clf.infer.export import _export_wrapper
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 
     torch.manual_seed(0)
     ids = torch.randint(0, 500, (3, 7))
@@ -203,7 +203,7 @@ def test_export_wrapper_matches_model_forward_for_every_pooling(tiny_backbone: P
 def test_export_that_does_not_match_torch_is_refused_and_the_old_file_kept(
         exported: tuple[Path, dict], tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A wrong graph (the trained model's, for the untrained folder) fails parity: nothing replaces OUTPUT."""
-    import gpt2clf.export as export_module
+    import gpt2clf.infer.export as export_module
 
     wrong_graph, _ = exported
     monkeypatch.setattr(export_module, "_export_graph",

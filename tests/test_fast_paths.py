@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2Model
 from transformers.pytorch_utils import Conv1D
 
-from gpt2clf.backbone import conv1d_to_linear as _conv1d_to_linear
-from gpt2clf.backbone import use_fused_gelu
-from gpt2clf.batching import LengthGroupedSampler, PaddingCollator, TokenizedDataset
-from gpt2clf.inference import quantize_for_cpu_inference
-from gpt2clf.model import ClassifierSpec, GPT2Classifier, SelfAttention
-from gpt2clf.prediction import batched_logits
+from gpt2clf.data.batching import LengthGroupedSampler, PaddingCollator, TokenizedDataset
+from gpt2clf.infer.predictor import batched_logits
+from gpt2clf.infer.runtime import quantize_for_cpu_inference
+from gpt2clf.model.backbone import conv1d_to_linear as _conv1d_to_linear
+from gpt2clf.model.backbone import use_fused_gelu
+from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier, SelfAttention
 
 VOCAB = 1000
 PAD = 0

@@ -1,7 +1,7 @@
 """Fast start-up: a GPT-2 model folder predicts without importing transformers, with the same results.
 
-``Predictor.from_folder`` builds a plain GPT-2 backbone with :mod:`gpt2clf.gpt2_body` and reads
-a GPT-2 tokenizer with :mod:`gpt2clf.json_tokenizer`. These tests check that both give what
+``Predictor.from_folder`` builds a plain GPT-2 backbone with :mod:`gpt2clf.model.gpt2_body` and reads
+a GPT-2 tokenizer with :mod:`gpt2clf.data.json_tokenizer`. These tests check that both give what
 transformers' own classes give, that anything else still goes through transformers, and that
 a one-text ``predict`` process indeed never imports transformers. No timings are asserted.
 """
@@ -18,13 +18,13 @@ import pytest
 import torch
 from transformers import BertConfig, GPT2Config, GPT2Model
 
-from gpt2clf.backbone import BackboneAdapter, backbone_from_config
-from gpt2clf.batching import Windowing, encode_documents, load_tokenizer, tokenize_texts
-from gpt2clf.corpora import load_20newsgroups
-from gpt2clf.gpt2_body import GPT2Body, native_gpt2_reason
-from gpt2clf.json_tokenizer import JsonTokenizer, load_json_tokenizer
-from gpt2clf.model import ClassifierSpec, GPT2Classifier
-from gpt2clf.prediction import Predictor
+from gpt2clf.data.batching import Windowing, encode_documents, load_tokenizer, tokenize_texts
+from gpt2clf.data.corpora import load_20newsgroups
+from gpt2clf.data.json_tokenizer import JsonTokenizer, load_json_tokenizer
+from gpt2clf.infer.predictor import Predictor
+from gpt2clf.model.backbone import BackboneAdapter, backbone_from_config
+from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
+from gpt2clf.model.gpt2_body import GPT2Body, native_gpt2_reason
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests of gpt2clf.features (the frozen-backbone feature cache) and the backbone split of gpt2clf.model.
+"""Tests of gpt2clf.features (the frozen-backbone feature cache) and the backbone split of gpt2clf.model.classifier.
 
 Models are tiny and randomly initialised: GPT-2 with 2 layers of width 64.
 
@@ -26,9 +26,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2Model
 
-import gpt2clf.feature_cache as features
+import gpt2clf.training.feature_cache as features
 from gpt2clf.errors import ConfigError, DataError
-from gpt2clf.feature_cache import (
+from gpt2clf.infer.predictor import batched_logits
+from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
+from gpt2clf.training.feature_cache import (
     FeatureCollator,
     FeatureDataset,
     cache_root_dir,
@@ -36,8 +38,6 @@ from gpt2clf.feature_cache import (
     feature_logits,
     logits_from_features,
 )
-from gpt2clf.model import ClassifierSpec, GPT2Classifier
-from gpt2clf.prediction import batched_logits
 
 VOCAB = 1000
 PAD = 0
@@ -414,7 +414,7 @@ def test_training_from_the_cache_gives_gradients_to_our_part_only(tmp_path: Path
 
 # --- the real tokenizer ---------------------------------------------------------------------
 def test_real_tokenizer_texts(tmp_path: Path, tokenizer) -> None:
-    from gpt2clf.batching import tokenize_texts
+    from gpt2clf.data.batching import tokenize_texts
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=256)  # the real 50,257-token vocabulary
@@ -508,7 +508,7 @@ def test_no_stray_files_in_the_cache_root(tmp_path: Path) -> None:
 def test_from_lower_runs_only_the_layers_above_a_top_layers_cache(tmp_path: Path, monkeypatch) -> None:
     """A frozen run after a top-K run on the same documents may start from the top-K run's cache (opt-in): only
     the layers above it run, the states match a full pass up to float16 rounding, and the cache has its own key."""
-    from gpt2clf.feature_cache import layers_to_compute
+    from gpt2clf.training.feature_cache import layers_to_compute
 
     model = tiny_model(n_layer=3)
     tokens = token_lists()
@@ -544,7 +544,7 @@ def test_from_lower_runs_only_the_layers_above_a_top_layers_cache(tmp_path: Path
 
 
 def test_the_estimate_counts_only_what_an_interrupted_run_left_to_do(tmp_path: Path, monkeypatch) -> None:
-    from gpt2clf.feature_cache import layers_to_compute
+    from gpt2clf.training.feature_cache import layers_to_compute
 
     model = tiny_model()
     tokens = token_lists(n=11)

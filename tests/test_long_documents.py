@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from gpt2clf import Config, fit
-from gpt2clf.batching import (
+from gpt2clf.cli import main
+from gpt2clf.data.batching import (
     PaddingCollator,
     TokenizedDataset,
     Windowing,
@@ -23,10 +24,9 @@ from gpt2clf.batching import (
     tokens_read,
     window_starts,
 )
-from gpt2clf.cli import main
-from gpt2clf.corpora import labelled_texts
-from gpt2clf.fusion import FUSION_FOLDER, MIX_MODES, Fusion, TfidfModel, choose_fusion, refit_fusion
-from gpt2clf.prediction import Predictor
+from gpt2clf.data.corpora import labelled_texts
+from gpt2clf.infer.predictor import Predictor
+from gpt2clf.model.fusion import FUSION_FOLDER, MIX_MODES, Fusion, TfidfModel, choose_fusion, refit_fusion
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO.parent / "shared" / "gpt2-tokenizer"
@@ -123,7 +123,7 @@ def test_dry_run_data_stats_and_train_say_what_goes_unread(tiny_backbone: Path, 
     (dict(long_documents="chunks", max_chunks=4), "raise --max-chunks, or leave it unset"),
 ])
 def test_the_unread_text_advice_names_the_setting_that_limits_reading(settings: dict, advice: str) -> None:
-    from gpt2clf.batching import Windowing
+    from gpt2clf.data.batching import Windowing
 
     assert Windowing.of(dict(max_length=64, **settings)).how_to_read_more().startswith(advice)
 
@@ -132,7 +132,7 @@ def test_the_unread_text_advice_names_the_setting_that_limits_reading(settings: 
 def test_window_aggregations_compute_their_formula_per_document(aggregation: str) -> None:
     from transformers import GPT2Config, GPT2Model
 
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 
     torch.manual_seed(0)
     model = GPT2Classifier(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)),
@@ -253,7 +253,7 @@ def test_a_fused_model_folder_loads_with_pickle_blocked(fused_chunked_model: Pat
         "    raise RuntimeError('pickle is blocked')\n"
         "pickle.load = pickle.loads = blocked\n"
         "pickle.Unpickler = type('BlockedUnpickler', (pickle.Unpickler,), {'load': blocked})\n"
-        "from gpt2clf.prediction import Predictor\n"
+        "from gpt2clf.infer.predictor import Predictor\n"
         f"predictor = Predictor.from_folder({str(fused_chunked_model)!r}, precision='32-true')\n"
         "assert predictor.fusion is not None\n"
         "print(predictor.predict_proba(['the the the rocket']).argmax().item())\n"
@@ -266,7 +266,7 @@ def test_a_fused_model_folder_loads_with_pickle_blocked(fused_chunked_model: Pat
 
 @pytest.mark.slow
 def test_explain_picks_a_window_of_a_chunked_model(fused_chunked_model: Path) -> None:
-    from gpt2clf.explain import explain
+    from gpt2clf.report.explain import explain
 
     predictor = Predictor.from_folder(fused_chunked_model, precision="32-true")
     text = " ".join(["the"] * 30 + ["guitar"] + ["of"] * 3)  # 34 tokens: three windows of 16

@@ -1,4 +1,4 @@
-"""Tests of gpt2clf.model over tiny randomly initialised backbones (no downloads)."""
+"""Tests of gpt2clf.model.classifier over tiny randomly initialised backbones (no downloads)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from gpt2clf.errors import ConfigError, ModelLoadError
-from gpt2clf.model import (
+from gpt2clf.model.classifier import (
     AttentionPooling,
     Block,
     ClassifierSpec,

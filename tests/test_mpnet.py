@@ -42,16 +42,16 @@ from fastapi.testclient import TestClient
 from transformers import MPNetConfig, MPNetModel, MPNetTokenizer
 
 from gpt2clf import Config, fit
-from gpt2clf.backbone import BackboneAdapter, backbone_from_config
-from gpt2clf.batching import Windowing, encode_documents, load_tokenizer, tokenize_texts
 from gpt2clf.cli import main
-from gpt2clf.corpora import labelled_texts, load_20newsgroups
-from gpt2clf.explain import explain
-from gpt2clf.json_tokenizer import JsonTokenizer, load_json_tokenizer
-from gpt2clf.model import GPT2Classifier
-from gpt2clf.mpnet_body import MPNetBody, native_mpnet_reason
-from gpt2clf.prediction import Predictor
-from gpt2clf.serving import ServeSettings, create_app
+from gpt2clf.data.batching import Windowing, encode_documents, load_tokenizer, tokenize_texts
+from gpt2clf.data.corpora import labelled_texts, load_20newsgroups
+from gpt2clf.data.json_tokenizer import JsonTokenizer, load_json_tokenizer
+from gpt2clf.infer.predictor import Predictor
+from gpt2clf.model.backbone import BackboneAdapter, backbone_from_config
+from gpt2clf.model.classifier import GPT2Classifier
+from gpt2clf.model.mpnet_body import MPNetBody, native_mpnet_reason
+from gpt2clf.report.explain import explain
+from gpt2clf.serve.app import ServeSettings, create_app
 
 KEYWORDS = {"sport": "goal", "tech": "kernel", "food": "pasta"}
 FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at", "by"]
@@ -148,7 +148,7 @@ def full_run(mpnet_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_max_length_is_limited_to_the_positions_after_the_offset(mpnet_dir: Path) -> None:
     """130 position embeddings, real tokens numbered from pad id + 1 = 2: 128 tokens fit, 129 are refused."""
     from gpt2clf.errors import ConfigError
-    from gpt2clf.prepared import build_model
+    from gpt2clf.training.inputs import build_model
 
     assert build_model(small_config(mpnet_dir, max_length=128), ["a", "b"]).adapter.max_positions == 128
     with pytest.raises(ConfigError, match="max_length 129 is more than the backbone's 128 positions"):

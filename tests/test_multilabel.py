@@ -19,9 +19,9 @@ import pytest
 
 from gpt2clf.cli import main
 from gpt2clf.config import Config
-from gpt2clf.corpora import iter_text_column, join_fields, labelled_texts, load_dataset_splits, load_labelled_file
+from gpt2clf.data.corpora import iter_text_column, join_fields, labelled_texts, load_dataset_splits, load_labelled_file
 from gpt2clf.errors import DataError
-from gpt2clf.evaluation import compute_multilabel_metrics, tune_thresholds
+from gpt2clf.infer.evaluation import compute_multilabel_metrics, tune_thresholds
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
 KEYWORDS = {"space": "rocket", "sport": "football", "music": "guitar"}
@@ -168,7 +168,7 @@ def test_thresholds_maximise_each_labels_f1_and_metrics_use_them() -> None:
 # --- training --------------------------------------------------------------------------
 def test_fit_learns_several_labels_per_text_in_memory(tiny_backbone: Path, tmp_path: Path) -> None:
     from gpt2clf import Config, fit
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
 
     train, test = keyword_rows(300), keyword_rows(60, seed=1)
     data = labelled_texts([b for _, b, _ in train], [y for _, _, y in train], test_texts=[b for _, b, _ in test],

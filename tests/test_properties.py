@@ -14,8 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt2clf.batching import PaddingCollator, load_tokenizer, tokenize_texts
-from gpt2clf.model import ClassifierSpec, GPT2Classifier
+from gpt2clf.data.batching import PaddingCollator, load_tokenizer, tokenize_texts
+from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 
 MAX_LENGTH = 48
 

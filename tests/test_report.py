@@ -12,7 +12,7 @@ import pytest
 
 from gpt2clf.cli import main
 from gpt2clf.errors import DataError, UserError
-from gpt2clf.report import ScoredSplit, confident_errors, confused_pairs, score_run, write_run_report
+from gpt2clf.report.run_report import ScoredSplit, confident_errors, confused_pairs, score_run, write_run_report
 from planted import planted_run
 from test_explain import assert_self_contained_page_renders
 

@@ -27,7 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpt2clf import cli
-from gpt2clf.serving import BodyLimitMiddleware, ServeSettings, create_app, running_in_thread
+from gpt2clf.serve.app import BodyLimitMiddleware, ServeSettings, create_app, running_in_thread
 
 REPO_ROOT = Path(__file__).parents[1]
 TEXTS = ["My X server crashes when I resize an xterm",
@@ -41,7 +41,7 @@ WAIT_GUARD_S = 60  # only a guard against hanging forever; tests never assert on
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir: Path):
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
 
     # float32: a text's probabilities are then independent of its batch neighbours to 1e-5
     # (under bf16 autocast, on CPUs that have it, other batch shapes round differently).
@@ -170,7 +170,7 @@ def test_model_health_and_readiness(predictor, tiny_model_dir: Path, tmp_path: P
 
 
 def test_route_handlers_are_plain_functions_over_a_model_service(predictor, tiny_model_dir: Path) -> None:
-    from gpt2clf.serving import ApiError, ClassifyRequest, ModelService, classify, readyz
+    from gpt2clf.serve.app import ApiError, ClassifyRequest, ModelService, classify, readyz
 
     service = ModelService(predictor, ServeSettings(max_texts=2), model_dir=tiny_model_dir, predictor_kwargs={})
 
@@ -194,7 +194,7 @@ def test_route_handlers_are_plain_functions_over_a_model_service(predictor, tiny
 
 
 def test_readyz_is_503_until_the_model_is_loaded_and_warm(tiny_model_dir: Path, monkeypatch) -> None:
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
 
     release = threading.Event()
     real_from_folder = Predictor.from_folder
@@ -597,7 +597,7 @@ def test_serve_with_bad_limits_is_a_user_error(tiny_model_dir: Path, capsys) -> 
 
 def test_serve_without_the_extra_says_how_to_install_it(tiny_model_dir: Path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "fastapi", None)  # makes `import fastapi` fail
-    monkeypatch.delitem(sys.modules, "gpt2clf.serving")
+    monkeypatch.delitem(sys.modules, "gpt2clf.serve.app")
     assert cli.main(["serve", str(tiny_model_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpt2clf: error: ") and 'pip install "gpt2clf[serve]"' in err and "\n" not in err

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from gpt2clf.serving import ServeSettings, create_app, running_in_thread
+from gpt2clf.serve.app import ServeSettings, create_app, running_in_thread
 
 
 @pytest.fixture(scope="module")
 def server_url(tiny_model_dir: Path) -> Iterator[str]:
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
 
     predictor = Predictor.from_folder(tiny_model_dir, device="cpu")
     with running_in_thread(create_app(predictor, ServeSettings(), model_dir=tiny_model_dir)) as url:

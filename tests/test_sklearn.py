@@ -162,7 +162,7 @@ def test_fusion_tfidf_is_kept_by_fit_predict_proba_save_and_load(tiny_backbone: 
         "    raise RuntimeError('pickle is blocked')\n"
         "pickle.load = pickle.loads = blocked\n"
         "pickle.Unpickler = type('BlockedUnpickler', (pickle.Unpickler,), {'load': blocked})\n"
-        "from gpt2clf.prediction import Predictor\n"
+        "from gpt2clf.infer.predictor import Predictor\n"
         f"predictor = Predictor.from_folder({str(folder)!r}, precision='32-true')\n"
         "assert predictor.fusion is not None\n"
         f"print(json.dumps(predictor.predict_proba({test_texts!r}).tolist()))\n"

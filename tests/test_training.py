@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from gpt2clf.cli import main
-from gpt2clf.prediction import Predictor
+from gpt2clf.infer.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -113,7 +113,7 @@ def test_probabilities_do_not_depend_on_batch_neighbours(trained_run: Path) -> N
 def test_auto_precision_stays_close_to_float32(trained_run: Path, monkeypatch, native_bf16: str) -> None:
     """``auto`` picks bf16 autocast only where the CPU has bf16 hardware; either way probabilities
     stay within 0.01 of float32 and the top label does not change."""
-    from gpt2clf.corpora import load_20newsgroups
+    from gpt2clf.data.corpora import load_20newsgroups
 
     monkeypatch.setenv("GPT2CLF_CPU_BF16", native_bf16)
     auto = Predictor.from_folder(trained_run / "model", device="cpu")
@@ -185,7 +185,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_backbone: Path, s
     os.kill(process.pid, signal.SIGKILL)  # mid-way through epoch 2
     process.wait()
     assert not (run_dir / "metrics.json").exists()
-    from gpt2clf.training import finished_epochs
+    from gpt2clf.training.loop import finished_epochs
 
     assert finished_epochs(last) == 1  # so the resumed run's estimate counts one epoch of training, not two
     assert finished_epochs(small_run / "checkpoints" / "last.ckpt") == 2
@@ -263,7 +263,7 @@ def estimate_on_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """The estimate timed on its 4-row warm-up batches only, for tests that check something else: timing
     real-shaped batches (up to ``REAL_BATCH_SECONDS`` a call) of a 139M model, or of bf16 emulated on a CPU
     without native bf16, would cost tens of seconds."""
-    from gpt2clf import preflight
+    from gpt2clf.training import plan as preflight
 
     monkeypatch.setattr(preflight, "REAL_BATCH_SECONDS", 0.0)
 
@@ -355,7 +355,7 @@ def keyword_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 def test_fit_trains_in_memory_from_python_lists(tiny_backbone: Path, tmp_path: Path, monkeypatch) -> None:
     from gpt2clf import Config, fit
-    from gpt2clf.corpora import labelled_texts
+    from gpt2clf.data.corpora import labelled_texts
 
     monkeypatch.chdir(tmp_path)  # nothing may be written to the working folder either
     texts, labels = keyword_texts(240)
@@ -409,8 +409,8 @@ def test_model_folders_record_absolute_data_paths(tiny_backbone: Path, tmp_path:
 def test_gradients_are_clipped_in_every_cpu_precision(tiny_backbone: Path, precision: str, monkeypatch) -> None:
     """Clipping works with the fused AdamW under autocast (Lightning's AMP plugin refuses it there)."""
     from gpt2clf import Config, fit
-    from gpt2clf.corpora import labelled_texts
-    from gpt2clf.training import ClassificationModule
+    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.training.loop import ClassificationModule
 
     limit = 0.05
     seen: list[tuple[float, float, bool]] = []  # (norm before, norm after, fused optimizer)
@@ -492,8 +492,8 @@ def test_trainable_parts_train_with_dropout_and_frozen_parts_stay_in_eval_mode(t
     import warnings
 
     from gpt2clf import Config, fit
-    from gpt2clf.corpora import labelled_texts
-    from gpt2clf.training import ClassificationModule
+    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.training.loop import ClassificationModule
 
     seen: dict[str, list[dict[str, bool]]] = {"train": [], "validation": []}
     original_train, original_val = ClassificationModule.training_step, ClassificationModule.validation_step
@@ -539,7 +539,7 @@ def test_trainable_parts_train_with_dropout_and_frozen_parts_stay_in_eval_mode(t
 def test_a_long_cpu_estimate_names_faster_recipes_other_than_the_one_in_use() -> None:
     """Over two hours on a CPU the estimate line names faster options; a run that already has the frozen
     recipe's one backbone pass is not told to use it."""
-    from gpt2clf.preflight import describe_estimate
+    from gpt2clf.training.plan import describe_estimate
 
     base = {"device": "cpu", "precision": "32-true", "training": 3 * 3600.0, "evaluation": 600.0, "fusion": 0.0,
             "report": 0.0}
@@ -556,7 +556,7 @@ def test_the_estimate_times_a_pass_by_the_median_of_short_calls_so_one_outlier_d
     """A cheap pass is timed three times and the median kept; a pass slower than the timing budget once."""
     from collections.abc import Callable
 
-    from gpt2clf.preflight import TIMING_SECONDS, median_call_seconds
+    from gpt2clf.training.plan import TIMING_SECONDS, median_call_seconds
 
     def fake_clock(durations: list[float]) -> Callable[[], float]:
         """A clock whose successive timed calls last ``durations``."""
@@ -582,8 +582,9 @@ def test_the_estimate_times_each_pass_on_the_rows_the_real_pass_has_unless_that_
     """A small batch of 4 rows warms up and is timed, then a batch with the real pass's rows: the training
     batch (8 documents x 2.5 windows each), the evaluation batch (16 x 2.5), the cache pass (16 windows).
     With no time to spare for the real-shaped batch, only the small one is timed."""
-    from gpt2clf import Config, preflight
-    from gpt2clf.prepared import build_model
+    from gpt2clf import Config
+    from gpt2clf.training import plan as preflight
+    from gpt2clf.training.inputs import build_model
 
     config = Config(backbone=str(tiny_backbone), batch_size=8, max_length=32, freeze=freeze,
                     long_documents="chunks", precision="32-true", feature_cache=freeze == "backbone")

@@ -5,13 +5,17 @@ The main entry points, importable from the package (loaded lazily, so ``import g
 
     from gpt2clf import Config, GPT2Classifier, GPT2TextClassifier, Predictor, fit, train
 
-Modules, in the order data flows (each imports only those to its left; a test checks it):
-``errors``, ``files``, ``config``, ``synthetic`` -> ``corpora`` (text) -> ``batching`` (tokens,
-windows, batches), ``json_tokenizer``, ``stats`` -> ``gpt2_body``, ``mpnet_body``, ``backbone``
-(the Hugging Face adapter) -> ``model_io`` (the model-folder format), ``model`` -> ``inference``,
-``fusion`` -> ``feature_cache``, ``prediction`` -> ``evaluation``, ``plots``, ``report``,
-``explain``, ``onnx_runtime``, ``export`` -> ``prepared`` -> ``optimization``, ``preflight`` ->
-``training`` -> ``estimator`` (the scikit-learn estimator), ``microbatch``, ``serving`` -> ``cli``.
+Sub-packages, in the order data flows (each imports only those before it; a test checks it)::
+
+    errors, files, config       the foundation: user errors, atomic writes, every setting
+    data/       text -> tokens, windows and batches (corpora, batching, json_tokenizer, stats)
+    model/      token ids -> logits (gpt2_body, mpnet_body, backbone, folder, classifier, fusion)
+    infer/      logits -> probabilities and metrics (runtime, predictor, evaluation, onnx_runtime, export)
+    report/     what people read (plots, explain, evaluation_files, run_report, templates/)
+    training/   run setup and estimate, feature cache, optimisation, the Lightning loop (plan,
+                feature_cache, inputs, optimization, loop)
+    serve/      HTTP and the page (microbatch, app, web/);  distributed/  Ray: batch prediction, training
+    estimator, cli   the scikit-learn estimator and the command line
 """
 
 from __future__ import annotations
@@ -24,25 +28,27 @@ __version__ = "0.1.0"
 # name -> module that defines it
 _EXPORTS = {
     "Config": "gpt2clf.config",
-    "GPT2Classifier": "gpt2clf.model",
+    "GPT2Classifier": "gpt2clf.model.classifier",
     "GPT2TextClassifier": "gpt2clf.estimator",
-    "ClassifierSpec": "gpt2clf.model",
-    "Predictor": "gpt2clf.prediction",
-    "evaluate_folder": "gpt2clf.evaluation",
-    "fit": "gpt2clf.training",
-    "train": "gpt2clf.training",
+    "ClassifierSpec": "gpt2clf.model.classifier",
+    "Predictor": "gpt2clf.infer.predictor",
+    "evaluate_folder": "gpt2clf.infer.evaluation",
+    "labelled_texts": "gpt2clf.data.corpora",
+    "fit": "gpt2clf.training.loop",
+    "train": "gpt2clf.training.loop",
 }
 
 __all__ = ["ClassifierSpec", "Config", "GPT2Classifier", "GPT2TextClassifier", "Predictor", "evaluate_folder", "fit",
-           "train"]
+           "labelled_texts", "train"]
 
 if TYPE_CHECKING:
     from gpt2clf.config import Config
+    from gpt2clf.data.corpora import labelled_texts
     from gpt2clf.estimator import GPT2TextClassifier
-    from gpt2clf.evaluation import evaluate_folder
-    from gpt2clf.model import ClassifierSpec, GPT2Classifier
-    from gpt2clf.prediction import Predictor
-    from gpt2clf.training import fit, train
+    from gpt2clf.infer.evaluation import evaluate_folder
+    from gpt2clf.infer.predictor import Predictor
+    from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
+    from gpt2clf.training.loop import fit, train
 
 
 def __getattr__(name: str) -> Any:

@@ -411,7 +411,7 @@ def config_from_args(args: argparse.Namespace, say: Any = None) -> Config:
 # commands
 # ---------------------------------------------------------------------------------------
 def command_train(args: argparse.Namespace) -> int:
-    from gpt2clf.training import train
+    from gpt2clf.training.loop import train
 
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     config = resumed_config(args) if args.resume else config_from_args(args, say)
@@ -443,7 +443,7 @@ def command_train(args: argparse.Namespace) -> int:
 def resumed_config(args: argparse.Namespace) -> Config:
     """The config --resume asks for: the run's saved config.yaml with the flags given on top (or, with
     --preset or --config, those); train() refuses it if it changes what the run computes."""
-    from gpt2clf.preflight import saved_run_config
+    from gpt2clf.training.plan import saved_run_config
 
     if not args.output:
         raise UserError("--resume needs --output RUN_DIR, the run folder to continue")
@@ -453,7 +453,7 @@ def resumed_config(args: argparse.Namespace) -> Config:
 
 
 def print_plan(plan: dict[str, Any]) -> None:
-    from gpt2clf.preflight import describe_estimate
+    from gpt2clf.training.plan import describe_estimate
 
     counts = plan["parameters"]
     print(f"recipe     {plan['config']['preset']}")
@@ -522,7 +522,8 @@ class ProgressBar:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from gpt2clf.evaluation import evaluate_folder
+    from gpt2clf.infer.evaluation import evaluate_folder
+    from gpt2clf.report.evaluation_files import save_evaluation
 
     inference = settings_from_args(InferenceSettings, args)
     with ProgressBar(f"evaluate {args.split}", enabled=not args.no_progress) as progress:
@@ -530,7 +531,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
                                  data_overrides=config_overrides(args, [*DATA_FIELDS, "max_eval_samples"]),
                                  device=inference.device, precision=inference.precision, int8=args.int8,
                                  batch_size=inference.batch_size, progress=progress)
-    written = result.save(args.output) if args.output else []
+    written = save_evaluation(result, args.output) if args.output else []
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -542,7 +543,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     """(id, text) pairs from TEXT arguments, --file and --input, streamed."""
-    from gpt2clf.corpora import iter_text_column
+    from gpt2clf.data.corpora import iter_text_column
 
     for i, text in enumerate(args.texts):
         yield f"arg:{i}", text
@@ -565,7 +566,7 @@ def command_predict(args: argparse.Namespace) -> int:
     if args.runtime == "onnx":
         predictor: Any = onnx_predictor(args, inference)
     elif args.runtime == "torch":
-        from gpt2clf.prediction import Predictor
+        from gpt2clf.infer.predictor import Predictor
 
         if args.onnx_model:
             raise UserError("--onnx-model needs --runtime onnx")
@@ -594,7 +595,7 @@ def command_predict(args: argparse.Namespace) -> int:
 
 def onnx_predictor(args: argparse.Namespace, inference: InferenceSettings) -> Any:
     """The OnnxPredictor for ``predict --runtime onnx`` (CPU, float32 unless the file says otherwise)."""
-    from gpt2clf.onnx_runtime import OnnxPredictor, import_onnxruntime
+    from gpt2clf.infer.onnx_runtime import OnnxPredictor, import_onnxruntime
 
     import_onnxruntime()  # first: without it, say how to install it whatever else is wrong
     if args.int8:
@@ -605,7 +606,7 @@ def onnx_predictor(args: argparse.Namespace, inference: InferenceSettings) -> An
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from gpt2clf.export import EXPORT_FORMATS, export_onnx
+    from gpt2clf.infer.export import EXPORT_FORMATS, export_onnx
 
     if args.format not in EXPORT_FORMATS:
         raise UserError(f"unknown export --format {args.format!r}; supported: {', '.join(EXPORT_FORMATS)}")
@@ -615,7 +616,7 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
-    from gpt2clf.serving import serve
+    from gpt2clf.serve.app import serve
 
     inference = settings_from_args(InferenceSettings, args)
     serve(args.model_dir, settings_from_args(ServeSettings, args), host=args.host, port=args.port,
@@ -624,8 +625,8 @@ def command_serve(args: argparse.Namespace) -> int:
 
 
 def command_data_stats(args: argparse.Namespace) -> int:
-    from gpt2clf.plots import plot_dataset_stats
-    from gpt2clf.stats import describe_dataset
+    from gpt2clf.data.stats import describe_dataset
+    from gpt2clf.report.plots import plot_dataset_stats
 
     config = Config().updated(**config_overrides(args, [*DATA_FIELDS, "multi_label", *READING_FIELDS]),
                               max_length=args.max_length)
@@ -649,7 +650,7 @@ def command_data_stats(args: argparse.Namespace) -> int:
 
 
 def command_explain(args: argparse.Namespace) -> int:
-    from gpt2clf.explain import explain_folder
+    from gpt2clf.report.explain import explain_folder
 
     try:
         steps = int(args.steps)
@@ -670,7 +671,7 @@ def command_explain(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from gpt2clf.report import write_run_report
+    from gpt2clf.report.run_report import write_run_report
 
     print(f"wrote {write_run_report(args.run_dir, args.output)}")
     return 0
@@ -704,7 +705,7 @@ def quiet_libraries() -> None:
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
                  line: str | None = None) -> None:
     """Our own warnings as one ``gpt2clf: warning:`` line; others as Python shows them."""
-    from gpt2clf.corpora import DataWarning
+    from gpt2clf.data.corpora import DataWarning
 
     if issubclass(category, (DataWarning, PerformanceWarning)):
         print(f"gpt2clf: warning: {message}", file=file or sys.stderr)

@@ -34,10 +34,29 @@ import yaml
 from gpt2clf.errors import ConfigError
 
 __all__ = [
-    "CHUNK_AGGREGATIONS", "FREEZE_CHOICES", "FUSION_CHOICES", "LONG_DOCUMENT_CHOICES", "PADDING_SIDES",
-    "POOLING_CHOICES", "PRECISIONS", "PRESETS", "PRESET_CHOICES", "RECIPE_FIELDS", "SCHEDULES", "SERVE_HOST",
-    "SERVE_PORT", "STRIP_CHOICES", "Config", "InferenceSettings", "ServeSettings", "check_batch_size",
-    "choose_preset", "coerce_fields", "field_help"
+    "CHUNK_AGGREGATIONS",
+    "ENGINES",
+    "FREEZE_CHOICES",
+    "FUSION_CHOICES",
+    "LONG_DOCUMENT_CHOICES",
+    "PADDING_SIDES",
+    "POOLING_CHOICES",
+    "PRECISIONS",
+    "PRESETS",
+    "PRESET_CHOICES",
+    "RECIPE_FIELDS",
+    "SCHEDULES",
+    "SERVE_HOST",
+    "SERVE_PORT",
+    "STRIP_CHOICES",
+    "ClusterSettings",
+    "Config",
+    "InferenceSettings",
+    "ServeSettings",
+    "check_batch_size",
+    "choose_preset",
+    "coerce_fields",
+    "field_help"
 ]
 
 POOLING_CHOICES = ("last", "mean", "attention")
@@ -422,7 +441,7 @@ def check_batch_size(value: Any, name: str = "batch_size") -> int:
     return value
 
 
-# Where ``gpt2clf serve`` listens unless told otherwise (the defaults of gpt2clf.serving.serve).
+# Where ``gpt2clf serve`` listens unless told otherwise (the defaults of gpt2clf.serve.app.serve).
 SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 8000
 
@@ -465,6 +484,42 @@ class ServeSettings:
             raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
         if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
             raise ConfigError(f"--request-timeout-s must be a positive number, got {self.request_timeout_s!r}")
+
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where ``predict --input`` and ``train`` run: in this process, or on a Ray cluster (the ``--engine`` flags).
+
+    Example::
+
+        >>> ClusterSettings(engine="ray", workers=2).workers
+        2
+    """
+
+    engine: str = "local"
+    """local (this process) or ray (a Ray cluster: the one at --address, else a new one on this machine)."""
+    workers: int | None = None
+    """With --engine ray: model actors (predict) or training workers (train); None: as many as the cluster's
+    CPUs allow, leaving one for reading the data."""
+    gpus_per_worker: float = 0.0
+    """With --engine ray: GPUs each worker takes (0: CPU only; a fraction shares a GPU between workers)."""
+    address: str | None = None
+    """With --engine ray: the cluster to join (host:6379, ray://host:10001 or auto); None: start one here."""
+    storage_path: str | None = None
+    """With train --engine ray: where checkpoints go, a folder every node sees or a URI (s3://, gs://);
+    None: the run folder."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ConfigError(f"--workers must be a whole number of at least 1, got {self.workers!r}")
+        if not (self.gpus_per_worker >= 0 and math.isfinite(self.gpus_per_worker)):
+            raise ConfigError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker!r}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

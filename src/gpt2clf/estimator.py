@@ -1,9 +1,9 @@
-"""A scikit-learn estimator: :class:`GPT2TextClassifier`, built on :func:`gpt2clf.training.fit`.
+"""A scikit-learn estimator: :class:`GPT2TextClassifier`, built on :func:`gpt2clf.training.loop.fit`.
 
 Data flow: ``fit(X, y)`` turns the texts and labels into in-memory splits
-(:func:`gpt2clf.corpora.labelled_texts`, labels named ``str(label)``), trains with a
+(:func:`gpt2clf.data.corpora.labelled_texts`, labels named ``str(label)``), trains with a
 :class:`~gpt2clf.config.Config` made of the estimator's parameters, and keeps the best
-validation epoch's model; ``predict_proba`` runs a :class:`~gpt2clf.prediction.Predictor`
+validation epoch's model; ``predict_proba`` runs a :class:`~gpt2clf.infer.predictor.Predictor`
 over new texts. ``save`` writes an ordinary model folder (JSON + safetensors), which the CLI's
 ``evaluate`` and ``predict`` read too, and ``load`` reads any model folder back.
 
@@ -33,12 +33,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from gpt2clf.batching import Windowing
 from gpt2clf.config import Config
-from gpt2clf.corpora import join_fields, labelled_texts
+from gpt2clf.data.batching import Windowing
+from gpt2clf.data.corpora import join_fields, labelled_texts
 from gpt2clf.errors import DataError
-from gpt2clf.model_io import read_training_record, recorded_config, save_model
-from gpt2clf.prediction import Predictor
+from gpt2clf.infer.predictor import Predictor
+from gpt2clf.model.folder import read_training_record, recorded_config, save_model
 
 __all__ = ["GPT2TextClassifier"]
 
@@ -72,8 +72,8 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
     fused probabilities that ``gpt2clf train`` with the same settings gives, and ``save`` writes
     the same ``fusion/`` folder.
 
-    Fitted attributes: ``classes_``, ``model_`` (a :class:`~gpt2clf.model.GPT2Classifier`),
-    ``tokenizer_``, ``fusion_`` (a :class:`~gpt2clf.fusion.Fusion`, or None), ``config_`` (the
+    Fitted attributes: ``classes_``, ``model_`` (a :class:`~gpt2clf.model.classifier.GPT2Classifier`),
+    ``tokenizer_``, ``fusion_`` (a :class:`~gpt2clf.model.fusion.Fusion`, or None), ``config_`` (the
     resolved Config), ``predictor_``, ``metrics_`` (validation figures), ``thresholds_``
     (multi-label, else None).
 
@@ -151,7 +151,7 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
             ConfigError: an out-of-range parameter. DataError: texts that are not strings,
                 lengths that differ, fewer than two classes, a wrong kind of ``y``.
         """
-        from gpt2clf.training import fit
+        from gpt2clf.training.loop import fit
 
         config = self.make_config()
         texts = _texts(X)
@@ -180,7 +180,8 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _set_fitted(self, predictor: Predictor, config: Config, metrics: dict[str, Any]) -> None:
-        """The fitted attributes, all from one :class:`~gpt2clf.prediction.Predictor` (network, tokenizer, fusion)."""
+        """The fitted attributes, all from one :class:`~gpt2clf.infer.predictor.Predictor` (network, tokenizer,
+        fusion)."""
         self.predictor_ = predictor
         self.model_ = predictor.model
         self.tokenizer_ = predictor.tokenizer

@@ -1,6 +1,6 @@
 """Micro-batching: concurrent requests' texts merged into shared model calls, in plain asyncio.
 
-It needs only the standard library (no FastAPI, no Prometheus); :mod:`gpt2clf.serving`
+It needs only the standard library (no FastAPI, no Prometheus); :mod:`gpt2clf.serve.app`
 puts HTTP in front of it and passes the metrics hooks.
 
 Data flow::

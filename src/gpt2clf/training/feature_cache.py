@@ -58,17 +58,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gpt2clf.batching import (
+from gpt2clf.config import PADDING_SIDES, check_batch_size
+from gpt2clf.data.batching import (
     PaddingCollator,
     flatten_windows,
     index_and_labels,
     label_value,
 )
-from gpt2clf.config import PADDING_SIDES, check_batch_size
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_bytes, atomic_write_json
-from gpt2clf.inference import batched_inference, logits_in_input_order
-from gpt2clf.model import GPT2Classifier
+from gpt2clf.infer.runtime import batched_inference, logits_in_input_order
+from gpt2clf.model.classifier import GPT2Classifier
 
 __all__ = [
     "FeatureCollator", "FeatureDataset", "WindowedFeatures", "cache_key", "cache_root_dir", "cached_features",

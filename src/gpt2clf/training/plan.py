@@ -1,6 +1,6 @@
 """Before a run: what this machine can run, the resolved config, the run folder, the plan and its time estimate.
 
-Every check here guards the library, so Python callers of :func:`gpt2clf.training.train` get the
+Every check here guards the library, so Python callers of :func:`gpt2clf.training.loop.train` get the
 same one-line refusals as the command line (which only turns them into messages):
 
 * :func:`check_hardware`: an accelerator, device count, strategy or precision this machine lacks;
@@ -26,13 +26,14 @@ from typing import Any
 
 import torch
 
-from gpt2clf.batching import Windowing
 from gpt2clf.config import Config
+from gpt2clf.data.batching import Windowing
 from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
-from gpt2clf.fusion import MIN_VALIDATION_DOCUMENTS, TfidfModel
-from gpt2clf.inference import autocast_context, cpu_has_native_bf16, resolve_precision
-from gpt2clf.model import GPT2Classifier
-from gpt2clf.prepared import (
+from gpt2clf.infer.runtime import autocast_context, cpu_has_native_bf16, resolve_precision
+from gpt2clf.model.classifier import GPT2Classifier
+from gpt2clf.model.fusion import MIN_VALIDATION_DOCUMENTS, TfidfModel
+from gpt2clf.report.run_report import ERROR_STEPS, NUM_ERRORS
+from gpt2clf.training.inputs import (
     PreparedData,
     build_model,
     check_backbone,
@@ -41,7 +42,6 @@ from gpt2clf.prepared import (
     seed_all,
     uses_feature_cache,
 )
-from gpt2clf.report import ERROR_STEPS, NUM_ERRORS
 
 __all__ = [
     "RESUMABLE_FIELDS",
@@ -299,7 +299,7 @@ def _backward_to_inputs(model: GPT2Classifier, ids: torch.Tensor, mask: torch.Te
 def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> float:
     """How many backbone layers the feature-cache pass will run over ``split`` (0: it is cached already; scaled
     down by what an interrupted run left in a partial cache)."""
-    from gpt2clf.feature_cache import layers_to_compute
+    from gpt2clf.training.feature_cache import layers_to_compute
 
     tokens = getattr(data, split)
     flat = [w for doc in tokens.input_ids for w in doc] if config.long_documents == "chunks" else tokens.input_ids

@@ -51,8 +51,7 @@ from typing import Any
 import numpy as np
 
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
-from gpt2clf.model_io import read_training_config
-from gpt2clf.onnx_runtime import (
+from gpt2clf.infer.onnx_runtime import (
     DEFAULT_ONNX_NAME,
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -63,6 +62,7 @@ from gpt2clf.onnx_runtime import (
     softmax,
     unsupported_reason,
 )
+from gpt2clf.model.folder import read_training_config
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "check_export_dependencies", "export_onnx"]
 
@@ -162,8 +162,8 @@ def export_onnx(model_dir: str | Path, output: str | Path | None = None, *, opse
     if reason:
         raise ExportError(f"cannot export {folder} to ONNX: {reason}")
 
-    from gpt2clf.model import GPT2Classifier
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
+    from gpt2clf.model.classifier import GPT2Classifier
 
     # The reference is exactly what `gpt2clf predict` computes on the CPU in float32.
     reference = Predictor.from_folder(folder, device="cpu", precision="32-true")
@@ -201,7 +201,7 @@ def export_onnx(model_dir: str | Path, output: str | Path | None = None, *, opse
 # steps
 # ------------------------------------------------------------------------------------------
 def _tokenizer_helpers() -> tuple[Any, Any]:
-    from gpt2clf.onnx_runtime import _tokenization
+    from gpt2clf.infer.onnx_runtime import _tokenization
 
     return _tokenization()
 
@@ -210,7 +210,7 @@ def _export_wrapper(model: Any) -> Any:
     """``model`` behind a forward that always applies the key mask (see the module docstring)."""
     from torch import nn
 
-    from gpt2clf.model import pool_last_token, pool_mean
+    from gpt2clf.model.classifier import pool_last_token, pool_mean
 
     class _ExportWrapper(nn.Module):
         """GPT2Classifier.forward without its data-dependent "no padding: no mask" shortcut."""

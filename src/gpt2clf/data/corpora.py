@@ -2,7 +2,7 @@
 
 Text enters gpt2clf here and leaves as :class:`TextDataset` objects (texts, integer labels,
 label names; for multi-label data each label is a multi-hot tuple); tokenization is the next
-stage (:mod:`gpt2clf.batching`).
+stage (:mod:`gpt2clf.data.batching`).
 
 * :func:`load_20newsgroups` reads the 20 Newsgroups "bydate" corpus from a local archive or
   folder (or scikit-learn's download cache) and gives exactly what
@@ -23,7 +23,7 @@ as :class:`DataWarning`.
 
 Example::
 
-    >>> from gpt2clf.corpora import load_dataset_splits
+    >>> from gpt2clf.data.corpora import load_dataset_splits
     >>> splits = load_dataset_splits(data_dir="../shared/data/20news-bydate.tar.gz")  # doctest: +SKIP
     >>> len(splits.train), len(splits.test), len(splits.label_names)  # doctest: +SKIP
     (11314, 7532, 20)
@@ -851,7 +851,7 @@ def _splits_from_rows(rows: tuple[list[str], list[Any]], test_rows: tuple[list[s
 def labelled_texts(texts: Sequence[str], labels: Sequence[Any], *, test_texts: Sequence[str] | None = None,
                    test_labels: Sequence[Any] | None = None,
                    label_names: Sequence[str] | None = None, multi_label: bool = False) -> DatasetSplits:
-    """Splits from texts and labels held in memory (for :func:`gpt2clf.training.fit`).
+    """Splits from texts and labels held in memory (for :func:`gpt2clf.training.loop.fit`).
 
     Labels may be of any type; they are named by ``str(label)``. ``label_names`` fixes the
     classes and their order (default: the distinct training labels, sorted as strings).

@@ -49,7 +49,7 @@ def attention_heatmap_png(labels: Sequence[str], head_weights: Sequence[Sequence
     """A heat map, one row per block and head (plus the learned pooling weights), one column per token.
 
     ``labels``: one axis label per token, drawn verbatim (no mathtext: a ``$`` is a dollar);
-    callers pass :func:`gpt2clf.explain.display_token` strings, as the other views show.
+    callers pass :func:`gpt2clf.report.explain.display_token` strings, as the other views show.
     ``head_weights[b][h][t]``: how much head ``h`` of block ``b`` routes token ``t`` into the
     pooled position. Each row is a distribution (sums to 1), drawn on one shared 0..max scale.
 
@@ -210,7 +210,7 @@ def plot_confusion_matrix(result: Any, path: str | Path, normalize: bool = True)
 def confusion_matrix_png(result: Any, normalize: bool = True) -> bytes:
     """A confusion-matrix PNG with class names on both axes (rows: true, columns: predicted).
 
-    ``result`` is an :class:`~gpt2clf.evaluation.EvaluationResult` (its ``confusion_matrix``,
+    ``result`` is an :class:`~gpt2clf.infer.evaluation.EvaluationResult` (its ``confusion_matrix``,
     ``label_names`` and ``accuracy`` are used).
     """
     from matplotlib.figure import Figure

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from gpt2clf.backbone import conv1d_to_linear
-from gpt2clf.batching import length_sorted_batches
 from gpt2clf.config import PRECISIONS
+from gpt2clf.data.batching import length_sorted_batches
 from gpt2clf.errors import ConfigError, UserError
+from gpt2clf.model.backbone import conv1d_to_linear
 
 if TYPE_CHECKING:
-    from gpt2clf.model import GPT2Classifier
+    from gpt2clf.model.classifier import GPT2Classifier
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",

@@ -19,7 +19,7 @@ does not match the weights) raises :class:`~gpt2clf.errors.ModelLoadError` namin
 One reader and one writer. :func:`read_model_config` is the only code that parses
 ``config.json`` (a test checks that no other module opens it); :class:`TrainingRecord` is the
 only definition of what ``extra`` holds, and :func:`save_model` the one way a trained model is
-written, by ``gpt2clf train`` (:class:`~gpt2clf.training.FitResult`) and by the scikit-learn
+written, by ``gpt2clf train`` (:class:`~gpt2clf.training.loop.FitResult`) and by the scikit-learn
 estimator alike, so a folder has the same parts (fusion included) whoever wrote it.
 """
 
@@ -110,8 +110,8 @@ def save_model(folder: str | Path, model: Any, tokenizer: Any, record: TrainingR
     """Write a trained model's folder atomically: weights, tokenizer, ``config.json`` with ``record``,
     and ``fusion/`` when the model has a TF-IDF part.
 
-    ``model`` is a :class:`~gpt2clf.model.GPT2Classifier` (its ``save_pretrained`` lays out the
-    architecture and weights); ``fusion`` a :class:`~gpt2clf.fusion.Fusion` (it writes its own part).
+    ``model`` is a :class:`~gpt2clf.model.classifier.GPT2Classifier` (its ``save_pretrained`` lays out the
+    architecture and weights); ``fusion`` a :class:`~gpt2clf.model.fusion.Fusion` (it writes its own part).
     """
     model.save_pretrained(folder, tokenizer=tokenizer, extra=record.to_extra(),
                           write_more=fusion.save if fusion is not None else None)

@@ -21,7 +21,7 @@ Guarantees:
 * Padded query positions attend to themselves, so their (masked, ignored) states are finite.
 * Parameters are created uninitialised: the caller loads the weights next.
 
-Used by :meth:`gpt2clf.model.GPT2Classifier.from_pretrained` with ``native_backbone=True``
+Used by :meth:`gpt2clf.model.classifier.GPT2Classifier.from_pretrained` with ``native_backbone=True``
 (prediction, evaluation, serving). Training always builds ``transformers``' own model.
 """
 
@@ -61,7 +61,7 @@ def native_gpt2_reason(backbone_config: dict[str, Any]) -> str | None:
 
 
 class BodyConfig:
-    """A saved backbone config, read-only, for a native body (this module's, :mod:`gpt2clf.mpnet_body`'s).
+    """A saved backbone config, read-only, for a native body (this module's, :mod:`gpt2clf.model.mpnet_body`'s).
 
     Keeps the whole dict so that saving a model loaded this way writes the same config back;
     subclasses add the attribute names gpt2clf and their network look up.
@@ -170,7 +170,7 @@ class Block(nn.Module):
 class GPT2Body(nn.Module):
     """``transformers.GPT2Model`` (no KV cache, no cross-attention) with uninitialised weights.
 
-    ``forward`` takes the keyword arguments :class:`~gpt2clf.backbone.BackboneAdapter` passes
+    ``forward`` takes the keyword arguments :class:`~gpt2clf.model.backbone.BackboneAdapter` passes
     and returns a one-tuple holding the last hidden state ``(B, T, n_embd)``.
     """
 

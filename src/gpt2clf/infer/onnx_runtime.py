@@ -9,7 +9,7 @@ Data flow for a list of texts::
 
 Guarantees:
 
-* the same tokenization as :class:`gpt2clf.prediction.Predictor` (the model folder's own
+* the same tokenization as :class:`gpt2clf.infer.predictor.Predictor` (the model folder's own
   tokenizer, padding side and ``max_length``); the ONNX file records the labels, length,
   padding side and pad token in its ``metadata_props`` so a runtime without PyTorch can
   use it too (keys ``gpt2clf.*``, see :func:`read_onnx_metadata`);
@@ -17,13 +17,13 @@ Guarantees:
   tokenizer files are recorded at export and checked at load, so a stale export (the folder
   was retrained since) is refused instead of giving silently different answers;
 * outputs have the :class:`Predictor` interface: :meth:`OnnxPredictor.predict` yields the
-  same :class:`~gpt2clf.prediction.Prediction` objects; ``logits``/``predict_proba`` return
+  same :class:`~gpt2clf.infer.predictor.Prediction` objects; ``logits``/``predict_proba`` return
   numpy arrays (Predictor returns torch tensors);
 * model folders whose recorded config asks for inference this graph does not compute
   (long-document chunking, TF-IDF fusion) are refused with a message, never approximated.
 
 Nothing here imports PyTorch directly: the ONNX arithmetic is numpy plus onnxruntime. (The
-tokenizer helpers come from :mod:`gpt2clf.batching`, which does import it.)
+tokenizer helpers come from :mod:`gpt2clf.data.batching`, which does import it.)
 
 Example::
 
@@ -45,10 +45,10 @@ import numpy as np
 
 from gpt2clf.config import InferenceSettings, check_batch_size
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
-from gpt2clf.model_io import config_sha256, read_training_config
+from gpt2clf.model.folder import config_sha256, read_training_config
 
 if TYPE_CHECKING:
-    from gpt2clf.inference import Progress
+    from gpt2clf.infer.runtime import Progress
 
 __all__ = [
     "DEFAULT_ONNX_NAME", "INPUT_NAMES", "OUTPUT_NAME", "OnnxMetadata", "OnnxPredictor", "folder_fingerprints",
@@ -67,7 +67,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_conf
 
 
 # ------------------------------------------------------------------------------------------
-# Model folder checks shared with gpt2clf.export
+# Model folder checks shared with gpt2clf.infer.export
 # ------------------------------------------------------------------------------------------
 
 
@@ -76,7 +76,7 @@ def unsupported_reason(config: dict[str, Any]) -> str | None:
 
     The exported graph computes one window of at most ``max_length`` tokens per document
     (truncation). Long-document chunking and TF-IDF fusion happen outside that graph in
-    :class:`~gpt2clf.prediction.Predictor`; they are refused here rather than approximated.
+    :class:`~gpt2clf.infer.predictor.Predictor`; they are refused here rather than approximated.
 
     Example::
 
@@ -227,7 +227,7 @@ def import_onnxruntime() -> Any:
 
 def _tokenization() -> tuple[Any, Any]:
     """(load_tokenizer, tokenize_texts): the one place this module touches gpt2clf's data helpers."""
-    from gpt2clf.batching import load_tokenizer, tokenize_texts
+    from gpt2clf.data.batching import load_tokenizer, tokenize_texts
 
     return load_tokenizer, tokenize_texts
 
@@ -238,7 +238,7 @@ def _tokenization() -> tuple[Any, Any]:
 class OnnxPredictor:
     """Classifies raw text with an exported ONNX model, on the CPU through ONNX Runtime.
 
-    Same interface as :class:`gpt2clf.prediction.Predictor` (``label_names``, ``logits``,
+    Same interface as :class:`gpt2clf.infer.predictor.Predictor` (``label_names``, ``logits``,
     ``predict_proba``, ``predict``), with numpy arrays where Predictor returns tensors.
 
     Parameters
@@ -343,9 +343,9 @@ class OnnxPredictor:
 
     def predict(self, texts: Iterable[str], top_k: int = 3, chunk_size: int | None = None,
                 progress: Progress | None = None) -> Iterator[Any]:
-        """Yield one :class:`~gpt2clf.prediction.Prediction` per text, ``chunk_size`` texts at a time;
-        ``progress(done, None)`` after each batch, as :meth:`gpt2clf.prediction.Predictor.predict` does."""
-        from gpt2clf.prediction import stream_predictions
+        """Yield one :class:`~gpt2clf.infer.predictor.Prediction` per text, ``chunk_size`` texts at a time;
+        ``progress(done, None)`` after each batch, as :meth:`gpt2clf.infer.predictor.Predictor.predict` does."""
+        from gpt2clf.infer.predictor import stream_predictions
 
         yield from stream_predictions(self.predict_proba, texts, self.label_names, top_k=top_k,
                                       chunk_size=chunk_size or self.batch_size * 16, progress=progress)

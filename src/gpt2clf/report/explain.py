@@ -245,7 +245,7 @@ def pooled_query_weights(model: Any, final_hidden: Tensor, mask: Tensor) -> Tens
 def attention_weights(block: Any, block_input: Tensor, mask: Tensor) -> Tensor:
     """A block's attention weights (B, heads, T, T) from its LayerNorm'd input ``block_input``.
 
-    The same computation as :class:`gpt2clf.model.SelfAttention` (fused qkv, scale
+    The same computation as :class:`gpt2clf.model.classifier.SelfAttention` (fused qkv, scale
     1/sqrt(head_dim), padded keys masked, every query may attend to itself), with the
     softmax made explicit instead of inside SDPA.
     """
@@ -325,7 +325,7 @@ def check_options(method: str, steps: Any) -> None:
 
 def explain(predictor: Any, text: str, *, method: str = "integrated-gradients", label: str | None = None,
             steps: int = DEFAULT_STEPS, internal_batch_size: int | None = 16) -> Explanation:
-    """Explain the prediction of ``predictor`` (a :class:`~gpt2clf.prediction.Predictor`) on ``text``.
+    """Explain the prediction of ``predictor`` (a :class:`~gpt2clf.infer.predictor.Predictor`) on ``text``.
 
     ``label``: the class to explain (default: the predicted one). ``steps``: integration
     steps of integrated gradients (more: smaller delta, proportionally slower).
@@ -336,7 +336,7 @@ def explain(predictor: Any, text: str, *, method: str = "integrated-gradients", 
         >>> exp = explain(predictor, "The goalie stopped 40 shots", label="rec.sport.hockey")  # doctest: +SKIP
         >>> print(exp.summary())                                                # doctest: +SKIP
     """
-    from gpt2clf.batching import tokenize_texts
+    from gpt2clf.data.batching import tokenize_texts
 
     check_options(method, steps)
     names = predictor.label_names
@@ -397,7 +397,7 @@ def _explain_in_window(predictor: Any, text: str, **options: Any) -> Explanation
     """
     import dataclasses
 
-    from gpt2clf.batching import Windowing, encode_documents, special_tokens_around
+    from gpt2clf.data.batching import Windowing, encode_documents, special_tokens_around
 
     names = predictor.label_names
     document = predictor.predict_proba([text])[0]
@@ -443,7 +443,7 @@ def explain_folder(model_dir: str | Path, texts: Sequence[str], *, method: str =
 
         >>> exps = explain_folder("runs/20ng/model", ["GPU drivers for X11?"], html="why.html")  # doctest: +SKIP
     """
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
 
     check_options(method, steps)
     if not texts:
@@ -481,7 +481,7 @@ def template_environment() -> Any:
     """The Jinja2 environment over ``gpt2clf/templates`` (autoescaping on)."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("gpt2clf", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("gpt2clf.report", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.globals["shade"] = shade
@@ -499,7 +499,7 @@ def explanation_view(exp: Explanation, *, top_k: int = 10, heatmap: bool = True,
 
     ``window``: keep only about this many characters around the strongest token (a snippet).
     """
-    from gpt2clf import plots
+    from gpt2clf.report import plots
 
     pieces = exp.display_segments()
     scale = max((abs(v) for _, v in pieces), default=0.0)

@@ -3,7 +3,7 @@
 ``transformers.AutoTokenizer`` costs about 1.5 s to import and build on a 2-core CPU; the
 Rust ``tokenizers`` library that does the actual work loads the same ``tokenizer.json`` in
 about 0.1 s. :class:`JsonTokenizer` wraps it with the small part of transformers' tokenizer
-API that :mod:`gpt2clf.batching` uses (calling it on texts, ``pad_token_id``,
+API that :mod:`gpt2clf.data.batching` uses (calling it on texts, ``pad_token_id``,
 ``eos_token_id``, ``padding_side``), so prediction can skip ``transformers`` altogether.
 
 Guarantees:
@@ -17,7 +17,7 @@ Guarantees:
   Newsgroups posts), truncation included: the text is cut to leave room for the template's
   special tokens, as the ``tokenizers`` library does when transformers asks it to truncate.
 * Special tokens come from ``tokenizer_config.json``; a missing pad token is the eos token,
-  as :func:`gpt2clf.batching.load_tokenizer` sets it.
+  as :func:`gpt2clf.data.batching.load_tokenizer` sets it.
 """
 
 from __future__ import annotations

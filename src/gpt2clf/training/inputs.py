@@ -1,9 +1,9 @@
 """A run's data and model, prepared: tokenized splits, the classifier, cached backbone states, scored splits.
 
-Data flow for one run (:func:`gpt2clf.training.fit` calls these in this order)::
+Data flow for one run (:func:`gpt2clf.training.loop.fit` calls these in this order)::
 
-    Config -> prepare_data: texts of train / validation / test (gpt2clf.corpora)
-                            -> token ids under the run's windowing (gpt2clf.batching), and what it leaves unread
+    Config -> prepare_data: texts of train / validation / test (gpt2clf.data.corpora)
+                            -> token ids under the run's windowing (gpt2clf.data.batching), and what it leaves unread
            -> build_model:  the pretrained backbone + our blocks, pooling and head, with the frozen part set
            -> attach_features (frozen backbone only): its states computed once into the feature cache
            -> score_split:  logits of one split (from the cache when the run used one)
@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt2clf.backbone import load_backbone_config, use_fused_gelu
-from gpt2clf.backbone import max_positions as backbone_max_positions
-from gpt2clf.batching import ReadingCoverage, TokenizedDataset, Windowing, encode_and_measure, load_tokenizer
 from gpt2clf.config import Config
-from gpt2clf.corpora import DatasetSplits, DataWarning, SplitSets, splits_for
+from gpt2clf.data.batching import ReadingCoverage, TokenizedDataset, Windowing, encode_and_measure, load_tokenizer
+from gpt2clf.data.corpora import DatasetSplits, DataWarning, SplitSets, splits_for
 from gpt2clf.errors import ConfigError
-from gpt2clf.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics
-from gpt2clf.feature_cache import WindowedFeatures, cached_features, feature_logits
-from gpt2clf.model import ClassifierSpec, GPT2Classifier
-from gpt2clf.prediction import batched_logits
+from gpt2clf.infer.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics
+from gpt2clf.infer.predictor import batched_logits
+from gpt2clf.model.backbone import load_backbone_config, use_fused_gelu
+from gpt2clf.model.backbone import max_positions as backbone_max_positions
+from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
+from gpt2clf.training.feature_cache import WindowedFeatures, cached_features, feature_logits
 
 __all__ = [
     "PreparedData",
@@ -130,8 +130,8 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
 def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, tokenizer: Any = None) -> PreparedData:
     """Tokenized train, validation and test sets of ``config``'s dataset, or of ``data`` (in memory).
 
-    ``data`` as :class:`~gpt2clf.corpora.DatasetSplits` (train and test) gets the usual
-    validation carve-out and sample limits; as :class:`~gpt2clf.corpora.SplitSets` it is used as is.
+    ``data`` as :class:`~gpt2clf.data.corpora.DatasetSplits` (train and test) gets the usual
+    validation carve-out and sample limits; as :class:`~gpt2clf.data.corpora.SplitSets` it is used as is.
     """
     sets = data if isinstance(data, SplitSets) else splits_for(config, data)
     if tokenizer is None:

@@ -1,6 +1,6 @@
 """Training: the Lightning module, the data module, and the ``fit`` and ``train`` entry points.
 
-The model (:mod:`gpt2clf.model`) knows nothing of training; this module wraps it in a
+The model (:mod:`gpt2clf.model.classifier`) knows nothing of training; this module wraps it in a
 :class:`ClassificationModule` (loss, AdamW with two learning-rate groups, warmup + decay,
 gradient clipping that works with the fused AdamW under autocast, metrics) and hands the
 loop, precision, DDP, checkpoints, progress bar and loggers to Lightning.
@@ -9,10 +9,10 @@ loop, precision, DDP, checkpoints, progress bar and loggers to Lightning.
   the best validation epoch with its figures (:class:`FitResult`); it needs no run folder.
 * :func:`train` writes a run folder on top of :func:`fit`.
 
-Before anything runs, :mod:`gpt2clf.preflight` refuses in one line what this machine cannot
+Before anything runs, :mod:`gpt2clf.training.plan` refuses in one line what this machine cannot
 run (an absent GPU, an unknown strategy, float16 on a CPU, ...), an output folder that holds
 a run, or a resumed run whose config changed, and resolves precision ``auto`` for the device;
-:mod:`gpt2clf.prepared` tokenizes the data, builds the model and fills the feature cache.
+:mod:`gpt2clf.training.inputs` tokenizes the data, builds the model and fills the feature cache.
 
 Reproducibility. Lightning alone does not give equal metrics after a resume (the RNG
 state is not checkpointed and a sampler seeded from the global RNG replays epoch 0's order).
@@ -24,7 +24,7 @@ killed at any moment resumes from the last finished epoch and replays the same b
 Multi-label (``multi_label``): one sigmoid per label and binary cross-entropy on multi-hot
 targets; checkpoints follow the validation micro-F1 at threshold 0.5 (``val_micro_f1``), and
 after training each label's decision threshold is tuned on the validation split
-(:func:`gpt2clf.evaluation.tune_thresholds`) and saved with the model.
+(:func:`gpt2clf.infer.evaluation.tune_thresholds`) and saved with the model.
 
 Run folder layout::
 
@@ -53,43 +53,29 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from gpt2clf.batching import (
+from gpt2clf.config import Config
+from gpt2clf.data.batching import (
     LengthGroupedSampler,
     PaddingCollator,
 )
-from gpt2clf.config import Config
-from gpt2clf.corpora import DatasetSplits, SplitSets
+from gpt2clf.data.corpora import DatasetSplits, SplitSets
 from gpt2clf.errors import UserError
-from gpt2clf.evaluation import (
+from gpt2clf.files import atomic_write_json
+from gpt2clf.infer.evaluation import (
     EvaluationResult,
     compute_metrics,
     compute_multilabel_metrics,
     score_probabilities,
     tune_thresholds,
 )
-from gpt2clf.feature_cache import (
+from gpt2clf.model.classifier import GPT2Classifier
+from gpt2clf.model.folder import TrainingRecord, save_model
+from gpt2clf.model.fusion import Fusion, TfidfModel, choose_fusion, refit_fusion
+from gpt2clf.training.feature_cache import (
     FeatureCollator,
     logits_from_features,
 )
-from gpt2clf.files import atomic_write_json
-from gpt2clf.fusion import Fusion, TfidfModel, choose_fusion, refit_fusion
-from gpt2clf.model import GPT2Classifier
-from gpt2clf.model_io import TrainingRecord, save_model
-from gpt2clf.optimization import fused_adamw_supported, lr_lambda, parameter_rates, rng_states, set_rng_states
-from gpt2clf.preflight import (
-    RUN_MARKER,
-    check_fusion_data,
-    check_hardware,
-    check_run_dir,
-    describe_estimate,
-    estimate_seconds,
-    is_worker_process,
-    plan_run,
-    resolved_config,
-    resumed_config,
-    warn_about_slow_settings,
-)
-from gpt2clf.prepared import (
+from gpt2clf.training.inputs import (
     PreparedData,
     attach_features,
     build_model,
@@ -101,6 +87,20 @@ from gpt2clf.prepared import (
     split_logits,
     uses_feature_cache,
     warn_about_unread_text,
+)
+from gpt2clf.training.optimization import fused_adamw_supported, lr_lambda, parameter_rates, rng_states, set_rng_states
+from gpt2clf.training.plan import (
+    RUN_MARKER,
+    check_fusion_data,
+    check_hardware,
+    check_run_dir,
+    describe_estimate,
+    estimate_seconds,
+    is_worker_process,
+    plan_run,
+    resolved_config,
+    resumed_config,
+    warn_about_slow_settings,
 )
 
 __all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "build_trainer", "fit", "train"]
@@ -336,7 +336,7 @@ class FitResult:
 
     def save(self, folder: str | Path) -> None:
         """Write the model folder (weights, tokenizer, config, fusion, thresholds and where the data came
-        from) with :func:`gpt2clf.model_io.save_model`."""
+        from) with :func:`gpt2clf.model.folder.save_model`."""
         save_model(folder, self.model, self.tokenizer, self.record(), fusion=self.fusion)
 
     def record(self) -> TrainingRecord:
@@ -352,7 +352,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
         notify: Callable[[str], None] | None = None, estimate_report: bool = False) -> FitResult:
     """Train per ``config`` and return the model of the best validation epoch with its figures.
 
-    ``data`` gives the texts in memory (see :func:`gpt2clf.corpora.labelled_texts`); None reads
+    ``data`` gives the texts in memory (see :func:`gpt2clf.data.corpora.labelled_texts`); None reads
     the dataset ``config`` names. ``run_dir`` receives checkpoints and logs (None: a temporary
     folder, removed afterwards). Nothing else is written: :func:`train` writes the run folder.
     ``resume`` continues from ``run_dir``'s ``checkpoints/last.ckpt`` (from the first epoch if there is none yet).
@@ -362,7 +362,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     Example::
 
         >>> from gpt2clf import Config, fit
-        >>> from gpt2clf.corpora import labelled_texts
+        >>> from gpt2clf.data.corpora import labelled_texts
         >>> data = labelled_texts(["good film", "bad film", ...], ["pos", "neg", ...])  # doctest: +SKIP
         >>> result = fit(Config(backbone="gpt2", epochs=1), data)                       # doctest: +SKIP
         >>> result.metrics["validation"]["accuracy"]                                    # doctest: +SKIP
@@ -456,7 +456,7 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     runs; see the module docstring). ``notify`` receives the estimated wall time before training starts
     (see :func:`fit`). An ``output_dir`` that holds a run is refused unless ``overwrite`` or ``resume``;
     ``resume`` continues its saved ``config.yaml`` and refuses a ``config`` that differs from it in
-    anything but where the run runs (:func:`gpt2clf.preflight.resumed_config`).
+    anything but where the run runs (:func:`gpt2clf.training.plan.resumed_config`).
     """
     run_dir = Path(output_dir)
     if dry_run:
@@ -477,7 +477,7 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
     result.save(run_dir / "model")
     atomic_write_json(run_dir / "metrics.json", result.metrics)
     if report and result.test_probabilities is not None and not result.config.multi_label:
-        from gpt2clf.report import ScoredSplit, write_run_report
+        from gpt2clf.report.run_report import ScoredSplit, write_run_report
 
         scored = ScoredSplit(result.data.texts["test"], result.data.test.labels, result.test_probabilities,
                              result.data.label_names)
@@ -549,7 +549,7 @@ def _figures(result: EvaluationResult | None) -> dict[str, Any] | None:
 
 def _single_label_scores(config: Config, data: PreparedData, logits: dict[str, torch.Tensor]) -> _Scores:
     """Softmax probabilities, and with ``fusion: tfidf`` the TF-IDF model chosen (and refit) on validation and
-    mixed in; scored by :func:`gpt2clf.evaluation.score_probabilities` (with each part's figures)."""
+    mixed in; scored by :func:`gpt2clf.infer.evaluation.score_probabilities` (with each part's figures)."""
     network = {split: torch.softmax(values, dim=-1) for split, values in logits.items()}
     fusion = None
     parts = {split: {"network": probabilities} for split, probabilities in network.items()}

@@ -8,7 +8,7 @@ Data flow::
       -> sections: config; data summary (documents per class, token lengths per split);
          learning curves per epoch; validation and test metrics; per-class precision,
          recall and F1; confusion matrix and the most-confused pairs; the most confident
-         test errors with tokens shaded by integrated gradients (gpt2clf.explain); timings
+         test errors with tokens shaded by integrated gradients (gpt2clf.report.explain); timings
          and the hardware of the machine that wrote the report
       -> templates/report.html.j2 (Jinja2, autoescaped) with every figure an inline PNG
       -> RUN_DIR/report.html, written atomically
@@ -120,8 +120,8 @@ def score_run(run_dir: str | Path, *, device: str | None = "cpu") -> ScoredSplit
 
         >>> scored = score_run("runs/20ng")   # doctest: +SKIP
     """
-    from gpt2clf.corpora import splits_for
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.data.corpora import splits_for
+    from gpt2clf.infer.predictor import Predictor
 
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
@@ -167,12 +167,12 @@ def learning_curves(csv_path: Path) -> tuple[list[int], dict[str, list[float | N
 def data_summary(config: Any, tokenizer: Any) -> dict[str, Any]:
     """Documents per class and untruncated token lengths of the run's train, validation and test splits.
 
-    The same keys as :func:`gpt2clf.stats.dataset_stats`, with three splits (as carved by
-    training) instead of the dataset's own two, so :func:`gpt2clf.plots.dataset_stats_png` draws it.
+    The same keys as :func:`gpt2clf.data.stats.dataset_stats`, with three splits (as carved by
+    training) instead of the dataset's own two, so :func:`gpt2clf.report.plots.dataset_stats_png` draws it.
     """
-    from gpt2clf.batching import token_lengths
-    from gpt2clf.corpora import splits_for
-    from gpt2clf.stats import DatasetStats
+    from gpt2clf.data.batching import token_lengths
+    from gpt2clf.data.corpora import splits_for
+    from gpt2clf.data.stats import DatasetStats
 
     splits = splits_for(config)
     carved = {name: splits.split(name) for name in ("train", "validation", "test")}
@@ -217,7 +217,7 @@ def hardware_info() -> dict[str, Any]:
     """CPU model and cores, native bf16, GPUs, and the versions of Python, torch and transformers."""
     import transformers
 
-    from gpt2clf.inference import cpu_has_native_bf16
+    from gpt2clf.infer.runtime import cpu_has_native_bf16
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -241,7 +241,7 @@ def error_views(run_dir: Path, scored: ScoredSplit, indices: Sequence[int], *, s
 
     Returns the entries and a note (None when every error was explained).
     """
-    from gpt2clf.explain import explain, explanation_view
+    from gpt2clf.report.explain import explain, explanation_view
 
     predicted = scored.predictions()
     entries: list[dict[str, Any]] = []
@@ -257,7 +257,7 @@ def error_views(run_dir: Path, scored: ScoredSplit, indices: Sequence[int], *, s
         import captum  # noqa: F401
     except ImportError:
         return entries, "Install Captum (pip install 'gpt2clf[explain]') to see which tokens led to each error."
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
 
     predictor = Predictor.from_folder(run_dir / "model", device="cpu", precision="32-true")
     note = None
@@ -276,10 +276,10 @@ def error_views(run_dir: Path, scored: ScoredSplit, indices: Sequence[int], *, s
 # ------------------------------------------------------------------------------------------
 def build_context(run_dir: Path, scored: ScoredSplit | None = None) -> dict[str, Any]:
     """Everything the report template shows, figures as ``data:`` URIs."""
-    from gpt2clf import plots
-    from gpt2clf.batching import load_tokenizer
-    from gpt2clf.evaluation import compute_metrics
-    from gpt2clf.explain import png_data_uri
+    from gpt2clf.data.batching import load_tokenizer
+    from gpt2clf.infer.evaluation import compute_metrics
+    from gpt2clf.report import plots
+    from gpt2clf.report.explain import png_data_uri
 
     started = time.perf_counter()
     check_run_folder(run_dir)
@@ -343,7 +343,7 @@ def build_context(run_dir: Path, scored: ScoredSplit | None = None) -> dict[str,
 
 def render_report(context: dict[str, Any]) -> str:
     """The report page for a :func:`build_context` result."""
-    from gpt2clf.explain import template_environment
+    from gpt2clf.report.explain import template_environment
 
     return template_environment().get_template("report.html.j2").render(**context)
 

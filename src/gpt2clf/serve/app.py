@@ -7,7 +7,7 @@ Data flow::
     --> FastAPI validation (pydantic; 400 malformed JSON, 422 wrong shape)
     --> a route handler (module-level, over the app's ModelService): limits (413 too many
     / too long texts) --> token counts (a worker of the thread pool) --> MicroBatcher
-    queue (gpt2clf.microbatch; bounded: 503 + Retry-After when full) --> one model thread:
+    queue (gpt2clf.serve.microbatch; bounded: 503 + Retry-After when full) --> one model thread:
     Predictor.predict on a merged, length-sorted batch --> each request's future gets its
     own rows --> JSON response.
 
@@ -33,7 +33,7 @@ Guarantees:
 
 Example::
 
-    >>> from gpt2clf.serving import ServeSettings, create_app  # doctest: +SKIP
+    >>> from gpt2clf.serve.app import ServeSettings, create_app  # doctest: +SKIP
     >>> app = create_app("runs/20ng/model", ServeSettings(max_wait_ms=5))  # doctest: +SKIP
     >>> # uvicorn.run(app, host="127.0.0.1", port=8000), or from a shell:
     >>> # gpt2clf serve runs/20ng/model --port 8000
@@ -57,8 +57,8 @@ from typing import Annotated, Any
 
 from gpt2clf.config import SERVE_HOST, SERVE_PORT, InferenceSettings, ServeSettings, check_batch_size
 from gpt2clf.errors import ConfigError, ModelLoadError, UserError
-from gpt2clf.microbatch import MicroBatcher, QueueFull
-from gpt2clf.model_io import read_model_config, read_model_extra, read_training_config
+from gpt2clf.model.folder import read_model_config, read_model_extra, read_training_config
+from gpt2clf.serve.microbatch import MicroBatcher, QueueFull
 
 
 class MissingExtraError(UserError, ImportError):
@@ -99,7 +99,7 @@ __all__ = [
     "serve",
 ]
 
-log = logging.getLogger("gpt2clf.serving")
+log = logging.getLogger("gpt2clf.serve.app")
 
 WEB_DIR = Path(__file__).parent / "web"
 # Training-config keys worth showing on /v1/model: how text is cut and combined. Others
@@ -442,7 +442,7 @@ class ModelService:
     # --- runs on the model thread ---
     def load_and_warm_up(self) -> None:
         if self.predictor is None:
-            from gpt2clf.prediction import Predictor
+            from gpt2clf.infer.predictor import Predictor
 
             self.predictor = Predictor.from_folder(self.folder, **self.predictor_kwargs)
         self.predict_batch([WARMUP_TEXT])
@@ -519,7 +519,7 @@ class ModelService:
 
     async def explain(self, text: str, label: str | None, steps: int) -> Any:
         """Integrated-gradients attributions for one text, on the model thread between batches."""
-        from gpt2clf.explain import explain
+        from gpt2clf.report.explain import explain
 
         def run() -> Any:
             return explain(self.predictor, text, label=label, steps=steps)
@@ -696,7 +696,7 @@ def openapi_with_limits(app: FastAPI) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, *,
                model_dir: str | Path | None = None, predictor_kwargs: dict[str, Any] | None = None) -> FastAPI:
-    """A FastAPI app serving a :class:`~gpt2clf.prediction.Predictor` or a model folder.
+    """A FastAPI app serving a :class:`~gpt2clf.infer.predictor.Predictor` or a model folder.
 
     A folder is checked at once (a missing one raises :class:`ModelLoadError`) and loaded in
     the background when the app starts (its lifespan: inside ``with TestClient(app):`` or
@@ -793,7 +793,7 @@ def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host:
 
         >>> serve("runs/20ng/model", ServeSettings(max_wait_ms=10), port=8080)  # doctest: +SKIP
     """
-    from gpt2clf.prediction import Predictor
+    from gpt2clf.infer.predictor import Predictor
 
     settings = settings or ServeSettings()
     if not (0 <= port <= 65535):

@@ -1,7 +1,7 @@
 """Dataset statistics: documents per split and class, and token lengths under a tokenizer.
 
 :func:`dataset_stats` describes a dataset's own train and test splits (before any validation
-carve-out); :func:`gpt2clf.plots.plot_dataset_stats` draws the result. Nothing here prints.
+carve-out); :func:`gpt2clf.report.plots.plot_dataset_stats` draws the result. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpt2clf.batching import Windowing, body_lengths, reading_coverage, special_tokens_around
-from gpt2clf.corpora import DatasetSplits
+from gpt2clf.data.batching import Windowing, body_lengths, reading_coverage, special_tokens_around
+from gpt2clf.data.corpora import DatasetSplits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -41,7 +41,7 @@ def dataset_stats(splits: DatasetSplits, tokenizer: PreTrainedTokenizerBase, max
     path), ``source``, ``reads`` (how ``windowing`` reads a document; default: truncation at
     ``max_length``) and ``splits.<train|test>`` with ``documents``, ``per_class`` (label
     name -> count, every label), ``tokens`` = ``{mean, min, p50, p90, p99, max,
-    over_max_length}`` and ``unread`` (:meth:`~gpt2clf.batching.ReadingCoverage.to_dict`: documents
+    over_max_length}`` and ``unread`` (:meth:`~gpt2clf.data.batching.ReadingCoverage.to_dict`: documents
     read in part and the share of tokens the windows leave unread). Token counts are measured
     without truncation (special tokens included); ``over_max_length`` is the share of documents
     longer than ``max_length``. The raw lengths are in the result's ``lengths`` attribute (see
@@ -89,8 +89,8 @@ def dataset_stats(splits: DatasetSplits, tokenizer: PreTrainedTokenizerBase, max
 def describe_dataset(config: Any, tokenizer_name: str, max_length: int) -> DatasetStats:
     """:func:`dataset_stats` of the dataset ``config`` (a :class:`~gpt2clf.config.Config`) names, read as its
     long-document settings say."""
-    from gpt2clf.batching import load_tokenizer
-    from gpt2clf.corpora import config_dataset
+    from gpt2clf.data.batching import load_tokenizer
+    from gpt2clf.data.corpora import config_dataset
 
     splits = config_dataset(config)
     return dataset_stats(splits, load_tokenizer(tokenizer_name), max_length, Windowing.of(config))

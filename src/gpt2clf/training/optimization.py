@@ -7,7 +7,7 @@
 * :func:`rng_states` / :func:`set_rng_states`: the Python, NumPy and torch RNG states that travel in a
   checkpoint, so a resumed run draws what an uninterrupted one would.
 
-Used by :class:`gpt2clf.training.ClassificationModule`; nothing here knows about Lightning.
+Used by :class:`gpt2clf.training.loop.ClassificationModule`; nothing here knows about Lightning.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from gpt2clf.config import Config
-from gpt2clf.model import GPT2Classifier
+from gpt2clf.model.classifier import GPT2Classifier
 
 __all__ = ["fused_adamw_supported", "lr_lambda", "parameter_rates", "rng_states", "set_rng_states"]
 

@@ -112,8 +112,8 @@ def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
     because the caller loads them next.
 
     ``origin`` names the file the config came from, for error messages. With ``native=True``
-    a plain GPT-2 config is built as :class:`~gpt2clf.gpt2_body.GPT2Body` and an MPNet one as
-    :class:`~gpt2clf.mpnet_body.MPNetBody` (the same networks without importing
+    a plain GPT-2 config is built as :class:`~gpt2clf.model.gpt2_body.GPT2Body` and an MPNet one as
+    :class:`~gpt2clf.model.mpnet_body.MPNetBody` (the same networks without importing
     ``transformers``' model classes: faster start-up for inference); other configs are built
     by ``transformers`` as usual.
 
@@ -148,8 +148,8 @@ def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
 
 def _native_body(backbone_config: dict[str, Any]) -> nn.Module | None:
     """The plain-PyTorch body for this saved config (GPT-2, MPNet), or None when none can run it."""
-    from gpt2clf.gpt2_body import GPT2Body, native_gpt2_reason
-    from gpt2clf.mpnet_body import MPNetBody, native_mpnet_reason
+    from gpt2clf.model.gpt2_body import GPT2Body, native_gpt2_reason
+    from gpt2clf.model.mpnet_body import MPNetBody, native_mpnet_reason
 
     for reason, body in ((native_gpt2_reason, GPT2Body), (native_mpnet_reason, MPNetBody)):
         if reason(backbone_config) is None:
@@ -518,9 +518,9 @@ def use_fused_gelu(model: nn.Module) -> int:
 
 
 def conv1d_to_linear(module: nn.Module) -> None:
-    """Replace ``Conv1D`` layers (transformers' and :mod:`gpt2clf.gpt2_body`'s, weight (in, out)) by the
+    """Replace ``Conv1D`` layers (transformers' and :mod:`gpt2clf.model.gpt2_body`'s, weight (in, out)) by the
     equivalent ``nn.Linear`` (weight (out, in))."""
-    from gpt2clf.gpt2_body import Conv1D as NativeConv1D
+    from gpt2clf.model.gpt2_body import Conv1D as NativeConv1D
 
     kinds: tuple[type, ...] = (NativeConv1D,)
     if "transformers.pytorch_utils" in sys.modules:  # otherwise no module can be transformers' Conv1D

@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
-from gpt2clf.backbone import use_fused_gelu
-from gpt2clf.batching import PaddingCollator, Windowing, encode_documents, load_tokenizer, token_count
 from gpt2clf.config import InferenceSettings, check_batch_size
+from gpt2clf.data.batching import PaddingCollator, Windowing, encode_documents, load_tokenizer, token_count
+from gpt2clf.data.json_tokenizer import load_json_tokenizer
 from gpt2clf.errors import ConfigError, ModelLoadError
-from gpt2clf.fusion import Fusion
-from gpt2clf.inference import (
+from gpt2clf.infer.runtime import (
     DEFAULT_BATCH_TOKENS,
     Progress,
     logits_in_input_order,
@@ -34,9 +33,10 @@ from gpt2clf.inference import (
     resolve_device,
     resolve_precision,
 )
-from gpt2clf.json_tokenizer import load_json_tokenizer
-from gpt2clf.model import GPT2Classifier
-from gpt2clf.model_io import read_model_extra, read_training_config
+from gpt2clf.model.backbone import use_fused_gelu
+from gpt2clf.model.classifier import GPT2Classifier
+from gpt2clf.model.folder import read_model_extra, read_training_config
+from gpt2clf.model.fusion import Fusion
 
 __all__ = ["Prediction", "Predictor", "batched_logits"]
 
@@ -143,7 +143,7 @@ class Predictor:
         ``cuda:N``; ``precision`` is ``auto`` (bf16 autocast where the hardware has native
         bf16, else float32), ``32-true`` or a ``*-mixed`` autocast mode.
     int8:
-        Run an int8 copy of the model (:func:`gpt2clf.inference.quantize_for_cpu_inference`):
+        Run an int8 copy of the model (:func:`gpt2clf.infer.runtime.quantize_for_cpu_inference`):
         CPU and ``32-true`` only; about 1.4x faster on an AVX2 CPU, probabilities move by ~0.01.
     windowing:
         How long documents are read (truncated, head and tail, or in chunks); default: the
@@ -194,7 +194,7 @@ class Predictor:
         """Load a model folder written by training (weights, tokenizer and max length).
 
         With ``fast_start`` (the default) a plain GPT-2 backbone is built by
-        :mod:`gpt2clf.gpt2_body` and a GPT-2 tokenizer read by :mod:`gpt2clf.json_tokenizer`,
+        :mod:`gpt2clf.model.gpt2_body` and a GPT-2 tokenizer read by :mod:`gpt2clf.data.json_tokenizer`,
         which skips importing ``transformers`` (about 2 s of a one-text ``predict``) and gives
         the same token ids and probabilities; other backbones and tokenizers, or
         ``fast_start=False``, use ``transformers``' classes. Other keyword arguments are those
@@ -223,7 +223,7 @@ class Predictor:
     def logits(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
         """The network's float32 logits (N, num_labels) for ``texts``, in input order (before any fusion).
 
-        ``progress(done, N)`` is called after each batch (see :data:`gpt2clf.inference.Progress`).
+        ``progress(done, N)`` is called after each batch (see :data:`gpt2clf.infer.runtime.Progress`).
         """
         token_lists = encode_documents(list(texts), self.tokenizer, self.windowing)
         return batched_logits(self.model, token_lists, batch_size=self.batch_size,

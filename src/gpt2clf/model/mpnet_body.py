@@ -1,6 +1,6 @@
 """MPNet's encoder in plain PyTorch, for loading model folders fast (all-mpnet-base-v2 and the like).
 
-The same reason as :mod:`gpt2clf.gpt2_body`: building ``transformers.MPNetModel`` means
+The same reason as :mod:`gpt2clf.model.gpt2_body`: building ``transformers.MPNetModel`` means
 importing transformers' model-loading machinery (``torch.distributed.tensor``,
 ``torch._dynamo``, ``scipy``), most of a one-text ``gpt2clf predict``'s start-up. A model
 folder holds the backbone's config and every weight, so inference can build
@@ -15,7 +15,7 @@ residual, LayerNorm; GELU MLP -> residual, LayerNorm] -> ``(B, T, hidden_size)``
 MPNet facts this mirrors (transformers' ``modeling_mpnet``):
 
 * the pad id of both embeddings is 1 whatever the config says, and real tokens are numbered
-  from 2 (:class:`~gpt2clf.backbone.BackboneAdapter` passes those position ids);
+  from 2 (:class:`~gpt2clf.model.backbone.BackboneAdapter` passes those position ids);
 * every layer adds the same bias to its attention scores: per head, a learned value for the
   bucket of the distance ``key - query`` between slots of the row (32 buckets, exact up to 8,
   logarithmic up to 128). Distances between real tokens do not change with padding on either
@@ -25,7 +25,7 @@ Guarantees: for every config that :func:`native_mpnet_reason` accepts, the hidde
 real tokens equal ``MPNetModel``'s (tested to 1e-5 for left and right padding); any other
 config is refused and the caller builds ``transformers``' model. Parameters are created
 uninitialised: the caller loads the weights next. Used by
-:meth:`gpt2clf.model.GPT2Classifier.from_pretrained` with ``native_backbone=True``
+:meth:`gpt2clf.model.classifier.GPT2Classifier.from_pretrained` with ``native_backbone=True``
 (prediction, evaluation, serving); training always builds ``transformers``' own model.
 """
 
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from gpt2clf.gpt2_body import BodyConfig
+from gpt2clf.model.gpt2_body import BodyConfig
 
 __all__ = ["MPNetBody", "MPNetBodyConfig", "native_mpnet_reason"]
 
@@ -214,7 +214,7 @@ class Pooler(nn.Module):
 class MPNetBody(nn.Module):
     """``transformers.MPNetModel`` (its last hidden state) with uninitialised weights.
 
-    ``forward`` takes the keyword arguments :class:`~gpt2clf.backbone.BackboneAdapter` passes
+    ``forward`` takes the keyword arguments :class:`~gpt2clf.model.backbone.BackboneAdapter` passes
     and returns a one-tuple holding the last hidden state ``(B, T, hidden_size)``.
     """
 

@@ -1,4 +1,4 @@
-"""Metrics and reports: accuracy, macro-F1, cross-entropy, per-class table, confusion matrix.
+"""Metrics: accuracy, macro-F1, cross-entropy, per-class table, confusion matrix (as numbers; drawn in report).
 
 Logits and gold labels become an :class:`EvaluationResult` (:func:`compute_metrics`; for
 multi-label data :func:`compute_multilabel_metrics`, with per-label decision thresholds that
@@ -22,12 +22,11 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from gpt2clf.config import Config
-from gpt2clf.corpora import DataWarning, splits_for
+from gpt2clf.data.corpora import DataWarning, splits_for
 from gpt2clf.errors import DataError
-from gpt2clf.files import atomic_write_json, atomic_write_text
-from gpt2clf.inference import Progress
-from gpt2clf.model_io import recorded_config
-from gpt2clf.prediction import Predictor
+from gpt2clf.infer.predictor import Predictor
+from gpt2clf.infer.runtime import Progress
+from gpt2clf.model.folder import recorded_config
 
 __all__ = ["EvaluationResult", "compute_metrics", "compute_multilabel_metrics", "evaluate_folder",
            "remap_labels", "score_probabilities", "tune_thresholds"]
@@ -74,20 +73,6 @@ class EvaluationResult:
             for key in MULTI_LABEL_KEYS:
                 values.pop(key)
         return values
-
-    def save(self, folder: str | Path) -> list[Path]:
-        """Write ``metrics.json``, ``report.txt`` and (single-label) ``confusion_matrix.png`` into ``folder``;
-        return their paths."""
-        from gpt2clf.plots import plot_confusion_matrix
-
-        folder = Path(folder)
-        paths = [folder / "metrics.json", folder / "report.txt"]
-        atomic_write_json(paths[0], self.to_dict())
-        atomic_write_text(paths[1], self.report() + "\n")
-        if not self.multi_label:
-            paths.append(folder / "confusion_matrix.png")
-            plot_confusion_matrix(self, paths[2])
-        return paths
 
     def report(self) -> str:
         """A plain-text per-class table followed by the headline figures."""
@@ -267,10 +252,10 @@ def evaluate_folder(model_dir: str | Path, *, split: str = "test", data_override
     """Score a saved model folder on ``split`` (train, validation or test) of its recorded dataset.
 
     ``data_overrides`` (Config data fields, e.g. ``{"test_file": "holdout.csv"}``) point it at
-    other data; ``predictor_options`` go to :class:`~gpt2clf.prediction.Predictor`
+    other data; ``predictor_options`` go to :class:`~gpt2clf.infer.predictor.Predictor`
     (``device``, ``precision``, ``int8``, ``batch_size``). The validation and test sets are
     carved exactly as the training run did. ``progress(done, N)`` hears of the documents the
-    model has read, after each batch (:data:`gpt2clf.inference.Progress`).
+    model has read, after each batch (:data:`gpt2clf.infer.runtime.Progress`).
 
     Example::
 

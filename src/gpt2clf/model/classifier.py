@@ -12,7 +12,7 @@ Data flow for a batch of ``B`` documents padded to ``T`` tokens::
 Padding never changes a document's logits, for every backbone family: the backbone gets
 position ids computed from the attention mask with its own numbering (GPT-2, BERT, MiniLM
 from 0; RoBERTa from its pad id + 1), so a left-padded document sees the positions it has
-unpadded (:class:`~gpt2clf.backbone.BackboneAdapter`); our blocks mask padded keys; and every
+unpadded (:class:`~gpt2clf.model.backbone.BackboneAdapter`); our blocks mask padded keys; and every
 pooling mode reads only non-pad tokens. The published seed code this replaces ignored the
 mask in its blocks, so under left padding its tokens attended to the pad states.
 
@@ -42,7 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gpt2clf.backbone import (
+from gpt2clf.config import CHUNK_AGGREGATIONS, FREEZE_CHOICES, POOLING_CHOICES
+from gpt2clf.errors import ConfigError, ModelLoadError, first_line
+from gpt2clf.model.backbone import (
     BackboneAdapter,
     attention_heads,
     backbone_from_config,
@@ -50,9 +52,7 @@ from gpt2clf.backbone import (
     load_pretrained_backbone,
     position_ids_from_mask,
 )
-from gpt2clf.config import CHUNK_AGGREGATIONS, FREEZE_CHOICES, POOLING_CHOICES
-from gpt2clf.errors import ConfigError, ModelLoadError, first_line
-from gpt2clf.model_io import (
+from gpt2clf.model.folder import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     check_weights_match,
@@ -284,7 +284,7 @@ class GPT2Classifier(nn.Module):
 
     Build one over a hub id or a local folder with :meth:`from_backbone`, reload a trained
     one with :meth:`from_pretrained`. ``forward`` returns logits; the loss is the caller's.
-    The backbone is reached through a :class:`~gpt2clf.backbone.BackboneAdapter`
+    The backbone is reached through a :class:`~gpt2clf.model.backbone.BackboneAdapter`
     (``self.adapter``), which knows each architecture's layers and position numbering.
 
     Example::
@@ -554,7 +554,7 @@ class GPT2Classifier(nn.Module):
         ``config.json`` holds our spec and the backbone's full config, ``model.safetensors``
         every weight (backbone included), and the tokenizer's files are added if given.
         ``extra`` (JSON-able) is stored as is, e.g. training metadata; ``write_more(folder)``
-        may add files of its own (see :func:`gpt2clf.model_io.write_model_folder`).
+        may add files of its own (see :func:`gpt2clf.model.folder.write_model_folder`).
         """
         import json
 
@@ -573,7 +573,7 @@ class GPT2Classifier(nn.Module):
         Reads only JSON and safetensors (never pickle) and needs no network: the backbone is
         rebuilt from its saved config, then every weight is loaded strictly. With
         ``native_backbone=True`` a plain GPT-2 backbone is rebuilt as
-        :class:`~gpt2clf.gpt2_body.GPT2Body` (same outputs, about a second less start-up;
+        :class:`~gpt2clf.model.gpt2_body.GPT2Body` (same outputs, about a second less start-up;
         for inference), any other backbone by ``transformers``.
         """
         folder = Path(folder)
