@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,7 +191,9 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def test_every_bad_input_gives_one_message_and_exit_2(bad_inputs, capsys, tmp_path: Path,
-                                                      tiny_backbone: Path) -> None:
+                                                      tiny_backbone: Path, monkeypatch) -> None:
+    # "dataset without datasets" needs the package missing: make it so, whatever this environment has.
+    monkeypatch.setitem(sys.modules, "datasets", None)
     # An existing run folder that every command below is also pointed at must not change.
     run_dir = tmp_path / "existing-run"
     write(run_dir / "config.yaml", "seed: 1\n")
@@ -365,3 +368,17 @@ def test_the_library_reports_progress_and_prints_nothing(tiny_model_dir: Path, f
     assert len(list(predictor.predict(iter(texts), chunk_size=6, progress=lambda *r: reports.append(r)))) == 10
     assert reports == [(0, None), (4, None), (6, None), (6, None), (10, None)]  # chunks of 6: batches 4+2, 4
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_dataset_the_hub_cannot_give_is_one_message_and_exit_2(monkeypatch, capsys) -> None:
+    """With the datasets package present (a stand-in here, so the test does not depend on the environment),
+    a dataset that cannot be loaded (offline, misspelt) is still one line and exit 2."""
+    import types
+
+    def load_dataset(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'imdb' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    assert main(["data", "stats", "--dataset", "imdb"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("gpt2clf: error:") == 1 and "cannot load dataset 'imdb'" in err and "Traceback" not in err
