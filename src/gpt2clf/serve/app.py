@@ -4,6 +4,8 @@ Data flow::
 
     HTTP request --> MetricsMiddleware (counts, latency) --> BodyLimitMiddleware (413 on
     Content-Length or on the bytes actually streamed, after draining the rest)
+    --> ApiKeyMiddleware, with a key (401 without "Authorization: Bearer <key>" on every path
+    but /healthz, /readyz, the page and the schema; gpt2clf.serve.auth)
     --> FastAPI validation (pydantic; 400 malformed JSON, 422 wrong shape)
     --> a route handler (module-level, over the app's ModelService): limits (413 too many
     / too long texts) --> token counts (a worker of the thread pool) --> MicroBatcher
@@ -28,6 +30,8 @@ Guarantees:
 * Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a 4xx status
   (5xx only for 503/504 overload answers, and a bare 500 for a bug, never a traceback).
 * ``/readyz`` answers 503 until the model is loaded and one warm-up prediction ran.
+* :func:`serve` never listens beyond loopback without an API key unless told to
+  (``allow_unauthenticated``); the key appears in no log, message, metric or response.
 * On SIGTERM or SIGINT, uvicorn stops accepting, in-flight requests finish, the batcher
   drains its queue and the process exits with code 0.
 
@@ -51,8 +55,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from gpt2clf.config import SERVE_HOST, SERVE_PORT, InferenceSettings, ServeSettings, check_batch_size
+from gpt2clf.config import SERVE_HOST, SERVE_PORT, InferenceSettings, ServeAccess, ServeSettings
 from gpt2clf.errors import ConfigError, UserError
+from gpt2clf.serve.auth import ApiKeyMiddleware, check_api_key, check_exposure, declare_bearer_auth, read_api_key
 from gpt2clf.serve.extra import MissingExtraError, missing_extra
 from gpt2clf.serve.http_errors import EXCEPTION_HANDLERS, ApiError
 from gpt2clf.serve.limits import BodyLimitMiddleware, check_text_limits
@@ -89,6 +94,7 @@ __all__ = [
     "MissingExtraError",
     "ModelInfo",
     "ModelService",
+    "ServeAccess",
     "ServeSettings",
     "ServiceMetrics",
     "create_app",
@@ -185,7 +191,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def openapi_with_limits(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI schema, with this server's limits (answered with 413) and, once known, its labels."""
+    """The OpenAPI schema, with this server's limits (answered with 413), with a key its bearer scheme,
+    and without a key, once known, its labels (with one they are only for those who hold it)."""
     if app.openapi_schema is None:
         settings, predictor = app.state.service.settings, app.state.service.predictor
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -194,10 +201,12 @@ def openapi_with_limits(app: FastAPI) -> dict[str, Any]:
         texts["items"]["maxLength"] = settings.max_text_chars
         explain_body = schema["components"]["schemas"]["ExplainRequest"]["properties"]
         explain_body["text"]["maxLength"] = settings.max_text_chars
-        if predictor is not None:  # the labels are known: the schema lists them
+        if predictor is not None and not app.state.api_key_required:  # labels are known, and public
             explain_body["label"] = {"anyOf": [{"enum": list(predictor.label_names), "type": "string"},
                                                {"type": "null"}],
                                      "description": explain_body["label"].get("description", "")}
+        if app.state.api_key_required:
+            declare_bearer_auth(schema)
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -206,7 +215,8 @@ def openapi_with_limits(app: FastAPI) -> dict[str, Any]:
 # the app
 # ---------------------------------------------------------------------------------------
 def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, *,
-               model_dir: str | Path | None = None, predictor_kwargs: dict[str, Any] | None = None) -> FastAPI:
+               model_dir: str | Path | None = None, predictor_kwargs: dict[str, Any] | None = None,
+               api_key: str | None = None) -> FastAPI:
     """A FastAPI app serving a :class:`~gpt2clf.infer.predictor.Predictor` or a model folder.
 
     A folder is checked at once (a missing one raises :class:`ModelLoadError`) and loaded in
@@ -215,6 +225,11 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
     answers 503 until it is loaded and warmed up. A ``Predictor`` is warmed up during
     startup instead, so the app takes requests ready; ``model_dir`` then names its folder,
     whose ``config.json`` feeds ``/v1/model``.
+
+    With ``api_key``, every path but those open by design (:mod:`gpt2clf.serve.auth`) answers 401
+    without ``Authorization: Bearer <api_key>``. The app itself listens nowhere: whoever runs it
+    under their own ASGI server decides who can reach it (:func:`serve` refuses non-loopback
+    addresses without a key; so does :func:`running_in_thread`).
 
     Example::
 
@@ -228,12 +243,15 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
     app = FastAPI(title="gpt2clf", version="1", lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
                   description="Text classification with a fine-tuned gpt2clf model. The web page is at /.")
     app.state.service = service
+    app.state.api_key_required = api_key is not None  # the key itself stays in the middleware only
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     app.openapi = functools.partial(openapi_with_limits, app)  # type: ignore[method-assign]
     # FastAPI may keep an included router as one entry of app.routes: take the paths from both.
     routes = [*app.routes, *router.routes]
     known_routes = {route.path for route in routes if isinstance(getattr(route, "path", None), str)}
+    if api_key is not None:  # inside the body limit: an oversized body is 413 with or without a key
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=known_routes)  # outermost: sees all
     return app
@@ -261,12 +279,13 @@ def quiet_signal_handlers() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-                      startup_timeout_s: float = 120.0) -> Iterator[str]:
+def running_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeout_s: float = 120.0,
+                      allow_unauthenticated: bool = False) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a background thread; yield its base URL; stop on exit.
 
     For tests, notebooks and scripts (signals stay with the main thread). ``port=0`` picks
-    a free port.
+    a free port. Like :func:`serve`, it refuses a host other than loopback for an app
+    without an API key unless ``allow_unauthenticated``.
 
     Example::
 
@@ -274,6 +293,7 @@ def running_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
         ...     httpx.get(f"{url}/readyz").json()
         {'status': 'ready'}
     """
+    check_exposure(host, app.state.api_key_required, allow_unauthenticated)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="gpt2clf-uvicorn", daemon=True)
     thread.start()
@@ -292,27 +312,34 @@ def running_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
 
 
 def serve(model_dir: str | Path, settings: ServeSettings | None = None, *, host: str = SERVE_HOST,
-          port: int = SERVE_PORT, batch_size: int = InferenceSettings.batch_size,
-          device: str | None = InferenceSettings.device, precision: str = InferenceSettings.precision,
-          log_level: str = "info") -> None:
+          port: int = SERVE_PORT, inference: InferenceSettings | None = None, access: ServeAccess | None = None,
+          api_key: str | None = None, log_level: str = "info") -> None:
     """Serve ``model_dir`` over HTTP until SIGTERM or SIGINT, then shut down gracefully.
 
-    The model is loaded and warmed up before the port opens (a bad folder raises a
+    The API key is ``api_key`` if given, else read as ``gpt2clf serve`` reads it
+    (``access.api_key_file``, else ``GPT2CLF_API_KEY``; :func:`~gpt2clf.serve.auth.read_api_key`);
+    none means no key. A ``host`` other than loopback without a key raises
+    :class:`~gpt2clf.serve.auth.ExposedServerError` unless ``access.allow_unauthenticated``
+    (then one :class:`~gpt2clf.errors.SecurityWarning`). These checks come first; then the
+    model is loaded and warmed up before the port opens (a bad folder raises a
     :class:`~gpt2clf.errors.UserError`, and ``/readyz`` is 200 as soon as anything answers).
 
     Example::
 
         >>> serve("runs/20ng/model", ServeSettings(max_wait_ms=10), port=8080)  # doctest: +SKIP
+        >>> serve("runs/20ng/model", host="0.0.0.0", access=ServeAccess(api_key_file="key.txt"))  # doctest: +SKIP
     """
     from gpt2clf.infer.predictor import Predictor
 
-    settings = settings or ServeSettings()
+    settings, inference, access = settings or ServeSettings(), inference or InferenceSettings(), access or ServeAccess()
     if not (0 <= port <= 65535):
         raise ConfigError(f"--port must be between 0 and 65535, got {port}")
-    check_batch_size(batch_size, "--batch-size")
+    key = check_api_key(api_key, "api_key") if api_key is not None else read_api_key(access.api_key_file)
+    check_exposure(host, key is not None, access.allow_unauthenticated)
     folder = check_model_folder(model_dir)
-    predictor = Predictor.from_folder(folder, batch_size=batch_size, device=device, precision=precision)
-    app = create_app(predictor, settings, model_dir=folder)
+    predictor = Predictor.from_folder(folder, batch_size=inference.batch_size, device=inference.device,
+                                      precision=inference.precision)
+    app = create_app(predictor, settings, model_dir=folder, api_key=key)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                             # in-flight requests get their full timeout to finish, and no more
                             timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + 5)
