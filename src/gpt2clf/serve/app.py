@@ -251,7 +251,7 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
     routes = [*app.routes, *router.routes]
     known_routes = {route.path for route in routes if isinstance(getattr(route, "path", None), str)}
     if api_key is not None:  # inside the body limit: an oversized body is 413 with or without a key
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+        app.add_middleware(ApiKeyMiddleware, api_key=check_api_key(api_key, "api_key"))  # checked now
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=known_routes)  # outermost: sees all
     return app
