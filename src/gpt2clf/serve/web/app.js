@@ -55,7 +55,7 @@ function keyRefused() {
   state.keyRequired = true;
   const message = hadKey
     ? "The server refused this API key (401 Unauthorized). Enter the right key."
-    : "This server needs an API key (401 Unauthorized). Enter it above.";
+    : "This server needs an API key (401 Unauthorized). Enter it below.";
   showKeyForm(message);
   return message;
 }
