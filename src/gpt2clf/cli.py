@@ -122,10 +122,9 @@ examples:
   gpt2clf serve runs/20ng/model
   curl -s localhost:8000/v1/classify -H 'content-type: application/json' \\
        -d '{"texts": ["My X server crashes when I resize an xterm"], "top_k": 3}'
-  # listen on every interface (needs a key: requests send 'Authorization: Bearer KEY'), bigger batches
+  # every interface needs a key (requests send 'Authorization: Bearer KEY'); bigger merged batches
   (umask 077; openssl rand -hex 32 > key.txt)
   gpt2clf serve runs/20ng/model --host 0.0.0.0 --port 8080 --api-key-file key.txt --max-batch-tokens 16384
-  curl -s HOST:8080/v1/model -H "Authorization: Bearer $(cat key.txt)"
   # one request per model call (no merging), a small queue and a short timeout
   gpt2clf serve runs/20ng/model --no-micro-batching --max-queue 16 --request-timeout-s 5
 Stop it with Ctrl-C or SIGTERM: requests in flight finish first, then it exits 0.
@@ -326,12 +325,11 @@ def add_export_parser(commands: Any) -> None:
 def add_serve_parser(commands: Any) -> None:
     serve = command_parser(commands, "serve", "an HTTP API and a web page for a saved model folder",
         "Serve POST /v1/classify, GET /v1/model, /healthz, /readyz, /metrics "
-        "and a web page at /. Concurrent requests share model calls (micro-batching). With an API key "
-        "(GPT2CLF_API_KEY or --api-key-file) all but /healthz, /readyz, the page and the schema need it; "
-        "an address other than loopback is refused without one.",
+        "and a web page at /. Concurrent requests share model calls (micro-batching).",
         SERVE_EXAMPLES)
     add_model_dir(serve)
-    serve.add_argument("--host", default=SERVE_HOST, help=f"address to listen on (default: {SERVE_HOST})")
+    serve.add_argument("--host", default=SERVE_HOST, help=f"address to listen on; one other than loopback needs "
+                       f"an API key or --allow-unauthenticated (default: {SERVE_HOST})")
     serve.add_argument("--port", type=int, default=SERVE_PORT, help=f"port to listen on (default: {SERVE_PORT})")
     add_dataclass_flags(serve, InferenceSettings, title="inference")
     add_dataclass_flags(serve, ServeSettings, title="batching and limits")
