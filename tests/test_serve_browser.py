@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from gpt2clf.serve.app import ServeSettings, create_app, running_in_thread
+
+# Waits use expect(), never page.wait_for_function("..."): when the condition is not yet true, the
+# latter polls by evaluating the string inside the page, which needs 'unsafe-eval', and the page's
+# Content-Security-Policy (default-src 'self') rightly refuses it, so such a wait fails on a slow machine.
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,7 @@ def test_page_classifies_typed_text_and_draws_bars(page, server_url: str, tmp_pa
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     page.goto(server_url)
-    page.wait_for_function("document.getElementById('model-summary').textContent.includes('3 labels')")
+    expect(page.locator("#model-summary")).to_contain_text("3 labels")
 
     box = page.get_by_label("Text to classify")  # the text box has an accessible name
     box.fill("My X server crashes when I resize an xterm\n---\nThe shuttle launch was delayed again")
@@ -80,7 +86,7 @@ def test_a_dropped_text_file_fills_the_box(page, server_url: str, tmp_path: Path
     document.write_text("Which GPU drivers work with X11?\nThanks in advance.", encoding="utf-8")
     page.goto(server_url)
     page.set_input_files("#file-input", str(document))
-    page.wait_for_function("document.getElementById('texts').value.includes('GPU drivers')")
+    expect(page.locator("#texts")).to_have_value(re.compile("GPU drivers"))
     assert page.input_value("#texts") == document.read_text(encoding="utf-8")
     assert "post.txt" in page.locator("#status").inner_text()
     page.click("#submit")
@@ -92,7 +98,7 @@ def test_a_dropped_text_file_fills_the_box(page, server_url: str, tmp_path: Path
 
 def test_errors_are_shown_and_focus_is_visible(page, server_url: str) -> None:
     page.goto(server_url)
-    page.wait_for_function("document.getElementById('model-summary').textContent.includes('labels')")
+    expect(page.locator("#model-summary")).to_contain_text("labels")
     page.focus("#texts")
     page.keyboard.press("Control+Enter")  # nothing typed
     assert "Type or drop some text first" in page.locator("#status").inner_text()
@@ -129,13 +135,13 @@ def test_page_asks_for_the_key_keeps_it_for_the_session_and_explains_a_401(page,
 
     page.fill("#api-key", PAGE_KEY[:-3])  # a wrong key, shorter than the right one
     page.click("#key-submit")
-    page.wait_for_function("document.getElementById('key-status').textContent.includes('refused')")
+    expect(page.locator("#key-status")).to_contain_text("refused")
     assert "401" in page.locator("#key-status").inner_text()
     assert page.evaluate("sessionStorage.length") == 0  # a refused key is not kept
 
     page.fill("#api-key", PAGE_KEY)
     page.keyboard.press("Enter")
-    page.wait_for_function("document.getElementById('model-summary').textContent.includes('3 labels')")
+    expect(page.locator("#model-summary")).to_contain_text("3 labels")
     assert page.locator("#key-form").is_hidden()
     assert page.evaluate("sessionStorage.getItem('gpt2clf.apiKey')") == PAGE_KEY
     assert page.evaluate("localStorage.length") == 0 and page.context.cookies() == []  # this tab's session only
@@ -150,7 +156,7 @@ def test_page_asks_for_the_key_keeps_it_for_the_session_and_explains_a_401(page,
     # the server's key changed (or the stored one was wrong): a clear message, and the form again
     page.evaluate("sessionStorage.setItem('gpt2clf.apiKey', 'an-outdated-key')")
     page.click("#submit")
-    page.wait_for_function("document.getElementById('status').textContent.includes('401')")
+    expect(page.locator("#status")).to_contain_text("401")
     assert page.locator("#status").inner_text() == ("Could not classify: The server refused this API key "
                                                     "(401 Unauthorized). Enter the right key.")
     assert page.locator("#key-form").is_visible() and page.evaluate("sessionStorage.length") == 0
