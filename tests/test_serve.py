@@ -733,6 +733,8 @@ def test_the_right_key_gets_the_same_answers_as_a_server_without_one(predictor, 
         assert_error(client.post("/v1/classify", json={"texts": []}, headers=RIGHT_KEY), 422)
         assert_error(client.get("/no/such/path", headers=RIGHT_KEY), 404, "not_found")
         metrics = client.get("/metrics", headers=RIGHT_KEY)
+        # nothing in the app shows the key when printed (its middleware list, its state)
+        assert API_KEY not in repr(client.app.user_middleware) + repr(vars(client.app.state))
     assert metrics.status_code == 200 and API_KEY not in metrics.text
     samples = metric_samples(metrics.text)
     assert samples[("gpt2clf_http_requests_total",

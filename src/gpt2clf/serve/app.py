@@ -57,7 +57,14 @@ from typing import Annotated, Any
 
 from gpt2clf.config import SERVE_HOST, SERVE_PORT, InferenceSettings, ServeAccess, ServeSettings
 from gpt2clf.errors import ConfigError, UserError
-from gpt2clf.serve.auth import ApiKeyMiddleware, check_api_key, check_exposure, declare_bearer_auth, read_api_key
+from gpt2clf.serve.auth import (
+    ApiKey,
+    ApiKeyMiddleware,
+    check_api_key,
+    check_exposure,
+    declare_bearer_auth,
+    read_api_key,
+)
 from gpt2clf.serve.extra import MissingExtraError, missing_extra
 from gpt2clf.serve.http_errors import EXCEPTION_HANDLERS, ApiError
 from gpt2clf.serve.limits import BodyLimitMiddleware, check_text_limits
@@ -251,7 +258,7 @@ def create_app(predictor_or_folder: Any, settings: ServeSettings | None = None, 
     routes = [*app.routes, *router.routes]
     known_routes = {route.path for route in routes if isinstance(getattr(route, "path", None), str)}
     if api_key is not None:  # inside the body limit: an oversized body is 413 with or without a key
-        app.add_middleware(ApiKeyMiddleware, api_key=check_api_key(api_key, "api_key"))  # checked now
+        app.add_middleware(ApiKeyMiddleware, api_key=ApiKey(api_key, "api_key"))  # checked now
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=known_routes)  # outermost: sees all
     return app

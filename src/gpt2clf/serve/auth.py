@@ -20,10 +20,10 @@ Guarantees:
   labels). Everything else needs the key: ``/v1/...``, ``/metrics`` (request counts and
   latencies say how the service is used) and any unknown path (401, not 404). It is an
   allowlist, so a route added later is closed unless it is added here.
-* The key is never logged, never put in an error message, a metric or a response: the
-  middleware keeps its bytes and nothing else does (not ``app.state``, not ``ServeSettings``,
-  whose fields ``/v1/model`` shows); messages about a bad key name where it came from, never
-  what it is.
+* The key is never logged, never put in an error message, a metric or a response: it lives
+  in one :class:`ApiKey`, whose ``repr`` hides it, held by the middleware (not ``app.state``,
+  not ``ServeSettings``, whose fields ``/v1/model`` shows); messages about a bad key name where
+  it came from, never what it is.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from gpt2clf.config import API_KEY_ENV
 from gpt2clf.errors import ConfigError, SecurityWarning
 from gpt2clf.serve.http_errors import error_response
 
-__all__ = ["API_KEY_ENV", "OPEN_PATHS", "ApiKeyMiddleware", "ExposedServerError", "check_api_key", "check_exposure",
-           "declare_bearer_auth", "is_loopback", "is_open_path", "read_api_key"]
+__all__ = ["API_KEY_ENV", "OPEN_PATHS", "ApiKey", "ApiKeyMiddleware", "ExposedServerError", "check_api_key",
+           "check_exposure", "declare_bearer_auth", "is_loopback", "is_open_path", "read_api_key"]
 
 # Paths anyone may request, key or not (see the module docstring for why each is open).
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -122,20 +122,38 @@ def is_open_path(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-class ApiKeyMiddleware:
-    """401 for any request to a guarded path without ``Authorization: Bearer <key>`` (pure ASGI).
+class ApiKey:
+    """An API key that does not show itself: ``repr`` and ``str`` hide it (so a middleware list, a
+    debugger or a log line that prints one shows nothing), and :meth:`matches` compares in constant time.
 
-    Only the key's bytes are kept; ``repr`` shows none of it. The comparison is
-    ``hmac.compare_digest`` on bytes: constant time for keys of the same length, and False (not
-    an exception) for one of another length or with non-ASCII bytes.
+    Example::
+
+        >>> key = ApiKey("s3cret")
+        >>> key, key.matches(b"s3cret"), key.matches(b"s3cre"), key.matches(bytes([255]))
+        (ApiKey(<hidden>), True, False, False)
     """
 
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app = app
-        self._key = check_api_key(api_key, "the API key").encode("ascii")
+    __slots__ = ("_bytes",)
+
+    def __init__(self, key: str, source: str = "the API key") -> None:
+        self._bytes = check_api_key(key, source).encode("ascii")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(key=<hidden>)"
+        return "ApiKey(<hidden>)"
+
+    __str__ = __repr__
+
+    def matches(self, presented: bytes) -> bool:
+        """``hmac.compare_digest`` on bytes: constant time for a token of the key's length, and False
+        (not an exception) for one of another length or with non-ASCII bytes."""
+        return hmac.compare_digest(presented, self._bytes)
+
+
+class ApiKeyMiddleware:
+    """401 for any request to a guarded path without ``Authorization: Bearer <key>`` (pure ASGI)."""
+
+    def __init__(self, app: Any, api_key: ApiKey) -> None:
+        self.app, self.api_key = app, api_key
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket"):  # lifespan
@@ -146,7 +164,7 @@ class ApiKeyMiddleware:
         if root and path.startswith(root):  # mounted under a prefix: match the app's own paths
             path = path[len(root):] or "/"
         presented = bearer_token(scope.get("headers", ()))
-        if is_open_path(path) or (presented is not None and hmac.compare_digest(presented, self._key)):
+        if is_open_path(path) or (presented is not None and self.api_key.matches(presented)):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":  # none are served; refuse without a handshake
