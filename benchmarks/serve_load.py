@@ -6,7 +6,9 @@ closed loop: every client sends one short text per request (``{"texts": [t], "to
 and sends the next as soon as the answer arrives. A run stops after ``--requests`` answers
 or ``--seconds`` seconds, whichever comes first, so the whole benchmark ends by itself.
 It reports requests/s, p50/p95/p99 latency and errors (any non-200 answer or transport
-error), and the server's mean batch size from ``/metrics``.
+error), and the server's mean batch size from ``/metrics``. With ``GPT2CLF_API_KEY`` set, the
+server (which inherits it) requires the key and every request sends it, so the figures include
+the key check.
 
 Without ``--model-dir`` it builds a random model folder first: ``--shape gpt2-small``
 (GPT-2 small's dimensions, 124M backbone parameters, 20 labels) or ``--shape tiny`` (the
@@ -130,9 +132,15 @@ def start_server(model_dir: Path, port: int, micro_batching: bool, args: argpars
     raise RuntimeError("server did not become ready within 300 s")
 
 
+def auth_headers() -> dict[str, str]:
+    """The bearer header when the server has a key (it inherits GPT2CLF_API_KEY from this process)."""
+    key = os.environ.get("GPT2CLF_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def batch_stats(base: str) -> tuple[float, float]:
     """(model calls, texts in them) so far, from the server's /metrics."""
-    text = httpx.get(f"{base}/metrics", timeout=10).text
+    text = httpx.get(f"{base}/metrics", headers=auth_headers(), timeout=10).text
     count = float(re.search(r"^gpt2clf_batch_texts_count (\S+)$", text, re.M).group(1))
     total = float(re.search(r"^gpt2clf_batch_texts_sum (\S+)$", text, re.M).group(1))
     return count, total
@@ -146,7 +154,7 @@ async def closed_loop(base: str, concurrency: int, max_requests: int, max_second
     started = time.perf_counter()
     deadline = started + max_seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=600) as client:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=600, headers=auth_headers()) as client:
         async def one_client() -> None:
             nonlocal issued
             while issued < max_requests and time.perf_counter() < deadline:

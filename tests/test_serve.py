@@ -27,7 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpt2clf import cli
-from gpt2clf.serve.app import BodyLimitMiddleware, ServeSettings, create_app, running_in_thread
+from gpt2clf.serve.app import BodyLimitMiddleware, ServeAccess, ServeSettings, create_app, running_in_thread
 
 REPO_ROOT = Path(__file__).parents[1]
 TEXTS = ["My X server crashes when I resize an xterm",
@@ -49,9 +49,10 @@ def predictor(tiny_model_dir: Path):
 
 
 @contextlib.contextmanager
-def running_client(predictor: Any, model_dir: Path, **settings: Any) -> Iterator[TestClient]:
+def running_client(predictor: Any, model_dir: Path, api_key: str | None = None, **settings: Any
+                   ) -> Iterator[TestClient]:
     """A TestClient over a started app (lifespan: batcher up, model warmed)."""
-    app = create_app(predictor, ServeSettings(**settings), model_dir=model_dir)
+    app = create_app(predictor, ServeSettings(**settings), model_dir=model_dir, api_key=api_key)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
@@ -564,7 +565,8 @@ def test_serve_with_a_bad_model_folder_is_a_user_error(tmp_path: Path, capsys) -
     assert "no config.json" in capsys.readouterr().err
 
 
-def test_serve_help_lists_every_setting_with_its_docstring_and_default(capsys, monkeypatch) -> None:
+@pytest.mark.parametrize("settings_class", [ServeSettings, ServeAccess])
+def test_serve_help_lists_every_setting_with_its_docstring_and_default(capsys, monkeypatch, settings_class) -> None:
     from gpt2clf.config import field_help
 
     monkeypatch.setenv("COLUMNS", "1000")  # no line wrapping (which may split a word at a hyphen)
@@ -572,8 +574,8 @@ def test_serve_help_lists_every_setting_with_its_docstring_and_default(capsys, m
         cli.main(["serve", "--help"])
     assert exit_.value.code == 0
     shown = " ".join(capsys.readouterr().out.split())
-    docs, defaults = field_help(ServeSettings), ServeSettings()
-    fields = dataclasses.fields(ServeSettings)
+    docs, defaults = field_help(settings_class), settings_class()
+    fields = dataclasses.fields(settings_class)
     assert set(docs) == {f.name for f in fields} and all(docs.values()), "every field needs a docstring"
     for field in fields:
         name = "--" + field.name.replace("_", "-")
@@ -588,6 +590,13 @@ def test_serve_flags_build_the_settings_back(tiny_model_dir: Path) -> None:
                                                                         micro_batching=False, model_name="demo")
     defaults = cli.build_parser().parse_args(["serve", str(tiny_model_dir)])
     assert cli.settings_from_args(ServeSettings, defaults) == ServeSettings()
+    assert cli.settings_from_args(ServeAccess, defaults) == ServeAccess()
+    access = cli.build_parser().parse_args(["serve", str(tiny_model_dir), "--api-key-file", "key.txt",
+                                            "--allow-unauthenticated"])
+    assert cli.settings_from_args(ServeAccess, access) == ServeAccess(api_key_file="key.txt",
+                                                                      allow_unauthenticated=True)
+    with pytest.raises(SystemExit):  # the key itself is never a flag (it would show in the process list)
+        cli.build_parser().parse_args(["serve", str(tiny_model_dir), "--api-key", "x"])
 
 
 def test_serve_with_bad_limits_is_a_user_error(tiny_model_dir: Path, capsys) -> None:
@@ -609,10 +618,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``gpt2clf serve`` subprocess: this checkout's source, no inherited API key."""
+    env = {name: value for name, value in os.environ.items() if name != "GPT2CLF_API_KEY"}
+    return {**env, "PYTHONPATH": str(REPO_ROOT / "src"), **extra}
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_finishes_in_flight_requests_then_exits_0(tiny_model_dir: Path, signum: int) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    env = server_env()
     # A long batching wait keeps the request in flight (queued) when the signal arrives.
     server = subprocess.Popen([sys.executable, "-m", "gpt2clf.cli", "serve", str(tiny_model_dir), "--port",
                                str(port), "--device", "cpu", "--max-wait-ms", "3000"],
@@ -657,3 +672,236 @@ def test_explain_endpoint_gives_one_attribution_per_token(predictor: Any, tiny_m
         assert client.post("/v1/explain", json={"text": ""}).status_code == 422
         assert client.post("/v1/explain", json={"text": "x", "steps": 0}).status_code == 422
         assert client.post("/v1/explain", json={"text": "x" * 200_000}).status_code == 413
+
+
+# ---------------------------------------------------------------------------------------
+# the API key
+# ---------------------------------------------------------------------------------------
+API_KEY = "k3y-9f2c41d7e8b05a63c1f4d2e7a9b8c0d1"  # distinctive, so that a grep for it finds only leaks
+WRONG_KEYS = {
+    "no key": {},
+    "a wrong key of the same length": {"Authorization": "Bearer " + "x" * len(API_KEY)},
+    "a shorter key": {"Authorization": "Bearer " + API_KEY[:-1]},
+    "a longer key": {"Authorization": "Bearer " + API_KEY + "0"},
+    "the key under another scheme": {"Authorization": "Basic " + API_KEY},
+    "bytes that are not ASCII": {"Authorization": b"Bearer \xff\xfe-not-ascii"},
+}
+RIGHT_KEY = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def assert_unauthorized(response: httpx.Response) -> None:
+    body = assert_error(response, 401)
+    assert body["error"]["code"] in {"missing_api_key", "invalid_api_key"}
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert API_KEY not in response.text
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_KEYS))
+def test_with_a_key_every_guarded_path_answers_401_without_it(predictor, tiny_model_dir: Path, wrong: str) -> None:
+    headers = WRONG_KEYS[wrong]
+    code = "missing_api_key" if wrong == "no key" else "invalid_api_key"
+    with running_client(predictor, tiny_model_dir, api_key=API_KEY) as client:
+        classify = client.post("/v1/classify", json={"texts": ["hello"]}, headers=headers)
+        assert_unauthorized(classify)
+        assert classify.json()["error"]["code"] == code
+        assert_unauthorized(client.post("/v1/explain", json={"text": "hello"}, headers=headers))
+        for path in ("/v1/model", "/metrics", "/v1", "/no/such/path"):
+            assert_unauthorized(client.get(path, headers=headers))
+        for path in ("/healthz", "/readyz", "/", "/static/app.js", "/openapi.json", "/docs"):
+            assert client.get(path, headers=headers).status_code == 200, path
+
+
+def test_the_right_key_gets_the_same_answers_as_a_server_without_one(predictor, tiny_model_dir: Path) -> None:
+    request = {"texts": TEXTS, "top_k": 2}
+    with running_client(predictor, tiny_model_dir) as open_client:
+        expected = open_client.post("/v1/classify", json=request).json()
+        expected_info = open_client.get("/v1/model").json()
+    with running_client(predictor, tiny_model_dir, api_key=API_KEY) as client:
+        missing = client.post("/v1/classify", json=request)
+        assert_unauthorized(missing)
+        assert missing.json()["error"]["code"] == "missing_api_key"
+        wrong = client.post("/v1/classify", json=request, headers={"Authorization": "Bearer nope"})
+        assert wrong.json()["error"]["code"] == "invalid_api_key"
+        assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+        answer = client.post("/v1/classify", json=request, headers=RIGHT_KEY)
+        assert answer.status_code == 200 and answer.json() == expected
+        lower = client.post("/v1/classify", json=request, headers={"authorization": f"bearer {API_KEY}"})
+        assert lower.json() == expected  # header name and scheme are case-insensitive
+        info = client.get("/v1/model", headers=RIGHT_KEY)
+        assert info.json() == expected_info and API_KEY not in info.text
+        # the request-level errors are unchanged behind the key
+        assert_error(client.post("/v1/classify", json={"texts": []}, headers=RIGHT_KEY), 422)
+        assert_error(client.get("/no/such/path", headers=RIGHT_KEY), 404, "not_found")
+        metrics = client.get("/metrics", headers=RIGHT_KEY)
+        # nothing in the app shows the key when printed (its middleware list, its state)
+        assert API_KEY not in repr(client.app.user_middleware) + repr(vars(client.app.state))
+    assert metrics.status_code == 200 and API_KEY not in metrics.text
+    samples = metric_samples(metrics.text)
+    assert samples[("gpt2clf_http_requests_total",
+                    (("method", "POST"), ("route", "/v1/classify"), ("status", "401")))] == 2
+
+
+def test_the_openapi_schema_declares_the_bearer_scheme(predictor, tiny_model_dir: Path) -> None:
+    with running_client(predictor, tiny_model_dir, api_key=API_KEY) as client:
+        schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"] == {"bearerAuth": {
+        "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["bearerAuth"][
+            "description"]}}
+    for path, method in [("/v1/classify", "post"), ("/v1/explain", "post"), ("/v1/model", "get"), ("/metrics", "get")]:
+        operation = schema["paths"][path][method]
+        assert operation["security"] == [{"bearerAuth": []}], path
+        assert "401" in operation["responses"], path
+    for path in ("/healthz", "/readyz"):
+        assert "security" not in schema["paths"][path]["get"]
+    # the labels are for key holders (GET /v1/model); without a key the schema lists them
+    assert "enum" not in json.dumps(schema["components"]["schemas"]["ExplainRequest"])
+    assert API_KEY not in json.dumps(schema)
+    with running_client(predictor, tiny_model_dir) as client:
+        open_schema = client.get("/openapi.json").json()
+    assert "securitySchemes" not in open_schema["components"]
+    assert "security" not in open_schema["paths"]["/v1/classify"]["post"]
+    assert '"enum": ["a", "b", "c"]' in json.dumps(open_schema["components"]["schemas"]["ExplainRequest"])
+
+
+def test_the_key_comes_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    from gpt2clf.errors import ConfigError
+    from gpt2clf.serve.auth import read_api_key
+
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(API_KEY + "\n", encoding="utf-8")
+    assert read_api_key(key_file, environ={}) == API_KEY  # the final newline is not part of the key
+    assert read_api_key(None, environ={"GPT2CLF_API_KEY": API_KEY}) == API_KEY
+    assert read_api_key(key_file, environ={"GPT2CLF_API_KEY": "other"}) == API_KEY  # the flag wins
+    assert read_api_key(None, environ={}) is None
+    bad_keys = {"empty": "", "spaces": f"{API_KEY} more", "two lines": f"{API_KEY}\nsecond", "non-ASCII": API_KEY + "é"}
+    for what, content in bad_keys.items():
+        key_file.write_text(content, encoding="utf-8")
+        with pytest.raises(ConfigError) as from_file:
+            read_api_key(key_file, environ={})
+        with pytest.raises(ConfigError) as from_env:
+            read_api_key(None, environ={"GPT2CLF_API_KEY": content})
+        for err in (from_file.value, from_env.value):
+            assert API_KEY not in str(err) and "\n" not in str(err), what
+        assert "GPT2CLF_API_KEY" in str(from_env.value) and str(key_file) in str(from_file.value)
+    with pytest.raises(ConfigError, match="no such file"):
+        read_api_key(tmp_path / "missing.txt", environ={})
+    with pytest.raises(ConfigError):
+        create_app(object(), api_key="")
+
+
+def test_loopback_is_told_apart_from_every_other_address() -> None:
+    from gpt2clf.serve.auth import is_loopback
+
+    assert all(is_loopback(host) for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "::", "", "192.168.1.5", "10.0.0.1", "example.com",
+                                                  "localhost.example.com"))
+
+
+def test_a_public_address_without_a_key_is_refused_before_anything_listens(
+        tiny_model_dir: Path, monkeypatch, capsys) -> None:
+    import gpt2clf.serve.app as serve_app
+    from gpt2clf.serve.auth import ExposedServerError
+
+    started: list[Any] = []
+    monkeypatch.setattr(serve_app.uvicorn, "Server", lambda *args, **kwargs: started.append(args))
+    monkeypatch.delenv("GPT2CLF_API_KEY", raising=False)
+    assert cli.main(["serve", str(tiny_model_dir), "--host", "0.0.0.0", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gpt2clf: error: refusing to serve on 0.0.0.0")
+    assert all(name in err for name in ("GPT2CLF_API_KEY", "--api-key-file", "--allow-unauthenticated"))
+    # the rule lives in the library: Python callers get it too
+    with pytest.raises(ExposedServerError):
+        serve_app.serve(tiny_model_dir, host="0.0.0.0")
+    with pytest.raises(ExposedServerError), running_in_thread(create_app(tiny_model_dir), host="::"):
+        pass
+    assert started == []
+
+
+def wait_for_readyz(server: subprocess.Popen, base: str) -> None:
+    def ready() -> bool:
+        assert server.poll() is None, server.stdout.read()
+        try:
+            return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, "the server to be ready")
+
+
+def stop(server: subprocess.Popen) -> str:
+    """SIGTERM, wait, and everything the server wrote (stdout and stderr together)."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(WAIT_GUARD_S)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return server.stdout.read()
+
+
+def test_allow_unauthenticated_serves_a_public_address_and_warns_once(tiny_model_dir: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gpt2clf.cli", "serve", str(tiny_model_dir), "--host", "0.0.0.0",
+                               "--port", str(port), "--device", "cpu", "--allow-unauthenticated"],
+                              env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_readyz(server, f"http://127.0.0.1:{port}")
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"texts": ["open"]}, timeout=WAIT_GUARD_S)
+        assert answer.status_code == 200
+    finally:
+        output = stop(server)
+    assert server.returncode == 0, output
+    warnings = [line for line in output.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1, output
+    assert warnings[0].startswith("gpt2clf: warning: serving on 0.0.0.0 without an API key")
+
+
+def urllib_status(url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, dict, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT_GUARD_S) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_the_key_never_appears_in_the_servers_output(tiny_model_dir: Path, tmp_path: Path) -> None:
+    requests = pytest.importorskip("requests")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "gpt2clf.cli", "serve", str(tiny_model_dir), "--port", str(port),
+                               "--device", "cpu"], env=server_env(GPT2CLF_API_KEY=API_KEY),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    body = json.dumps({"texts": ["My X server crashes"]}).encode()
+    try:
+        wait_for_readyz(server, base)
+        for wrong, headers in WRONG_KEYS.items():
+            if isinstance(headers.get("Authorization"), bytes):
+                continue  # urllib and requests send str headers; the bytes case is covered in-process
+            status, answer_headers, answer = urllib_status(f"{base}/v1/classify", headers, body)
+            assert status == 401 and json.loads(answer)["error"]["code"].endswith("api_key"), wrong
+            assert answer_headers["www-authenticate"].startswith("Bearer")
+            answer = requests.post(f"{base}/v1/classify", json={"texts": ["hi"]}, headers=headers,
+                                   timeout=WAIT_GUARD_S)
+            assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Bearer"), wrong
+            assert httpx.get(f"{base}/metrics", headers=headers, timeout=WAIT_GUARD_S).status_code == 401
+        status, _, answer = urllib_status(f"{base}/v1/classify", RIGHT_KEY, body)
+        assert status == 200 and json.loads(answer)["predictions"][0]["label"] in {"a", "b", "c"}
+        assert requests.post(f"{base}/v1/classify", json={"texts": ["hi"]}, headers=RIGHT_KEY,
+                             timeout=WAIT_GUARD_S).ok
+        assert requests.post(f"{base}/v1/classify", json={"texts": []}, headers=RIGHT_KEY,
+                             timeout=WAIT_GUARD_S).status_code == 422
+        for path in ("/v1/model", "/metrics", "/openapi.json", "/healthz"):
+            assert API_KEY not in httpx.get(base + path, headers=RIGHT_KEY, timeout=WAIT_GUARD_S).text, path
+    finally:
+        output = stop(server)
+    assert server.returncode == 0
+    assert '"POST /v1/classify HTTP/1.1" 401' in output and '"POST /v1/classify HTTP/1.1" 200' in output, output
+    leaked = [text for text in (API_KEY, API_KEY[:-1], "x" * len(API_KEY)) if text in output]
+    assert leaked == [], "the server wrote a key to its output"
+    assert "Traceback" not in output

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from gpt2clf.serve.app import ServeSettings, create_app, running_in_thread
+
+# Waits use expect(), never page.wait_for_function("..."): when the condition is not yet true, the
+# latter polls by evaluating the string inside the page, which needs 'unsafe-eval', and the page's
+# Content-Security-Policy (default-src 'self') rightly refuses it, so such a wait fails on a slow machine.
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,7 @@ def test_page_classifies_typed_text_and_draws_bars(page, server_url: str, tmp_pa
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     page.goto(server_url)
-    page.wait_for_function("document.getElementById('model-summary').textContent.includes('3 labels')")
+    expect(page.locator("#model-summary")).to_contain_text("3 labels")
 
     box = page.get_by_label("Text to classify")  # the text box has an accessible name
     box.fill("My X server crashes when I resize an xterm\n---\nThe shuttle launch was delayed again")
@@ -80,7 +86,7 @@ def test_a_dropped_text_file_fills_the_box(page, server_url: str, tmp_path: Path
     document.write_text("Which GPU drivers work with X11?\nThanks in advance.", encoding="utf-8")
     page.goto(server_url)
     page.set_input_files("#file-input", str(document))
-    page.wait_for_function("document.getElementById('texts').value.includes('GPU drivers')")
+    expect(page.locator("#texts")).to_have_value(re.compile("GPU drivers"))
     assert page.input_value("#texts") == document.read_text(encoding="utf-8")
     assert "post.txt" in page.locator("#status").inner_text()
     page.click("#submit")
@@ -92,7 +98,7 @@ def test_a_dropped_text_file_fills_the_box(page, server_url: str, tmp_path: Path
 
 def test_errors_are_shown_and_focus_is_visible(page, server_url: str) -> None:
     page.goto(server_url)
-    page.wait_for_function("document.getElementById('model-summary').textContent.includes('labels')")
+    expect(page.locator("#model-summary")).to_contain_text("labels")
     page.focus("#texts")
     page.keyboard.press("Control+Enter")  # nothing typed
     assert "Type or drop some text first" in page.locator("#status").inner_text()
@@ -102,3 +108,58 @@ def test_errors_are_shown_and_focus_is_visible(page, server_url: str) -> None:
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none"
     assert page.problems == []
+
+
+PAGE_KEY = "page-key-5b1e0c9a7d3f2468"
+
+
+@pytest.fixture(scope="module")
+def keyed_server_url(tiny_model_dir: Path) -> Iterator[str]:
+    from gpt2clf.infer.predictor import Predictor
+
+    predictor = Predictor.from_folder(tiny_model_dir, device="cpu")
+    app = create_app(predictor, ServeSettings(), model_dir=tiny_model_dir, api_key=PAGE_KEY)
+    with running_in_thread(app) as url:
+        yield url
+
+
+def test_page_asks_for_the_key_keeps_it_for_the_session_and_explains_a_401(page, keyed_server_url: str) -> None:
+    sent: dict[str, str | None] = {}
+    page.on("request", lambda request: sent.__setitem__(request.url, request.headers.get("authorization")))
+    page.goto(keyed_server_url)
+    page.wait_for_selector("#key-form:not([hidden])")  # the 401 on /v1/model opens the key form
+    assert "needs an API key" in page.locator("#key-status").inner_text()
+    assert page.locator("#model-summary").inner_text() == "Model information needs the API key."
+    assert page.evaluate("document.activeElement.id") == "api-key"
+    assert page.get_by_label("API key").get_attribute("type") == "password"
+
+    page.fill("#api-key", PAGE_KEY[:-3])  # a wrong key, shorter than the right one
+    page.click("#key-submit")
+    expect(page.locator("#key-status")).to_contain_text("refused")
+    assert "401" in page.locator("#key-status").inner_text()
+    assert page.evaluate("sessionStorage.length") == 0  # a refused key is not kept
+
+    page.fill("#api-key", PAGE_KEY)
+    page.keyboard.press("Enter")
+    expect(page.locator("#model-summary")).to_contain_text("3 labels")
+    assert page.locator("#key-form").is_hidden()
+    assert page.evaluate("sessionStorage.getItem('gpt2clf.apiKey')") == PAGE_KEY
+    assert page.evaluate("localStorage.length") == 0 and page.context.cookies() == []  # this tab's session only
+    assert PAGE_KEY not in page.content()  # not left in the page: the box was emptied
+
+    page.fill("#texts", "My X server crashes when I resize an xterm")
+    page.click("#submit")
+    page.wait_for_selector(".result")
+    assert page.locator(".bar-row").count() == 3
+    assert sent[f"{keyed_server_url}/v1/classify"] == f"Bearer {PAGE_KEY}"
+
+    # the server's key changed (or the stored one was wrong): a clear message, and the form again
+    page.evaluate("sessionStorage.setItem('gpt2clf.apiKey', 'an-outdated-key')")
+    page.click("#submit")
+    expect(page.locator("#status")).to_contain_text("401")
+    assert page.locator("#status").inner_text() == ("Could not classify: The server refused this API key "
+                                                    "(401 Unauthorized). Enter the right key.")
+    assert page.locator("#key-form").is_visible() and page.evaluate("sessionStorage.length") == 0
+    # Chromium logs each 401 as a failed resource load; nothing else went wrong
+    assert [p for p in page.problems if "status of 401" not in p] == []
+

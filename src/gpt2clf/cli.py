@@ -35,12 +35,13 @@ from gpt2clf.config import (
     SERVE_PORT,
     Config,
     InferenceSettings,
+    ServeAccess,
     ServeSettings,
     choose_preset,
     coerce_fields,
     field_help,
 )
-from gpt2clf.errors import DataError, PerformanceWarning, UserError
+from gpt2clf.errors import DataError, PerformanceWarning, SecurityWarning, UserError
 
 __all__ = ["build_parser", "config_from_args", "main", "settings_from_args", "user_error_message"]
 
@@ -121,8 +122,9 @@ examples:
   gpt2clf serve runs/20ng/model
   curl -s localhost:8000/v1/classify -H 'content-type: application/json' \\
        -d '{"texts": ["My X server crashes when I resize an xterm"], "top_k": 3}'
-  # listen on every interface, bigger merged batches, wait up to 10 ms to fill them
-  gpt2clf serve runs/20ng/model --host 0.0.0.0 --port 8080 --max-batch-tokens 16384 --max-wait-ms 10
+  # every interface needs a key (requests send 'Authorization: Bearer KEY'); bigger merged batches
+  (umask 077; openssl rand -hex 32 > key.txt)
+  gpt2clf serve runs/20ng/model --host 0.0.0.0 --port 8080 --api-key-file key.txt --max-batch-tokens 16384
   # one request per model call (no merging), a small queue and a short timeout
   gpt2clf serve runs/20ng/model --no-micro-batching --max-queue 16 --request-timeout-s 5
 Stop it with Ctrl-C or SIGTERM: requests in flight finish first, then it exits 0.
@@ -326,10 +328,12 @@ def add_serve_parser(commands: Any) -> None:
         "and a web page at /. Concurrent requests share model calls (micro-batching).",
         SERVE_EXAMPLES)
     add_model_dir(serve)
-    serve.add_argument("--host", default=SERVE_HOST, help=f"address to listen on (default: {SERVE_HOST})")
+    serve.add_argument("--host", default=SERVE_HOST, help=f"address to listen on; one other than loopback needs "
+                       f"an API key or --allow-unauthenticated (default: {SERVE_HOST})")
     serve.add_argument("--port", type=int, default=SERVE_PORT, help=f"port to listen on (default: {SERVE_PORT})")
     add_dataclass_flags(serve, InferenceSettings, title="inference")
     add_dataclass_flags(serve, ServeSettings, title="batching and limits")
+    add_dataclass_flags(serve, ServeAccess, title="access (the key: GPT2CLF_API_KEY or --api-key-file, never a flag)")
 
 
 def add_explain_parser(commands: Any) -> None:
@@ -618,9 +622,8 @@ def command_export(args: argparse.Namespace) -> int:
 def command_serve(args: argparse.Namespace) -> int:
     from gpt2clf.serve.app import serve
 
-    inference = settings_from_args(InferenceSettings, args)
     serve(args.model_dir, settings_from_args(ServeSettings, args), host=args.host, port=args.port,
-          batch_size=inference.batch_size, device=inference.device, precision=inference.precision)
+          inference=settings_from_args(InferenceSettings, args), access=settings_from_args(ServeAccess, args))
     return 0
 
 
@@ -707,7 +710,7 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     """Our own warnings as one ``gpt2clf: warning:`` line; others as Python shows them."""
     from gpt2clf.data.corpora import DataWarning
 
-    if issubclass(category, (DataWarning, PerformanceWarning)):
+    if issubclass(category, (DataWarning, PerformanceWarning, SecurityWarning)):
         print(f"gpt2clf: warning: {message}", file=file or sys.stderr)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)

@@ -34,6 +34,7 @@ import yaml
 from gpt2clf.errors import ConfigError
 
 __all__ = [
+    "API_KEY_ENV",
     "CHUNK_AGGREGATIONS",
     "ENGINES",
     "FREEZE_CHOICES",
@@ -52,6 +53,7 @@ __all__ = [
     "ClusterSettings",
     "Config",
     "InferenceSettings",
+    "ServeAccess",
     "ServeSettings",
     "check_batch_size",
     "choose_preset",
@@ -484,6 +486,32 @@ class ServeSettings:
             raise ConfigError(f"--max-wait-ms must be between 0 and 10000, got {self.max_wait_ms!r}")
         if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
             raise ConfigError(f"--request-timeout-s must be a positive number, got {self.request_timeout_s!r}")
+
+
+# The environment variable ``gpt2clf serve`` reads its API key from (gpt2clf.serve.auth reads it).
+API_KEY_ENV = "GPT2CLF_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServeAccess:
+    """Who may use the HTTP service (the ``gpt2clf serve`` access flags).
+
+    The key itself is never a flag or a field: on a command line it would show in the process
+    list. It comes from ``GPT2CLF_API_KEY`` or from the file named here (gpt2clf.serve.auth).
+
+    Example::
+
+        >>> ServeAccess(api_key_file="/run/secrets/gpt2clf-key").allow_unauthenticated
+        False
+    """
+
+    api_key_file: str | None = None
+    """A file holding the API key (one line; surrounding whitespace ignored); default: the GPT2CLF_API_KEY
+    environment variable; neither: no key. With a key, every endpoint except /healthz, /readyz, the page
+    and the OpenAPI schema needs the header 'Authorization: Bearer KEY'."""
+    allow_unauthenticated: bool = False
+    """Serve on an address other than loopback without an API key (refused otherwise): anyone who can
+    reach the port may use every endpoint."""
 
 
 ENGINES = ("local", "ray")

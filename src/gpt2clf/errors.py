@@ -8,7 +8,8 @@ and exit code 2; library users can catch them like any other exception.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "ModelLoadError", "PerformanceWarning", "UserError", "first_line"]
+__all__ = ["ConfigError", "DataError", "ModelLoadError", "PerformanceWarning", "SecurityWarning", "UserError",
+           "first_line"]
 
 
 class UserError(Exception):
@@ -29,6 +30,10 @@ class ModelLoadError(UserError, OSError):
 
 class PerformanceWarning(UserWarning):
     """A setting that works, but runs far slower on this machine than another would."""
+
+
+class SecurityWarning(UserWarning):
+    """A setting that works, but leaves open what is closed by default (e.g. a server without a key)."""
 
 
 def first_line(err: BaseException) -> str:

@@ -1,11 +1,14 @@
 // gpt2clf web page: sends the text box to POST /v1/classify and draws top-k bars per text.
 // Plain JavaScript, no dependencies, nothing loaded from elsewhere (works offline).
+// A server started with an API key answers 401 without it: the page then asks for the key,
+// keeps it in sessionStorage (this tab only, gone when it closes) and sends it as a bearer token.
 "use strict";
 
 const DOCUMENT_SEPARATOR = /^\s*---\s*$/m;   // a line with only "---" separates documents
 const EXCERPT_CHARS = 160;
+const KEY_STORAGE = "gpt2clf.apiKey";
 
-const state = { labels: [], explainAvailable: false };
+const state = { labels: [], explainAvailable: false, keyRequired: false };
 
 function $(id) { return document.getElementById(id); }
 
@@ -27,11 +30,73 @@ async function errorMessage(response) {
   return `HTTP ${response.status}`;
 }
 
+// ---------------------------------------------------------------------------------------
+// The API key: asked for after a 401, kept for this tab only, sent with every API request.
+// ---------------------------------------------------------------------------------------
+function storedKey() {
+  try { return sessionStorage.getItem(KEY_STORAGE); } catch (_) { return null; }
+}
+
+function withKey(headers = {}) {
+  const key = storedKey();
+  return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+}
+
+function showKeyForm(message) {
+  $("key-form").hidden = false;
+  $("key-status").textContent = message;
+  $("api-key").focus();
+}
+
+// A 401: forget a refused key, ask for one, and return the message to show.
+function keyRefused() {
+  const hadKey = Boolean(storedKey());
+  try { sessionStorage.removeItem(KEY_STORAGE); } catch (_) { /* storage blocked: nothing kept */ }
+  state.keyRequired = true;
+  const message = hadKey
+    ? "The server refused this API key (401 Unauthorized). Enter the right key."
+    : "This server needs an API key (401 Unauthorized). Enter it below.";
+  showKeyForm(message);
+  return message;
+}
+
+// fetch for the API: with the key when there is one; a 401 opens the key form.
+async function apiFetch(url, options = {}) {
+  const response = await fetch(url, { ...options, headers: withKey(options.headers) });
+  if (response.status === 401) response.keyMessage = keyRefused();
+  return response;
+}
+
+async function useKey(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  $("api-key").value = "";  // the page shows it nowhere once submitted
+  if (!key) {
+    showKeyForm("Enter the API key first.");
+    return;
+  }
+  try {
+    sessionStorage.setItem(KEY_STORAGE, key);
+  } catch (_) {
+    showKeyForm("This browser blocks session storage, so the page cannot keep the key.");
+    return;
+  }
+  if (await loadModelInfo()) {
+    $("key-form").hidden = true;
+    $("key-status").textContent = "";
+    setStatus("API key accepted.");
+  }
+}
+
 async function loadModelInfo() {
-  const response = await fetch("/v1/model");
+  const response = await apiFetch("/v1/model");
+  if (response.status === 401) {
+    $("model-summary").textContent = "Model information needs the API key.";
+    return false;
+  }
   if (!response.ok) {
     $("model-summary").textContent = `Model not ready: ${await errorMessage(response)}`;
-    return;
+    return false;
   }
   const info = await response.json();
   state.labels = info.labels;
@@ -41,6 +106,7 @@ async function loadModelInfo() {
     `Model ${info.model}: ${info.labels.length} labels, backbone ${info.backbone || "unknown"}, ` +
     `up to ${info.max_length} tokens per text${accuracy}.`;
   $("top-k").max = String(info.labels.length);
+  return true;
 }
 
 async function detectExplain() {
@@ -97,7 +163,7 @@ async function renderHighlights(container, text, predictedLabel) {
   if (!state.explainAvailable) return;
   let explanation;
   try {
-    const response = await fetch("/v1/explain", {
+    const response = await apiFetch("/v1/explain", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ text, label: predictedLabel, steps: 16 }),
@@ -164,11 +230,15 @@ async function classify(event) {
   $("results").setAttribute("aria-busy", "true");
   setStatus(`Classifying ${documents.length} text${documents.length > 1 ? "s" : ""}…`);
   try {
-    const response = await fetch("/v1/classify", {
+    const response = await apiFetch("/v1/classify", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ texts: documents, top_k: topK }),
     });
+    if (response.status === 401) {
+      setStatus(`Could not classify: ${response.keyMessage}`, true);
+      return;
+    }
     if (!response.ok) {
       setStatus(`Could not classify: ${await errorMessage(response)}`, true);
       return;
@@ -221,8 +291,9 @@ function setUpFileDrop() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("classify-form").addEventListener("submit", classify);
+  $("key-form").addEventListener("submit", useKey);
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) classify(event);
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target !== $("api-key")) classify(event);
   });
   setUpFileDrop();
   loadModelInfo().catch((error) => { $("model-summary").textContent = `Model information unavailable: ${error.message}`; });
