@@ -51,7 +51,7 @@ GPT2_TOKENIZER = REPO.parent / "shared" / "gpt2-tokenizer"
 
 def corpus(seed: int = 0) -> Any:
     """The generated task, with filler words from the 20 Newsgroups training posts."""
-    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
     sys.path.insert(0, str(REPO / "tests"))  # the generated corpora live with the tests, not in the package
     from synthetic import filler_vocabulary, planted_phrase_corpus
 
@@ -140,7 +140,7 @@ def measure(backbone: str, run: str, epochs: int, seed: int, scratch: Path, max_
     import torch
 
     from gpt2clf import fit
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
     from gpt2clf.training.inputs import split_logits
 
     data = corpus()

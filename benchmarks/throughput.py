@@ -507,7 +507,7 @@ def load_sample(args) -> dict[str, Any]:
     import numpy as np
 
     from gpt2clf.data.batching import LengthGroupedSampler, load_tokenizer, tokenize_texts
-    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
 
     tokenizer = load_tokenizer(str(args.tokenizer))
     train = load_20newsgroups("train", args.data)

@@ -24,7 +24,7 @@ from gpt2clf.data.batching import (
     tokens_read,
     window_starts,
 )
-from gpt2clf.data.corpora import labelled_texts
+from gpt2clf.data.splits import labelled_texts
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.model.fusion import FUSION_FOLDER, MIX_MODES, Fusion, TfidfModel, choose_fusion, refit_fusion
 

@@ -44,8 +44,9 @@ from transformers import MPNetConfig, MPNetModel, MPNetTokenizer
 from gpt2clf import Config, fit
 from gpt2clf.cli import main
 from gpt2clf.data.batching import Windowing, encode_documents, load_tokenizer, tokenize_texts
-from gpt2clf.data.corpora import labelled_texts, load_20newsgroups
 from gpt2clf.data.json_tokenizer import JsonTokenizer, load_json_tokenizer
+from gpt2clf.data.newsgroups import load_20newsgroups
+from gpt2clf.data.splits import labelled_texts
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.model.backbone import BackboneAdapter, backbone_from_config
 from gpt2clf.model.classifier import GPT2Classifier

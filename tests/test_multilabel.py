@@ -19,7 +19,8 @@ import pytest
 
 from gpt2clf.cli import main
 from gpt2clf.config import Config
-from gpt2clf.data.corpora import iter_text_column, join_fields, labelled_texts, load_dataset_splits, load_labelled_file
+from gpt2clf.data.labelled_files import iter_text_column, join_fields, load_labelled_file
+from gpt2clf.data.splits import DataSource, labelled_texts, load_dataset_splits
 from gpt2clf.errors import DataError
 from gpt2clf.infer.evaluation import compute_multilabel_metrics, tune_thresholds
 
@@ -81,8 +82,8 @@ def test_multi_label_files_read_pipes_in_csv_and_lists_in_jsonl_and_parquet(tmp_
     assert load_labelled_file(jsonl, multi_label=True)[1] == [["a", "b"], []]
     parquet = tmp_path / "tags.parquet"
     pd.DataFrame({"t": ["x", "y", "z"], "tags": [["a", "b"], ["b"], []]}).to_parquet(parquet)
-    splits = load_dataset_splits(train_file=parquet, text_column="t", label_column="tags", multi_label=True,
-                                 test_ratio=0.34)
+    splits = load_dataset_splits(DataSource(train_file=parquet, text_column="t", label_column="tags",
+                                            multi_label=True, test_ratio=0.34))
     assert splits.label_names == ["a", "b"] and splits.train.multi_label
     assert sorted(splits.train.labels + splits.test.labels) == [(0, 0), (0, 1), (1, 1)]
 
@@ -137,18 +138,18 @@ def test_hugging_face_datasets_are_read_through_load_dataset(monkeypatch) -> Non
                 "test": Split(sentence=["a", "b"], label=[1, 0])}
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    splits = load_dataset_splits(dataset="glue:sst2", text_column="sentence")
+    splits = load_dataset_splits(DataSource(dataset="glue:sst2", text_column="sentence"))
     assert calls == [("glue", "sst2")]
     assert splits.label_names == ["neg", "pos"] and splits.test.labels == [1, 0] and len(splits.train) == 10
     assert splits.source["kind"] == "hf_dataset" and splits.source["dataset"] == "glue:sst2"
     with pytest.raises(DataError, match="has no column 'text'; its columns are 'sentence', 'label'"):
-        load_dataset_splits(dataset="glue:sst2")
+        load_dataset_splits(DataSource(dataset="glue:sst2"))
 
 
 def test_dataset_without_the_datasets_library_is_one_clear_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     with pytest.raises(DataError, match="needs the Hugging Face datasets library"):
-        load_dataset_splits(dataset="imdb")
+        load_dataset_splits(DataSource(dataset="imdb"))
 
 
 # --- metrics ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gpt2clf import Config, fit
-from gpt2clf.data.corpora import labelled_texts, load_20newsgroups
+from gpt2clf.data.newsgroups import load_20newsgroups
+from gpt2clf.data.splits import labelled_texts
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "20news-bydate.tar.gz"

@@ -113,7 +113,7 @@ def test_probabilities_do_not_depend_on_batch_neighbours(trained_run: Path) -> N
 def test_auto_precision_stays_close_to_float32(trained_run: Path, monkeypatch, native_bf16: str) -> None:
     """``auto`` picks bf16 autocast only where the CPU has bf16 hardware; either way probabilities
     stay within 0.01 of float32 and the top label does not change."""
-    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
 
     monkeypatch.setenv("GPT2CLF_CPU_BF16", native_bf16)
     auto = Predictor.from_folder(trained_run / "model", device="cpu")
@@ -355,7 +355,7 @@ def keyword_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 def test_fit_trains_in_memory_from_python_lists(tiny_backbone: Path, tmp_path: Path, monkeypatch) -> None:
     from gpt2clf import Config, fit
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
 
     monkeypatch.chdir(tmp_path)  # nothing may be written to the working folder either
     texts, labels = keyword_texts(240)
@@ -409,7 +409,7 @@ def test_model_folders_record_absolute_data_paths(tiny_backbone: Path, tmp_path:
 def test_gradients_are_clipped_in_every_cpu_precision(tiny_backbone: Path, precision: str, monkeypatch) -> None:
     """Clipping works with the fused AdamW under autocast (Lightning's AMP plugin refuses it there)."""
     from gpt2clf import Config, fit
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
     from gpt2clf.training.loop import ClassificationModule
 
     limit = 0.05
@@ -492,7 +492,7 @@ def test_trainable_parts_train_with_dropout_and_frozen_parts_stay_in_eval_mode(t
     import warnings
 
     from gpt2clf import Config, fit
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
     from gpt2clf.training.loop import ClassificationModule
 
     seen: dict[str, list[dict[str, bool]]] = {"train": [], "validation": []}

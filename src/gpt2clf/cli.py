@@ -543,7 +543,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     """(id, text) pairs from TEXT arguments, --file and --input, streamed."""
-    from gpt2clf.data.corpora import iter_text_column
+    from gpt2clf.data.labelled_files import iter_text_column
 
     for i, text in enumerate(args.texts):
         yield f"arg:{i}", text
@@ -705,7 +705,7 @@ def quiet_libraries() -> None:
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
                  line: str | None = None) -> None:
     """Our own warnings as one ``gpt2clf: warning:`` line; others as Python shows them."""
-    from gpt2clf.data.corpora import DataWarning
+    from gpt2clf.data.text_dataset import DataWarning
 
     if issubclass(category, (DataWarning, PerformanceWarning)):
         print(f"gpt2clf: warning: {message}", file=file or sys.stderr)

@@ -1,7 +1,7 @@
 """A scikit-learn estimator: :class:`GPT2TextClassifier`, built on :func:`gpt2clf.training.loop.fit`.
 
 Data flow: ``fit(X, y)`` turns the texts and labels into in-memory splits
-(:func:`gpt2clf.data.corpora.labelled_texts`, labels named ``str(label)``), trains with a
+(:func:`gpt2clf.data.splits.labelled_texts`, labels named ``str(label)``), trains with a
 :class:`~gpt2clf.config.Config` made of the estimator's parameters, and keeps the best
 validation epoch's model; ``predict_proba`` runs a :class:`~gpt2clf.infer.predictor.Predictor`
 over new texts. ``save`` writes an ordinary model folder (JSON + safetensors), which the CLI's
@@ -35,7 +35,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from gpt2clf.config import Config
 from gpt2clf.data.batching import Windowing
-from gpt2clf.data.corpora import join_fields, labelled_texts
+from gpt2clf.data.labelled_files import join_fields
+from gpt2clf.data.splits import labelled_texts
 from gpt2clf.errors import DataError
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.model.folder import read_training_record, recorded_config, save_model

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from gpt2clf.config import Config
-from gpt2clf.data.corpora import DataWarning, splits_for
+from gpt2clf.data.splits import splits_for
+from gpt2clf.data.text_dataset import DataWarning
 from gpt2clf.errors import DataError
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.infer.runtime import Progress
