@@ -27,6 +27,7 @@ import torch
 from transformers import GPT2Config, GPT2Model
 
 import gpt2clf.training.feature_cache as features
+from gpt2clf.data.batching import PaddingCollator
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.infer.predictor import batched_logits
 from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
@@ -69,7 +70,7 @@ def cache(model: GPT2Classifier, tokens: list[list[int]], root: Path, labels=Non
 
 
 def full_logits(model: GPT2Classifier, tokens: list[list[int]]) -> torch.Tensor:
-    return batched_logits(model, tokens, batch_size=4, pad_token_id=PAD)
+    return batched_logits(model, tokens, PaddingCollator(PAD), batch_size=4)
 
 
 def count_backbone_runs(model: GPT2Classifier, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -424,7 +425,7 @@ def test_real_tokenizer_texts(tmp_path: Path, tokenizer) -> None:
     dataset = cached_features(model, tokens, [0, 1, 0, 1], cache_root=tmp_path,
                               tokenizer_name=str(tokenizer.name_or_path), max_length=128)
     assert dataset.lengths == [len(t) for t in tokens] and dataset.lengths[-1] == 128
-    reference = batched_logits(model, tokens, batch_size=2, pad_token_id=tokenizer.pad_token_id)
+    reference = batched_logits(model, tokens, PaddingCollator(tokenizer.pad_token_id), batch_size=2)
     torch.testing.assert_close(feature_logits(model, dataset, batch_size=2), reference, atol=1e-3, rtol=0)
 
 

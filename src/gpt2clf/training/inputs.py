@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from gpt2clf.config import Config
-from gpt2clf.data.batching import ReadingCoverage, TokenizedDataset, Windowing, encode_and_measure, load_tokenizer
+from gpt2clf.data.batching import (
+    PaddingCollator,
+    ReadingCoverage,
+    TokenizedDataset,
+    Windowing,
+    encode_and_measure,
+    load_tokenizer,
+)
 from gpt2clf.data.splits import SplitSets, splits_for
 from gpt2clf.data.text_dataset import DatasetSplits, DataWarning
 from gpt2clf.errors import ConfigError
@@ -201,9 +208,9 @@ def split_logits(model: GPT2Classifier, data: PreparedData, config: Config, spli
     if data.features is not None:
         return feature_logits(model, data.features[split], batch_size=config.effective_eval_batch_size,
                               device=device, precision=config.precision)
-    return batched_logits(model, getattr(data, split).input_ids, batch_size=config.effective_eval_batch_size,
-                          pad_token_id=data.tokenizer.pad_token_id, padding_side=config.padding_side,
-                          device=device, precision=config.precision)
+    return batched_logits(model, getattr(data, split).input_ids,
+                          PaddingCollator(data.tokenizer.pad_token_id, config.padding_side),
+                          batch_size=config.effective_eval_batch_size, device=device, precision=config.precision)
 
 
 def score_split(model: GPT2Classifier, data: PreparedData, config: Config, split: str,
