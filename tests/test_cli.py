@@ -238,6 +238,28 @@ def test_help_lists_options_with_defaults_and_examples(command: str, capsys) -> 
         assert "(default: 1e-05)" not in out and "(default: 2e-05)" in out
 
 
+def test_train_flag_groups_are_the_config_sections(capsys, monkeypatch) -> None:
+    """Each Config field (but preset, which has its own flag) is a train flag in the group its section comment
+    names; the sections are read from config.py, so a new field needs no list kept by hand."""
+    import dataclasses
+
+    from gpt2clf.cli import training_field_groups
+    from gpt2clf.config import Config
+
+    groups = dict(training_field_groups())
+    assert list(groups) == ["data", "tokenization and batching", "model", "optimisation",
+                            "hardware and reproducibility"]
+    grouped = [name for names in groups.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(Config) if f.name != "preset")
+    assert "train_file" in groups["data"] and "learning_rate" in groups["optimisation"]
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    sections = out.split("\nmodel:\n")
+    assert "--train-file" in sections[0] and "--n-heads" in sections[1].split("\noptimisation:\n")[0]
+
+
 def test_shared_inference_flags_have_one_default_in_every_command(capsys, monkeypatch) -> None:
     from gpt2clf.config import InferenceSettings, field_help
 

@@ -68,6 +68,20 @@ def test_constructor_only_stores_parameters_and_clone_copies_them(tiny_backbone:
         clf.fit(["a b", "c d"], [0, 1])
 
 
+def test_every_parameter_defaults_to_the_config_field_of_its_name() -> None:
+    """The defaults are Config's, not retyped (devices aside: one process), and get_params lists them all."""
+    import inspect
+
+    from gpt2clf.config import Config
+
+    signature, defaults = inspect.signature(GPT2TextClassifier).parameters, Config()
+    names = GPT2TextClassifier.config_params()
+    assert len(names) == 25 and set(names) <= {f for f in Config.__dataclass_fields__}
+    assert {n: signature[n].default for n in names if signature[n].default != getattr(defaults, n)} == {"devices": "1"}
+    assert set(GPT2TextClassifier().get_params()) == {*names, "config_overrides"}
+    assert GPT2TextClassifier().make_config() == defaults.updated(devices="1")
+
+
 def test_methods_before_fit_raise_not_fitted(tmp_path: Path) -> None:
     clf = GPT2TextClassifier()
     for call in (lambda: clf.predict(["x"]), lambda: clf.predict_proba(["x"]), lambda: clf.save(tmp_path / "m")):

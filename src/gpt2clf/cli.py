@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2clf.config import (
+    DATASET_FIELDS,
     PRESET_CHOICES,
     SERVE_HOST,
     SERVE_PORT,
@@ -39,6 +40,7 @@ from gpt2clf.config import (
     choose_preset,
     coerce_fields,
     field_help,
+    field_sections,
 )
 from gpt2clf.errors import DataError, PerformanceWarning, UserError
 
@@ -47,9 +49,6 @@ __all__ = ["build_parser", "config_from_args", "main", "settings_from_args", "us
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-# Config fields that the data-reading commands (data stats, train, evaluate) share.
-DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column",
-               "label_column")  # = evaluation's
 # Config fields that say how a long document is read (data stats reports what they leave unread).
 READING_FIELDS = ("long_documents", "chunk_stride", "max_chunks", "chunk_token_budget")
 
@@ -202,28 +201,9 @@ def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = Non
 
 
 def training_field_groups() -> list[tuple[str, list[str]]]:
-    names = [f.name for f in dataclasses.fields(Config)]
-    sections = [
-        ("data", [*DATA_FIELDS, "multi_label", "validation_ratio", "test_ratio", "max_train_samples",
-                  "max_eval_samples"]),
-        ("tokenization and batching", ["tokenizer", "max_length", "padding_side", "group_by_length",
-                                       "long_documents", "chunk_stride", "max_chunks", "chunk_token_budget",
-                                       "chunk_aggregation"]),
-        ("model", ["backbone", "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "train_top_layers",
-                   "gradient_checkpointing", "compile", "feature_cache", "cache_dir",
-                   "feature_cache_from_lower", "fusion",
-                   "fusion_refit"]),
-        ("optimisation", ["batch_size", "eval_batch_size", "epochs", "learning_rate", "head_learning_rate",
-                          "weight_decay", "warmup_ratio", "lr_schedule", "gradient_clip", "accumulate_grad_batches",
-                          "early_stopping_patience", "layerwise_lr_decay"]),
-        ("hardware and reproducibility", ["precision", "accelerator", "devices", "strategy", "num_nodes",
-                                          "num_workers", "seed"]),
-    ]
-    covered = {n for _, group in sections for n in group} | {"preset"}  # --preset has its own flag (auto)
-    missing = [n for n in names if n not in covered]
-    if missing:  # a new Config field always gets a flag
-        sections.append(("other", missing))
-    return sections
+    """train's flag groups: Config's sections (its ``# --- title ---`` comments), every field in one;
+    the recipe section's --preset has its own flag in the run group."""
+    return [(title, names) for title, names in field_sections(Config).items() if title != "recipe"]
 
 
 def command_parser(commands: Any, name: str, help_text: str, description: str, examples: str
@@ -274,7 +254,7 @@ def add_evaluate_parser(commands: Any) -> None:
     evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, report.txt and confusion_matrix.png")
     add_dataclass_flags(evaluate, InferenceSettings, title="inference")
     evaluate.add_argument("--int8", action="store_true", help=INT8_HELP)
-    add_dataclass_flags(evaluate, Config, [*DATA_FIELDS, "max_eval_samples"],
+    add_dataclass_flags(evaluate, Config, [*DATASET_FIELDS, "max_eval_samples"],
                         "data (default: as recorded with the model)")
 
 
@@ -371,7 +351,7 @@ def add_report_and_data_parsers(commands: Any) -> None:
     stats.add_argument("--plot", metavar="FILE.png", help="write class balance and token-length histogram")
     stats.add_argument("--tokenizer", default="gpt2", help="hub id or folder of the tokenizer (default: gpt2)")
     stats.add_argument("--max-length", default="512", help="length to report the share above (default: 512)")
-    add_dataclass_flags(stats, Config, [*DATA_FIELDS, "multi_label"], "data")
+    add_dataclass_flags(stats, Config, [*DATASET_FIELDS, "multi_label"], "data")
     add_dataclass_flags(stats, Config, READING_FIELDS, "how the model would read long documents (what goes unread)")
 
 
@@ -528,7 +508,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     inference = settings_from_args(InferenceSettings, args)
     with ProgressBar(f"evaluate {args.split}", enabled=not args.no_progress) as progress:
         result = evaluate_folder(args.model_dir, split=args.split,
-                                 data_overrides=config_overrides(args, [*DATA_FIELDS, "max_eval_samples"]),
+                                 data_overrides=config_overrides(args, [*DATASET_FIELDS, "max_eval_samples"]),
                                  device=inference.device, precision=inference.precision, int8=args.int8,
                                  batch_size=inference.batch_size, progress=progress)
     written = save_evaluation(result, args.output) if args.output else []
@@ -628,7 +608,7 @@ def command_data_stats(args: argparse.Namespace) -> int:
     from gpt2clf.data.stats import describe_dataset
     from gpt2clf.report.plots import plot_dataset_stats
 
-    config = Config().updated(**config_overrides(args, [*DATA_FIELDS, "multi_label", *READING_FIELDS]),
+    config = Config().updated(**config_overrides(args, [*DATASET_FIELDS, "multi_label", *READING_FIELDS]),
                               max_length=args.max_length)
     stats = describe_dataset(config, args.tokenizer, config.max_length)
     if args.plot:

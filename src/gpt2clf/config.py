@@ -34,9 +34,9 @@ import yaml
 from gpt2clf.errors import ConfigError
 
 __all__ = [
-    "CHUNK_AGGREGATIONS", "ENGINES", "FREEZE_CHOICES", "FUSION_CHOICES", "LONG_DOCUMENT_CHOICES", "PADDING_SIDES",
-    "POOLING_CHOICES", "PRECISIONS", "PRESETS", "PRESET_CHOICES", "RECIPE_FIELDS", "SCHEDULES", "SERVE_HOST",
-    "SERVE_PORT", "STRIP_CHOICES", "ClusterSettings", "Config", "InferenceSettings", "ServeSettings",
+    "CHUNK_AGGREGATIONS", "DATASET_FIELDS", "ENGINES", "FREEZE_CHOICES", "FUSION_CHOICES", "LONG_DOCUMENT_CHOICES",
+    "PADDING_SIDES", "POOLING_CHOICES", "PRECISIONS", "PRESETS", "PRESET_CHOICES", "RECIPE_FIELDS", "SCHEDULES",
+    "SERVE_HOST", "SERVE_PORT", "STRIP_CHOICES", "ClusterSettings", "Config", "InferenceSettings", "ServeSettings",
     "check_batch_size", "check_dataset_choice", "check_float16_device", "check_heads", "choose_preset",
     "coerce_fields", "field_help", "field_sections",
 ]
@@ -50,6 +50,9 @@ LONG_DOCUMENT_CHOICES = ("truncate", "head-tail", "chunks")
 CHUNK_AGGREGATIONS = ("mean", "sum", "max", "logsumexp", "max-pool", "attention")
 FUSION_CHOICES = ("none", "tfidf")
 STRIP_CHOICES = ("headers", "footers", "quotes")  # the order in which scikit-learn applies them
+# The Config fields that name a dataset and its columns: train, evaluate and data stats take them as flags
+# to point at data (gpt2clf.data.splits.DataSource holds them, with how the data is split).
+DATASET_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column", "label_column")
 # List fields whose string values are one item, never split on commas (column names may hold commas).
 VERBATIM_LISTS = ("text_column",)
 
@@ -369,6 +372,7 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+@functools.cache
 def field_sections(cls: type = Config) -> dict[str, list[str]]:
     """The fields of dataclass ``cls`` under each of its ``# --- title ---`` comments, in source order: the
     sections are declared once, in the class, and the CLI's flag groups follow them."""

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from gpt2clf.config import Config
 
 __all__ = [
-    "DATASET_FIELDS",
     "DataSource",
     "SplitSets",
     "config_dataset",
@@ -67,7 +66,8 @@ class DataSource:
     20 Newsgroups when neither ``train_file`` nor ``dataset`` is given (read from ``data_dir``, with
     ``strip``); else a labelled file (``train_file``, and ``test_file`` or a ``test_ratio`` share of it)
     or a Hugging Face ``dataset`` (NAME or NAME:CONFIG). The columns, ``multi_label``, ``test_ratio``
-    and ``seed`` apply to files and datasets. Each field means what the Config field of that name means.
+    and ``seed`` apply to files and datasets. Each field means what the Config field of that name means
+    (:data:`~gpt2clf.config.DATASET_FIELDS` and how the data is split).
 
     Raises:
         DataError: ``test_file`` without ``train_file``, or both ``train_file`` and ``dataset``.
@@ -99,11 +99,6 @@ class DataSource:
         if not isinstance(column, str) and len(column) == 1:
             column = column[0]
         return column if isinstance(column, str) else list(column)
-
-
-# The Config fields that name a dataset and its columns (evaluate, train and data stats take them as flags
-# to point at data); the rest of a DataSource says how it is split.
-DATASET_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column", "label_column")
 
 
 def load_dataset_splits(source: DataSource | None = None) -> DatasetSplits:

@@ -37,10 +37,6 @@ THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 # Keys of EvaluationResult that only multi-label results have (left out of single-label output).
 MULTI_LABEL_KEYS = ("multi_label", "micro_f1", "subset_accuracy", "hamming_loss", "thresholds")
 
-# The Config fields that name a dataset (evaluate takes them to point a model at other data).
-DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column", "label_column")
-
-
 @dataclass
 class EvaluationResult:
     """The figures of one evaluation. ``per_class`` maps label -> precision/recall/f1/support."""
