@@ -340,9 +340,9 @@ def forty_documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 def test_evaluate_shows_progress_on_stderr_and_keeps_stdout_json(tiny_model_dir: Path, forty_documents, capsys,
                                                                  monkeypatch) -> None:
-    import gpt2clf.cli
+    import gpt2clf.report.progress_bar
 
-    monkeypatch.setattr(gpt2clf.cli, "PROGRESS_DELAY_S", 0.0)  # draw at once, however fast the run
+    monkeypatch.setattr(gpt2clf.report.progress_bar, "PROGRESS_DELAY_S", 0.0)  # draw at once, however fast the run
     args = ["evaluate", str(tiny_model_dir), "--train-file", str(forty_documents["train"]),
             "--test-file", str(forty_documents["test"]), "--batch-size", "4", "--json"]
     assert main(args) == 0
@@ -357,9 +357,9 @@ def test_evaluate_shows_progress_on_stderr_and_keeps_stdout_json(tiny_model_dir:
 
 def test_streaming_predict_shows_documents_done_and_rate(tiny_model_dir: Path, forty_documents, capsys,
                                                          monkeypatch) -> None:
-    import gpt2clf.cli
+    import gpt2clf.report.progress_bar
 
-    monkeypatch.setattr(gpt2clf.cli, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(gpt2clf.report.progress_bar, "PROGRESS_DELAY_S", 0.0)
     args = ["predict", str(tiny_model_dir), "--input", str(forty_documents["input"]), "--batch-size", "4", "--json"]
     assert main(args) == 0
     captured = capsys.readouterr()

@@ -42,7 +42,7 @@ from gpt2clf.config import (
     field_help,
     field_sections,
 )
-from gpt2clf.errors import DataError, PerformanceWarning, UserError
+from gpt2clf.errors import PerformanceWarning, UserError
 
 __all__ = ["build_parser", "config_from_args", "main", "settings_from_args", "user_error_message"]
 
@@ -455,55 +455,10 @@ def print_plan(plan: dict[str, Any]) -> None:
         print(f"time       {describe_estimate(plan['estimated_seconds'])}")
 
 
-# evaluate and predict draw a progress bar on stderr once the model has read documents for
-# this many seconds (shorter runs show none); stdout keeps only the results.
-PROGRESS_DELAY_S = 5.0
-
-
-class ProgressBar:
-    """A tqdm bar on stderr, fed by a library's ``progress(done, total)`` callback (total None: a stream).
-
-    The bar is made at the first report, so its clock, rate and time left leave out model and
-    data loading; it appears only after :data:`PROGRESS_DELAY_S`. Redrawn at most every 30 s
-    when stderr is not a terminal (a log), as training's bars are. :meth:`echo` prints a result
-    line on stdout, first clearing the bar when both streams are the terminal.
-    """
-
-    def __init__(self, description: str, *, enabled: bool = True) -> None:
-        self.description, self.enabled = description, enabled
-        self.bar: Any = None
-        self.cleared = False
-        self.shared_terminal = enabled and sys.stdout.isatty() and sys.stderr.isatty()
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(desc=self.description, total=total, unit=" docs", delay=PROGRESS_DELAY_S, file=sys.stderr,
-                            mininterval=0.1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
-        if self.bar.update(done - self.bar.n):
-            self.cleared = False
-
-    def echo(self, line: str) -> None:
-        """Print ``line`` on stdout without tearing the bar."""
-        if self.shared_terminal and self.bar is not None and not self.cleared:
-            self.bar.clear()
-            self.cleared = True
-        print(line, flush=False)
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def command_evaluate(args: argparse.Namespace) -> int:
     from gpt2clf.infer.evaluation import evaluate_folder
     from gpt2clf.report.evaluation_files import save_evaluation
+    from gpt2clf.report.progress_bar import ProgressBar
 
     inference = settings_from_args(InferenceSettings, args)
     with ProgressBar(f"evaluate {args.split}", enabled=not args.no_progress) as progress:
@@ -521,30 +476,20 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    """(id, text) pairs from TEXT arguments, --file and --input, streamed."""
-    from gpt2clf.data.labelled_files import iter_text_column
-
-    for i, text in enumerate(args.texts):
-        yield f"arg:{i}", text
-    for path in args.file:
-        file = Path(path)
-        if not file.is_file():
-            raise DataError(f"--file {path}: no such file")
-        yield str(path), file.read_bytes().decode("utf-8", errors="replace")
-    if args.input:
-        for i, text in enumerate(iter_text_column(args.input, args.text_column or ["text"])):
-            yield f"{args.input}:{i}", text
-
-
 def command_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    from gpt2clf.data.labelled_files import iter_documents
+    from gpt2clf.report.progress_bar import ProgressBar
+
     inference = settings_from_args(InferenceSettings, args)
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
     if args.runtime == "onnx":
-        predictor: Any = onnx_predictor(args, inference)
+        from gpt2clf.infer.onnx_runtime import OnnxPredictor
+
+        predictor: Any = OnnxPredictor.from_folder(args.model_dir, args.onnx_model, batch_size=inference.batch_size,
+                                                   device=inference.device, int8=args.int8)
     elif args.runtime == "torch":
         from gpt2clf.infer.predictor import Predictor
 
@@ -557,7 +502,7 @@ def command_predict(args: argparse.Namespace) -> int:
     pending: collections.deque[str] = collections.deque()  # ids of documents read but not yet printed
 
     def texts() -> Iterator[str]:
-        for doc_id, text in iter_predict_inputs(args):
+        for doc_id, text in iter_documents(args.texts, args.file, args.input, args.text_column or ["text"]):
             pending.append(doc_id)
             yield text
 
@@ -571,18 +516,6 @@ def command_predict(args: argparse.Namespace) -> int:
                 shown = prediction.label if prediction.labels is None else "|".join(prediction.labels) or "(none)"
                 progress.echo(f"{doc_id}\t{shown}\t{ranked}")
     return 0
-
-
-def onnx_predictor(args: argparse.Namespace, inference: InferenceSettings) -> Any:
-    """The OnnxPredictor for ``predict --runtime onnx`` (CPU, float32 unless the file says otherwise)."""
-    from gpt2clf.infer.onnx_runtime import OnnxPredictor, import_onnxruntime
-
-    import_onnxruntime()  # first: without it, say how to install it whatever else is wrong
-    if args.int8:
-        raise UserError("--int8 quantizes the torch model; with --runtime onnx drop it")
-    if inference.device not in ("auto", "cpu"):
-        raise UserError(f"--runtime onnx runs on the CPU; drop --device {inference.device}")
-    return OnnxPredictor.from_folder(args.model_dir, args.onnx_model, batch_size=inference.batch_size)
 
 
 def command_export(args: argparse.Namespace) -> int:
@@ -630,17 +563,14 @@ def command_data_stats(args: argparse.Namespace) -> int:
 
 
 def command_explain(args: argparse.Namespace) -> int:
+    from gpt2clf.data.labelled_files import iter_documents
     from gpt2clf.report.explain import explain_folder
 
     try:
         steps = int(args.steps)
     except ValueError:
         raise UserError(f"--steps must be an integer, got {args.steps!r}") from None
-    texts = list(args.texts)
-    for path in args.file:
-        if not Path(path).is_file():
-            raise DataError(f"--file {path}: no such file")
-        texts.append(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    texts = [text for _, text in iter_documents(args.texts, args.file)]
     explanations = explain_folder(args.model_dir, texts, method=args.method, label=args.label, steps=steps,
                                   device=settings_from_args(InferenceSettings, args).device, html=args.html)
     for exp in explanations:

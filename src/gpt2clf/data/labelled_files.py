@@ -1,7 +1,8 @@
 """Labelled text files: CSV, TSV, JSONL and Parquet, read row by row into texts and labels.
 
 :func:`load_labelled_file` gives a file's texts and labels as written (one label per row, or a
-list with ``multi_label``); :func:`iter_text_column` streams the texts alone for prediction.
+list with ``multi_label``); :func:`iter_text_column` streams the texts alone for prediction, and
+:func:`iter_documents` the documents predict and explain are given (arguments, text files, a corpus).
 :func:`join_fields` is the one way several text columns become one document (files, Hugging Face
 datasets and the scikit-learn estimator all use it). Rows are read by :class:`_RowReader` (files)
 or :class:`RecordRows` (columns in memory: Parquet, Hugging Face datasets); :func:`collect_rows`
@@ -27,8 +28,8 @@ from typing import Any
 from gpt2clf.data.text_dataset import DataWarning
 from gpt2clf.errors import DataError, first_line
 
-__all__ = ["MULTI_LABEL_SEPARATOR", "RecordRows", "collect_rows", "column_list", "iter_text_column", "join_fields",
-           "load_labelled_file"]
+__all__ = ["MULTI_LABEL_SEPARATOR", "RecordRows", "collect_rows", "column_list", "iter_documents", "iter_text_column",
+           "join_fields", "load_labelled_file", "read_text_file"]
 
 _FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".parquet": "parquet"}
@@ -141,6 +142,28 @@ def iter_text_column(path: str | Path, text_column: str | Sequence[str] = "text"
     for _where, doc, _label in reader:
         yield doc or ""
     reader.warn_replaced()
+
+
+def read_text_file(path: str | Path) -> str:
+    """One document: a text file's whole content (bytes that are not UTF-8 become U+FFFD)."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"--file {path}: no such file")
+    return file.read_bytes().decode("utf-8", errors="replace")
+
+
+def iter_documents(texts: Sequence[str], files: Sequence[str | Path] = (), corpus: str | Path | None = None,
+                   text_column: str | Sequence[str] = "text") -> Iterator[tuple[str, str]]:
+    """``(id, text)`` of documents given in three ways, in this order, streamed: ``texts`` (ids ``arg:0``,
+    ``arg:1``, ...), whole text ``files`` (id: the path) and the rows of a ``corpus`` file (ids
+    ``CORPUS:0``, ...; read by :func:`iter_text_column`)."""
+    for i, text in enumerate(texts):
+        yield f"arg:{i}", text
+    for path in files:
+        yield str(path), read_text_file(path)
+    if corpus:
+        for i, text in enumerate(iter_text_column(corpus, text_column)):
+            yield f"{corpus}:{i}", text
 
 
 def _check_data_file(path: str | Path) -> tuple[Path, str]:
