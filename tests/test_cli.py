@@ -15,11 +15,6 @@ import pytest
 
 from gpt2clf.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-ARCHIVE = SHARED / "data" / "20news-bydate.tar.gz"
-TOKENIZER = SHARED / "gpt2-tokenizer"
-
 
 def write(path: Path, text: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,7 +26,8 @@ def write(path: Path, text: str | bytes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, tiny_model_dir: Path):
+def bad_inputs(archive_path: Path, tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path,
+               tiny_model_dir: Path):
     """(name, argv, expected message fragment) for 40+ kinds of bad input."""
     tmp = tmp_path_factory.mktemp("bad")
     good_csv = write(tmp / "good.csv", "text,label\nhello there,a\nsomething else,b\nmore words,a\nfinal,b\n")
@@ -86,8 +82,8 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, ti
     no_config = broken_model("no-config", lambda f: (f / "config.json").unlink())
 
     m = str(tiny_model_dir)
-    data = ["--data-dir", str(ARCHIVE)]
-    quick = ["--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--dry-run", *data]
+    data = ["--data-dir", str(archive_path)]
+    quick = ["--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--dry-run", *data]
     return [
         ("multi-label jsonl cell not a list", ["data", "stats", "--train-file", str(scalar_tags), "--multi-label"],
          "must be a list"),
@@ -139,7 +135,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, ti
         ("max length above positions", ["train", "--max-length", "4096", *quick], "positions"),
         ("missing backbone", ["train", "--backbone", str(tmp / "no-model"), "--dry-run", *data], "backbone"),
         ("gpu on a cpu machine", ["train", "--accelerator", "gpu", "--output", str(tmp / "gpu"),
-                                  "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER),
+                                  "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path),
                                   "--train-file", str(good_csv), "--test-file", str(good_csv)], ""),
         ("train without output", ["train", "--backbone", str(tiny_backbone)], "--output"),
         ("resume with nothing to resume", ["train", "--output", str(tmp / "fresh"), "--resume"], "resume"),
@@ -189,7 +185,8 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_every_bad_input_gives_one_message_and_exit_2(bad_inputs, capsys, tmp_path: Path,
+def test_every_bad_input_gives_one_message_and_exit_2(archive_path: Path, tokenizer_path: Path, bad_inputs, capsys,
+                                                      tmp_path: Path,
                                                       tiny_backbone: Path) -> None:
     # An existing run folder that every command below is also pointed at must not change.
     run_dir = tmp_path / "existing-run"
@@ -209,7 +206,8 @@ def test_every_bad_input_gives_one_message_and_exit_2(bad_inputs, capsys, tmp_pa
         elif "usage:" not in err:
             assert err.count("gpt2clf: error:") == 1, (name, err)
     # The same run folder as an --output is refused, then checked unchanged.
-    code = main(["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+    code = main(["train", "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--data-dir",
+                 str(archive_path),
                  "--output", str(run_dir)])
     if code != 2:
         failures.append(f"existing run: exit {code}")
@@ -277,10 +275,12 @@ def test_shared_inference_flags_have_one_default_in_every_command(capsys, monkey
     assert (defaults.batch_size, defaults.device, defaults.precision) == (64, "auto", "auto")
 
 
-def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path, capsys) -> None:
+def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(archive_path: Path, tokenizer_path: Path,
+                                                             tiny_backbone: Path, capsys) -> None:
     from gpt2clf.infer.runtime import cpu_has_native_bf16
 
-    args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+    args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--data-dir",
+            str(archive_path),
             "--max-train-samples", "40", "--max-eval-samples", "20", "--max-length", "64", "--accelerator", "cpu",
             "--dry-run", "--json"]
     for precision in ("32-true", "bf16-mixed"):
@@ -290,7 +290,8 @@ def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path
         assert ("gpt2clf: warning: --precision bf16-mixed on a CPU without native bf16" in err) == expected, err
 
 
-def test_train_without_a_preset_picks_the_recipe_for_the_hardware(tiny_backbone: Path, tmp_path: Path,
+def test_train_without_a_preset_picks_the_recipe_for_the_hardware(tokenizer_path: Path, tiny_backbone: Path,
+                                                                  tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """No --preset: the cpu recipe on a machine without CUDA, best with one, the plain defaults once the user
@@ -304,7 +305,7 @@ def test_train_without_a_preset_picks_the_recipe_for_the_hardware(tiny_backbone:
     labels = ["space", "music", "sport"] * 40
     rows = "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True))
     csv = write(tmp_path / "train.csv", "text,label\n" + rows)
-    common = ["train", "--train-file", str(csv), "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER)]
+    common = ["train", "--train-file", str(csv), "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main([*common, "--dry-run"]) == 0
     captured = capsys.readouterr()

@@ -24,7 +24,6 @@ from gpt2clf.data.splits import DataSource, labelled_texts, load_dataset_splits
 from gpt2clf.errors import DataError
 from gpt2clf.infer.evaluation import compute_multilabel_metrics, tune_thresholds
 
-TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
 KEYWORDS = {"space": "rocket", "sport": "football", "music": "guitar"}
 FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at", "by",
           "this"]
@@ -43,8 +42,8 @@ def keyword_rows(n: int, seed: int = 0) -> list[tuple[str, str, list[str]]]:
     return rows
 
 
-def train_flags(backbone: Path, *extra: str) -> list[str]:
-    return ["--backbone", str(backbone), "--tokenizer", str(TOKENIZER), "--max-length", "24", "--epochs", "8",
+def train_flags(tokenizer_path: Path, backbone: Path, *extra: str) -> list[str]:
+    return ["--backbone", str(backbone), "--tokenizer", str(tokenizer_path), "--max-length", "24", "--epochs", "8",
             "--batch-size", "16", "--freeze", "backbone", "--head-learning-rate", "1e-2", "--n-embed", "32",
             "--n-heads", "2", "--n-blocks", "1", "--pooling", "attention", "--precision", "32-true",
             "--warmup-ratio", "0", "--no-progress", *extra]
@@ -167,14 +166,15 @@ def test_thresholds_maximise_each_labels_f1_and_metrics_use_them() -> None:
 
 
 # --- training --------------------------------------------------------------------------
-def test_fit_learns_several_labels_per_text_in_memory(tiny_backbone: Path, tmp_path: Path) -> None:
+def test_fit_learns_several_labels_per_text_in_memory(tokenizer_path: Path, tiny_backbone: Path,
+                                                      tmp_path: Path) -> None:
     from gpt2clf import Config, fit
     from gpt2clf.infer.predictor import Predictor
 
     train, test = keyword_rows(300), keyword_rows(60, seed=1)
     data = labelled_texts([b for _, b, _ in train], [y for _, _, y in train], test_texts=[b for _, b, _ in test],
                           test_labels=[y for _, _, y in test], multi_label=True)
-    config = Config(backbone=str(tiny_backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=12, batch_size=16,
+    config = Config(backbone=str(tiny_backbone), tokenizer=str(tokenizer_path), max_length=16, epochs=12, batch_size=16,
                     freeze="backbone", head_learning_rate=1e-2, n_embed=32, n_heads=2, n_blocks=1,
                     pooling="attention", precision="32-true", warmup_ratio=0.0, multi_label=True)
     result = fit(config, data)
@@ -192,14 +192,15 @@ def test_fit_learns_several_labels_per_text_in_memory(tiny_backbone: Path, tmp_p
 
 
 def test_cli_trains_evaluates_and_predicts_multi_label_from_two_text_columns(
-        tiny_backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tokenizer_path: Path, tiny_backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = keyword_rows(300)
     data = tmp_path / "notes.csv"
     pd.DataFrame({"subject": [s for s, _, _ in rows], "body": [b for _, b, _ in rows],
                   "tags": ["|".join(y) for _, _, y in rows]}).to_csv(data, index=False)
     run = tmp_path / "run"
     assert main(["train", "--train-file", str(data), "--text-column", "subject", "--text-column", "body",
-                 "--label-column", "tags", "--multi-label", "--output", str(run), *train_flags(tiny_backbone)]) == 0
+                 "--label-column", "tags", "--multi-label", "--output", str(run), *train_flags(tokenizer_path,
+                                                                                               tiny_backbone)]) == 0
     assert "test micro-F1" in capsys.readouterr().out
     recorded = json.loads((run / "model" / "config.json").read_text())["extra"]
     assert recorded["config"]["text_column"] == ["subject", "body"] and set(recorded["thresholds"]) == set(KEYWORDS)
