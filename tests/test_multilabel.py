@@ -23,10 +23,9 @@ from gpt2clf.data.labelled_files import iter_text_column, join_fields, load_labe
 from gpt2clf.data.splits import DataSource, labelled_texts, load_dataset_splits
 from gpt2clf.errors import DataError
 from gpt2clf.infer.evaluation import compute_multilabel_metrics, tune_thresholds
+from keyword_corpus import FILLER, keyword_document
 
 KEYWORDS = {"space": "rocket", "sport": "football", "music": "guitar"}
-FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at", "by",
-          "this"]
 
 
 def keyword_rows(n: int, seed: int = 0) -> list[tuple[str, str, list[str]]]:
@@ -35,10 +34,7 @@ def keyword_rows(n: int, seed: int = 0) -> list[tuple[str, str, list[str]]]:
     rows = []
     for i in range(n):
         labels = sorted(rng.sample(list(KEYWORDS), i % 3))
-        words = rng.choices(FILLER, k=8)
-        for label in labels:
-            words.insert(rng.randrange(len(words) + 1), KEYWORDS[label])
-        rows.append((f"note {i}", " ".join(words), labels))
+        rows.append((f"note {i}", keyword_document(rng, [KEYWORDS[label] for label in labels], FILLER, 8), labels))
     return rows
 
 

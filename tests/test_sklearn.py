@@ -7,7 +7,6 @@ text holds within a few epochs; chance accuracy is 1/3.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +19,16 @@ from sklearn.preprocessing import FunctionTransformer
 
 from gpt2clf import GPT2TextClassifier
 from gpt2clf.errors import ConfigError, DataError
+from keyword_corpus import keyword_texts
 
 KEYWORDS = {10: "rocket", 20: "football", 30: "guitar"}  # int labels on purpose
 
 
 def keyword_data(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Upper-case texts whose int label is written in them as one keyword among filler words."""
-    rng = random.Random(seed)
     filler = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as"]
-    texts, labels = [], []
-    for i in range(n):
-        label = list(KEYWORDS)[i % 3]
-        words = rng.choices(filler, k=6)
-        words.insert(rng.randrange(len(words) + 1), KEYWORDS[label])
-        texts.append(" ".join(words).upper())  # the pipeline lower-cases them
-        labels.append(label)
-    return texts, np.asarray(labels)
+    texts, labels = keyword_texts(n, KEYWORDS, filler, 6, seed=seed)  # type: ignore[arg-type]  # int labels
+    return [text.upper() for text in texts], np.asarray(labels)  # the pipeline lower-cases them
 
 
 def lower(texts):

@@ -21,6 +21,7 @@ import torch
 
 from gpt2clf.cli import main
 from gpt2clf.infer.predictor import Predictor
+from keyword_corpus import keyword_texts as corpus_texts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -351,21 +352,8 @@ def test_top_layers_train_from_the_cache_of_the_frozen_ones(small_train_args, ti
 
 
 def keyword_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Texts whose class is written in them: one of three keywords among filler words."""
-    import random
-
-    rng = random.Random(seed)
-    keywords = {"space": "rocket", "sport": "football", "music": "guitar"}
-    filler = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at",
-              "by", "this"]
-    texts, labels = [], []
-    for i in range(n):
-        label = list(keywords)[i % 3]
-        words = rng.choices(filler, k=8)
-        words.insert(rng.randrange(len(words) + 1), keywords[label])
-        texts.append(" ".join(words))
-        labels.append(label)
-    return texts, labels
+    """Texts whose class is written in them: one of three keywords among 8 filler words."""
+    return corpus_texts(n, {"space": "rocket", "sport": "football", "music": "guitar"}, seed=seed)
 
 
 def test_fit_trains_in_memory_from_python_lists(tokenizer_path: Path, tiny_backbone: Path, tmp_path: Path,
