@@ -505,6 +505,26 @@ def test_20newsgroups_source_round_trip(news: dict[str, TextDataset], archive_pa
     assert rebuilt.test.texts == splits.test.texts and rebuilt.train.labels == news["train"].labels
 
 
+def test_data_source_holds_the_configs_data_fields_and_its_rules() -> None:
+    """DataSource.of reads a Config's data fields; the train_file/test_file/dataset rule is the Config's own."""
+    import dataclasses
+
+    from gpt2clf.config import DATASET_FIELDS, Config
+    from gpt2clf.errors import ConfigError
+
+    config = Config(train_file="a.csv", text_column=["subject", "body"], multi_label=True, test_ratio=0.3, seed=7)
+    source = DataSource.of(config)
+    assert (source.train_file, source.text_column, source.multi_label, source.test_ratio, source.seed) == (
+        "a.csv", ["subject", "body"], True, 0.3, 7)
+    assert set(DATASET_FIELDS) < {f.name for f in dataclasses.fields(DataSource)} <= set(Config.__dataclass_fields__)
+    for bad in ({"test_file": "t.csv"}, {"train_file": "a.csv", "dataset": "imdb"}):
+        with pytest.raises(DataError) as refused_here:
+            DataSource(**bad)
+        with pytest.raises(ConfigError) as refused_by_config:
+            Config(**bad).validate()
+        assert str(refused_here.value) == str(refused_by_config.value)
+
+
 def test_split_errors(tmp_path: Path) -> None:
     one_class = _labelled_csv(tmp_path / "one.csv", {"a": 5})
     with pytest.raises(DataError, match="at least 2"):
