@@ -455,7 +455,7 @@ def check_float16_device(precision: str, *, on_gpu: bool) -> None:
 
 
 def check_dataset_choice(train_file: Any, test_file: Any, dataset: str | None,
-                         error: type[ConfigError] | type[Exception] = ConfigError) -> None:
+                         error: type[Exception] = ConfigError) -> None:
     """The one rule for naming a dataset: a labelled ``train_file`` (``test_file`` only beside it), a hub
     ``dataset``, or neither (20 Newsgroups); ``error`` is the exception to raise."""
     if test_file and not train_file:

@@ -152,10 +152,9 @@ def _newsgroups_splits(data_dir: str | Path | None, strip: Sequence[str]) -> Dat
 
 
 def _file_splits(source: DataSource, extra_source: dict[str, Any]) -> DatasetSplits:
-    """Splits of a labelled train file (and test file); the record holds the files, their checksums, the
-    settings, and ``extra_source`` (the caller's extra fields)."""
-    assert source.train_file is not None
-    train_path = Path(source.train_file).expanduser()
+    """Splits of ``source``'s labelled train file (and test file); the record holds the files, their checksums,
+    the settings, and ``extra_source`` (the caller's extra fields)."""
+    train_path = Path(str(source.train_file)).expanduser()
     test_path = None if source.test_file is None else Path(source.test_file).expanduser()
     rows = load_labelled_file(train_path, source.text_column, source.label_column, multi_label=source.multi_label)
     record = {"kind": "file", "train_file": str(train_path.resolve()), "test_file": None,
