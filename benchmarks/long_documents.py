@@ -1,6 +1,6 @@
 """Which chunk aggregation lets one window decide a long document? Measured on generated data.
 
-The data (:func:`tests/synthetic.py`'s ``planted_phrase_corpus``): four classes, 800 training and 200 test
+The data (:func:`tests/keyword_corpus.py`'s ``planted_phrase_corpus``): four classes, 800 training and 200 test
 documents of 260-420 words drawn from real 20 Newsgroups posts, each with its class's two-word
 phrase planted once after word 220, so at ``--max-length 64`` a document is 10-16 windows of
 which one decides. Each run trains with ``gpt2clf.fit`` exactly as ``gpt2clf train`` would (20% of
@@ -51,9 +51,9 @@ GPT2_TOKENIZER = REPO.parent / "shared" / "gpt2-tokenizer"
 
 def corpus(seed: int = 0) -> Any:
     """The generated task, with filler words from the 20 Newsgroups training posts."""
-    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
     sys.path.insert(0, str(REPO / "tests"))  # the generated corpora live with the tests, not in the package
-    from synthetic import filler_vocabulary, planted_phrase_corpus
+    from keyword_corpus import filler_vocabulary, planted_phrase_corpus
 
     posts = load_20newsgroups("train", data_dir=ARCHIVE).texts
     return planted_phrase_corpus(filler_vocabulary(posts), seed=seed)
@@ -140,7 +140,7 @@ def measure(backbone: str, run: str, epochs: int, seed: int, scratch: Path, max_
     import torch
 
     from gpt2clf import fit
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
     from gpt2clf.training.inputs import split_logits
 
     data = corpus()

@@ -103,7 +103,7 @@ def main() -> int:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from gpt2clf.data.batching import tokenize_texts
-    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
     from gpt2clf.infer.export import export_onnx
     from gpt2clf.infer.onnx_runtime import OnnxPredictor, softmax
     from gpt2clf.infer.predictor import Predictor

@@ -385,10 +385,10 @@ def worker(name: str, payload: dict[str, Any]) -> dict[str, Any]:
             model.eval()
 
             def timed_inference(m, precision: str) -> tuple[Timer, Any]:
-                batched_logits(m, warm_tokens, batch_size=batch_size, pad_token_id=pad_id, device=device,
+                batched_logits(m, warm_tokens, PaddingCollator(pad_id), batch_size=batch_size, device=device,
                                precision=precision)
                 with Timer(device) as timer:
-                    logits = batched_logits(m, tokens, batch_size=batch_size, pad_token_id=pad_id, device=device,
+                    logits = batched_logits(m, tokens, PaddingCollator(pad_id), batch_size=batch_size, device=device,
                                             precision=precision)
                 return timer, logits
 
@@ -507,7 +507,7 @@ def load_sample(args) -> dict[str, Any]:
     import numpy as np
 
     from gpt2clf.data.batching import LengthGroupedSampler, load_tokenizer, tokenize_texts
-    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
 
     tokenizer = load_tokenizer(str(args.tokenizer))
     train = load_20newsgroups("train", args.data)

@@ -92,7 +92,7 @@ def build_model_folder(folder: Path) -> Path:
 def write_posts(path: Path, count: int) -> list[str]:
     import random
 
-    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
 
     texts = load_20newsgroups("test", ARCHIVE).texts
     chosen = random.Random(0).sample(texts, count)
@@ -152,7 +152,8 @@ def framework_overhead(steps: int = 60) -> dict[str, Any]:
     from transformers import GPT2Config, GPT2Model
 
     from gpt2clf.config import Config
-    from gpt2clf.data.corpora import labelled_texts, load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
+    from gpt2clf.data.splits import labelled_texts
     from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
     from gpt2clf.training.inputs import prepare_data
     from gpt2clf.training.loop import ClassificationDataModule, ClassificationModule, build_trainer

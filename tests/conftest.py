@@ -88,6 +88,33 @@ def tiny_model_dir(tiny_backbone: Path, tokenizer, tmp_path_factory: pytest.Temp
     return folder
 
 
+@pytest.fixture(scope="session")
+def planted_run_dir(tiny_backbone: Path, tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The planted-keyword task (``keyword_corpus.planted_text``) trained once per session through ``gpt2clf
+    train``: a run folder (model/, metrics.json, report.html, ...) that the explain and report tests share."""
+    import csv
+    import random
+
+    from gpt2clf.cli import main
+    from keyword_corpus import PLANTED_LABELS, PLANTED_MAX_LENGTH, PLANTED_PER_CLASS, planted_text
+
+    rng = random.Random(0)
+    rows = [(planted_text(rng, label)[0], label) for _ in range(PLANTED_PER_CLASS) for label in PLANTED_LABELS]
+    rng.shuffle(rows)
+    root = tmp_path_factory.mktemp("planted")
+    with (root / "planted.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    run = root / "run"
+    code = main(["train", "--train-file", str(root / "planted.csv"), "--backbone", str(tiny_backbone),
+                 "--tokenizer", str(tokenizer_path), "--output", str(run), "--max-length", str(PLANTED_MAX_LENGTH),
+                 "--epochs", "8", "--learning-rate", "3e-3", "--batch-size", "16", "--n-blocks", "1",
+                 "--accelerator", "cpu", "--devices", "1", "--precision", "32-true", "--no-progress", "--json"])
+    assert code == 0
+    return run
+
+
 # --- a real headless browser (Debian's chromium, driven by Playwright) ------------------------
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/lib/chromium/chromium")
 

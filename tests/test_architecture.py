@@ -112,8 +112,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycles_among_package_modules() -> None:
     graph = package_imports()
-    assert {"cli", "config", "data.corpora", "data.batching", "model.backbone", "model.classifier", "infer.runtime",
-            "training.loop"} <= set(graph)
+    assert {"cli", "config", "data.splits", "data.newsgroups", "data.labelled_files", "data.hub", "data.batching",
+            "model.backbone", "model.classifier", "infer.runtime", "training.loop"} <= set(graph)
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 
@@ -143,7 +143,7 @@ def test_stages_import_only_downward() -> None:
 def test_the_stage_check_finds_a_planted_upward_import() -> None:
     assert stage_of("training.loop") > stage_of("model.classifier")
     assert stage_of("cli") > stage_of("serve.app") > stage_of("report.plots") > stage_of("infer.predictor")
-    assert stage_of("data.corpora") < stage_of("model.folder")
+    assert stage_of("data.splits") < stage_of("model.folder")
 
 
 def test_layers_import_only_downward() -> None:
@@ -161,7 +161,11 @@ def test_layers_import_only_downward() -> None:
 
     assert not reaches("model.classifier") & {"training.loop", "cli", "infer.predictor", "infer.evaluation",
                                               "train.feature_cache", "infer.runtime"}
-    assert not reaches("data.corpora") & {"data.batching", "model.classifier", "model.backbone", "training.loop", "cli"}
+    for corpus_module in ("data.text_dataset", "data.newsgroups", "data.labelled_files", "data.hub", "data.splits"):
+        assert not reaches(corpus_module) & {"data.batching", "model.classifier", "model.backbone", "training.loop",
+                                             "cli"}, corpus_module
+    for source_module in ("data.newsgroups", "data.labelled_files", "data.hub"):  # one module per source
+        assert not reaches(source_module) & {"data.splits", "data.newsgroups", "data.hub"} - {source_module}
     assert not reaches("data.batching") & {"model.classifier", "model.backbone", "training.loop", "cli"}
     assert "training.loop" not in reaches("infer.evaluation") | reaches("infer.predictor")
     assert all("cli" not in reaches(name) for name in graph if name != "cli")
@@ -240,7 +244,7 @@ def test_entry_points_import_lazily() -> None:
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["gpt2clf.model.classifier", "gpt2clf.infer.predictor", "gpt2clf.training.loop",
-                                     "gpt2clf.estimator", "gpt2clf.infer.evaluation", "gpt2clf.data.corpora"]
+                                     "gpt2clf.estimator", "gpt2clf.infer.evaluation", "gpt2clf.data.splits"]
 
 
 def test_help_imports_no_torch() -> None:

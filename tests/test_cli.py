@@ -16,11 +16,6 @@ import pytest
 
 from gpt2clf.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-ARCHIVE = SHARED / "data" / "20news-bydate.tar.gz"
-TOKENIZER = SHARED / "gpt2-tokenizer"
-
 
 def write(path: Path, text: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +27,8 @@ def write(path: Path, text: str | bytes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, tiny_model_dir: Path):
+def bad_inputs(archive_path: Path, tokenizer_path: Path, tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path,
+               tiny_model_dir: Path):
     """(name, argv, expected message fragment) for 40+ kinds of bad input."""
     tmp = tmp_path_factory.mktemp("bad")
     good_csv = write(tmp / "good.csv", "text,label\nhello there,a\nsomething else,b\nmore words,a\nfinal,b\n")
@@ -87,8 +83,8 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, ti
     no_config = broken_model("no-config", lambda f: (f / "config.json").unlink())
 
     m = str(tiny_model_dir)
-    data = ["--data-dir", str(ARCHIVE)]
-    quick = ["--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--dry-run", *data]
+    data = ["--data-dir", str(archive_path)]
+    quick = ["--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--dry-run", *data]
     return [
         ("multi-label jsonl cell not a list", ["data", "stats", "--train-file", str(scalar_tags), "--multi-label"],
          "must be a list"),
@@ -140,7 +136,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, ti
         ("max length above positions", ["train", "--max-length", "4096", *quick], "positions"),
         ("missing backbone", ["train", "--backbone", str(tmp / "no-model"), "--dry-run", *data], "backbone"),
         ("gpu on a cpu machine", ["train", "--accelerator", "gpu", "--output", str(tmp / "gpu"),
-                                  "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER),
+                                  "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path),
                                   "--train-file", str(good_csv), "--test-file", str(good_csv)], ""),
         ("train without output", ["train", "--backbone", str(tiny_backbone)], "--output"),
         ("resume with nothing to resume", ["train", "--output", str(tmp / "fresh"), "--resume"], "resume"),
@@ -190,8 +186,8 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_every_bad_input_gives_one_message_and_exit_2(bad_inputs, capsys, tmp_path: Path,
-                                                      tiny_backbone: Path, monkeypatch) -> None:
+def test_every_bad_input_gives_one_message_and_exit_2(archive_path: Path, tokenizer_path: Path, bad_inputs, capsys,
+                                                      tmp_path: Path, tiny_backbone: Path, monkeypatch) -> None:
     # "dataset without datasets" needs the package missing: make it so, whatever this environment has.
     monkeypatch.setitem(sys.modules, "datasets", None)
     # An existing run folder that every command below is also pointed at must not change.
@@ -212,7 +208,8 @@ def test_every_bad_input_gives_one_message_and_exit_2(bad_inputs, capsys, tmp_pa
         elif "usage:" not in err:
             assert err.count("gpt2clf: error:") == 1, (name, err)
     # The same run folder as an --output is refused, then checked unchanged.
-    code = main(["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+    code = main(["train", "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--data-dir",
+                 str(archive_path),
                  "--output", str(run_dir)])
     if code != 2:
         failures.append(f"existing run: exit {code}")
@@ -241,6 +238,28 @@ def test_help_lists_options_with_defaults_and_examples(command: str, capsys) -> 
         assert "(default: 1e-05)" not in out and "(default: 2e-05)" in out
 
 
+def test_train_flag_groups_are_the_config_sections(capsys, monkeypatch) -> None:
+    """Each Config field (but preset, which has its own flag) is a train flag in the group its section comment
+    names; the sections are read from config.py, so a new field needs no list kept by hand."""
+    import dataclasses
+
+    from gpt2clf.cli import training_field_groups
+    from gpt2clf.config import Config
+
+    groups = dict(training_field_groups())
+    assert list(groups) == ["data", "tokenization and batching", "model", "optimisation",
+                            "hardware and reproducibility"]
+    grouped = [name for names in groups.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(Config) if f.name != "preset")
+    assert "train_file" in groups["data"] and "learning_rate" in groups["optimisation"]
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    sections = out.split("\nmodel:\n")
+    assert "--train-file" in sections[0] and "--n-heads" in sections[1].split("\noptimisation:\n")[0]
+
+
 def test_shared_inference_flags_have_one_default_in_every_command(capsys, monkeypatch) -> None:
     from gpt2clf.config import InferenceSettings, field_help
 
@@ -258,10 +277,12 @@ def test_shared_inference_flags_have_one_default_in_every_command(capsys, monkey
     assert (defaults.batch_size, defaults.device, defaults.precision) == (64, "auto", "auto")
 
 
-def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path, capsys) -> None:
+def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(archive_path: Path, tokenizer_path: Path,
+                                                             tiny_backbone: Path, capsys) -> None:
     from gpt2clf.infer.runtime import cpu_has_native_bf16
 
-    args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+    args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--data-dir",
+            str(archive_path),
             "--max-train-samples", "40", "--max-eval-samples", "20", "--max-length", "64", "--accelerator", "cpu",
             "--dry-run", "--json"]
     for precision in ("32-true", "bf16-mixed"):
@@ -271,7 +292,8 @@ def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_about(tiny_backbone: Path
         assert ("gpt2clf: warning: --precision bf16-mixed on a CPU without native bf16" in err) == expected, err
 
 
-def test_train_without_a_preset_picks_the_recipe_for_the_hardware(tiny_backbone: Path, tmp_path: Path,
+def test_train_without_a_preset_picks_the_recipe_for_the_hardware(tokenizer_path: Path, tiny_backbone: Path,
+                                                                  tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """No --preset: the cpu recipe on a machine without CUDA, best with one, the plain defaults once the user
@@ -285,7 +307,7 @@ def test_train_without_a_preset_picks_the_recipe_for_the_hardware(tiny_backbone:
     labels = ["space", "music", "sport"] * 40
     rows = "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True))
     csv = write(tmp_path / "train.csv", "text,label\n" + rows)
-    common = ["train", "--train-file", str(csv), "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER)]
+    common = ["train", "--train-file", str(csv), "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main([*common, "--dry-run"]) == 0
     captured = capsys.readouterr()
@@ -321,9 +343,9 @@ def forty_documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
 def test_evaluate_shows_progress_on_stderr_and_keeps_stdout_json(tiny_model_dir: Path, forty_documents, capsys,
                                                                  monkeypatch) -> None:
-    import gpt2clf.cli
+    import gpt2clf.report.progress_bar
 
-    monkeypatch.setattr(gpt2clf.cli, "PROGRESS_DELAY_S", 0.0)  # draw at once, however fast the run
+    monkeypatch.setattr(gpt2clf.report.progress_bar, "PROGRESS_DELAY_S", 0.0)  # draw at once, however fast the run
     args = ["evaluate", str(tiny_model_dir), "--train-file", str(forty_documents["train"]),
             "--test-file", str(forty_documents["test"]), "--batch-size", "4", "--json"]
     assert main(args) == 0
@@ -338,9 +360,9 @@ def test_evaluate_shows_progress_on_stderr_and_keeps_stdout_json(tiny_model_dir:
 
 def test_streaming_predict_shows_documents_done_and_rate(tiny_model_dir: Path, forty_documents, capsys,
                                                          monkeypatch) -> None:
-    import gpt2clf.cli
+    import gpt2clf.report.progress_bar
 
-    monkeypatch.setattr(gpt2clf.cli, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(gpt2clf.report.progress_bar, "PROGRESS_DELAY_S", 0.0)
     args = ["predict", str(tiny_model_dir), "--input", str(forty_documents["input"]), "--batch-size", "4", "--json"]
     assert main(args) == 0
     captured = capsys.readouterr()

@@ -24,19 +24,11 @@ from gpt2clf.data.batching import (
     load_tokenizer,
     tokenize_texts,
 )
-from gpt2clf.data.corpora import (
-    DatasetSplits,
-    DataWarning,
-    TextDataset,
-    iter_text_column,
-    load_20newsgroups,
-    load_dataset_splits,
-    load_labelled_file,
-    splits_from_source,
-    stratified_split,
-    stratified_subset,
-)
+from gpt2clf.data.labelled_files import iter_text_column, load_labelled_file
+from gpt2clf.data.newsgroups import load_20newsgroups
+from gpt2clf.data.splits import DataSource, load_dataset_splits, splits_from_source
 from gpt2clf.data.stats import DatasetStats, dataset_stats
+from gpt2clf.data.text_dataset import DatasetSplits, DataWarning, TextDataset, stratified_split, stratified_subset
 from gpt2clf.errors import DataError, ModelLoadError
 from gpt2clf.report.plots import plot_dataset_stats
 
@@ -461,7 +453,7 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         load_labelled_file(tmp_path / "missing.csv")
     with pytest.raises(DataError, match="not found"):
-        load_dataset_splits(train_file=tmp_path / "missing.jsonl")
+        load_dataset_splits(DataSource(train_file=tmp_path / "missing.jsonl"))
 
 
 # --- splits --------------------------------------------------------------------------------
@@ -474,13 +466,13 @@ def _labelled_csv(path: Path, counts: dict[str, int]) -> Path:
 
 def test_splits_from_file_are_stratified_and_seeded(tmp_path: Path) -> None:
     path = _labelled_csv(tmp_path / "d.csv", {"b": 50, "a": 30, "10": 20})
-    splits = load_dataset_splits(train_file=path, test_ratio=0.2, seed=1)
+    splits = load_dataset_splits(DataSource(train_file=path, test_ratio=0.2, seed=1))
     assert splits.label_names == ["10", "a", "b"]  # sorted as strings
     assert len(splits.train) == 80 and len(splits.test) == 20
     assert Counter(splits.test.labels) == {2: 10, 1: 6, 0: 4}
     assert not set(splits.train.texts) & set(splits.test.texts)
-    again = load_dataset_splits(train_file=path, test_ratio=0.2, seed=1)
-    other = load_dataset_splits(train_file=path, test_ratio=0.2, seed=2)
+    again = load_dataset_splits(DataSource(train_file=path, test_ratio=0.2, seed=1))
+    other = load_dataset_splits(DataSource(train_file=path, test_ratio=0.2, seed=2))
     assert again.test.texts == splits.test.texts and other.test.texts != splits.test.texts
     assert json.loads(json.dumps(splits.source)) == splits.source
 
@@ -489,14 +481,14 @@ def test_splits_with_test_file_and_round_trip(tmp_path: Path) -> None:
     train = _write(tmp_path / "train.jsonl", "".join(json.dumps({"text": f"t{i}", "label": i % 3}) + "\n"
                                                      for i in range(12)))
     test = _write(tmp_path / "test.tsv", "text\tlabel\nx\t2\ny\t0\n")
-    splits = load_dataset_splits(train_file=train, test_file=test)
+    splits = load_dataset_splits(DataSource(train_file=train, test_file=test))
     assert len(splits.train) == 12 and splits.test.texts == ["x", "y"] and splits.test.labels == [2, 0]
     assert splits.source["test_file"] == str(test.resolve())
     rebuilt = splits_from_source(json.loads(json.dumps(splits.source)))
     assert isinstance(rebuilt, DatasetSplits)
     assert rebuilt.train == splits.train and rebuilt.test == splits.test
     assert rebuilt.label_names == splits.label_names
-    no_test = load_dataset_splits(train_file=train, test_ratio=0.25, seed=3)
+    no_test = load_dataset_splits(DataSource(train_file=train, test_ratio=0.25, seed=3))
     assert splits_from_source(no_test.source).test == no_test.test
     _write(train, train.read_text() + json.dumps({"text": "new", "label": 1}) + "\n")
     with pytest.warns(DataWarning, match="changed since"):
@@ -506,23 +498,43 @@ def test_splits_with_test_file_and_round_trip(tmp_path: Path) -> None:
 
 
 def test_20newsgroups_source_round_trip(news: dict[str, TextDataset], archive_path: Path) -> None:
-    splits = load_dataset_splits(data_dir=archive_path, strip=["headers"])
+    splits = load_dataset_splits(DataSource(data_dir=archive_path, strip=["headers"]))
     assert splits.source["kind"] == "20newsgroups" and splits.source["strip"] == ["headers"]
     assert splits.label_names == NEWSGROUPS
     rebuilt = splits_from_source(json.loads(json.dumps(splits.source)))
     assert rebuilt.test.texts == splits.test.texts and rebuilt.train.labels == news["train"].labels
 
 
+def test_data_source_holds_the_configs_data_fields_and_its_rules() -> None:
+    """DataSource.of reads a Config's data fields; the train_file/test_file/dataset rule is the Config's own."""
+    import dataclasses
+
+    from gpt2clf.config import DATASET_FIELDS, Config
+    from gpt2clf.errors import ConfigError
+
+    config = Config(train_file="a.csv", text_column=["subject", "body"], multi_label=True, test_ratio=0.3, seed=7)
+    source = DataSource.of(config)
+    assert (source.train_file, source.text_column, source.multi_label, source.test_ratio, source.seed) == (
+        "a.csv", ["subject", "body"], True, 0.3, 7)
+    assert set(DATASET_FIELDS) < {f.name for f in dataclasses.fields(DataSource)} <= set(Config.__dataclass_fields__)
+    for bad in ({"test_file": "t.csv"}, {"train_file": "a.csv", "dataset": "imdb"}):
+        with pytest.raises(DataError) as refused_here:
+            DataSource(**bad)
+        with pytest.raises(ConfigError) as refused_by_config:
+            Config(**bad).validate()
+        assert str(refused_here.value) == str(refused_by_config.value)
+
+
 def test_split_errors(tmp_path: Path) -> None:
     one_class = _labelled_csv(tmp_path / "one.csv", {"a": 5})
     with pytest.raises(DataError, match="at least 2"):
-        load_dataset_splits(train_file=one_class)
+        load_dataset_splits(DataSource(train_file=one_class))
     train = _labelled_csv(tmp_path / "train.csv", {"a": 5, "b": 5})
     test = _labelled_csv(tmp_path / "test.csv", {"a": 1, "zebra": 1})
     with pytest.raises(DataError, match="'zebra' do not occur in the train file"):
-        load_dataset_splits(train_file=train, test_file=test)
+        load_dataset_splits(DataSource(train_file=train, test_file=test))
     with pytest.raises(DataError, match="test_file needs train_file"):
-        load_dataset_splits(test_file=test)
+        load_dataset_splits(DataSource(test_file=test))
 
 
 def test_stratified_split_and_subset() -> None:
@@ -582,5 +594,5 @@ def test_no_output_and_no_stray_warnings(tmp_path: Path, capsys: pytest.CaptureF
     path = _labelled_csv(tmp_path / "d.csv", {"a": 4, "b": 4})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_dataset_splits(train_file=path, test_ratio=0.25)
+        load_dataset_splits(DataSource(train_file=path, test_ratio=0.25))
     assert capsys.readouterr() == ("", "")

@@ -17,7 +17,9 @@ from gpt2clf.cli import main
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 from gpt2clf.report.explain import Explanation, attention_weights, explain, readable_tokens
-from planted import KEYWORDS, MAX_LENGTH, planted_run, planted_text
+from keyword_corpus import PLANTED_KEYWORDS as KEYWORDS
+from keyword_corpus import PLANTED_MAX_LENGTH as MAX_LENGTH
+from keyword_corpus import planted_text
 
 # "Dominates": one token carries at least half of the document's total |attribution| and
 # moves the target logit by at least one unit. Calibrated on the planted run (CPU, seed 42):
@@ -29,13 +31,8 @@ DOMINANT_LOGITS = 1.0
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, tokenizer_path: Path) -> Path:
-    return planted_run(tmp_path_factory.getbasetemp() / "planted", tiny_backbone, tokenizer_path)
-
-
-@pytest.fixture(scope="module")
-def predictor(run_dir: Path) -> Predictor:
-    return Predictor.from_folder(run_dir / "model", device="cpu", precision="32-true")
+def predictor(planted_run_dir: Path) -> Predictor:
+    return Predictor.from_folder(planted_run_dir / "model", device="cpu", precision="32-true")
 
 
 def keyword_texts(n: int, seed: int = 123) -> list[tuple[str, str, tuple[int, int]]]:
@@ -56,14 +53,15 @@ def dominant(exp: Explanation) -> int | None:
     return top if share >= DOMINANT_SHARE and magnitudes[top] >= DOMINANT_LOGITS else None
 
 
-def test_the_planted_keyword_model_learns_the_task(run_dir: Path) -> None:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def test_the_planted_keyword_model_learns_the_task(planted_run_dir: Path) -> None:
+    metrics = json.loads((planted_run_dir / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.9
 
 
-def test_explain_json_ranks_the_keyword_among_the_top_three_tokens(run_dir: Path, capsys) -> None:
+def test_explain_json_ranks_the_keyword_among_the_top_three_tokens(planted_run_dir: Path, capsys) -> None:
     cases = keyword_texts(12)
-    assert main(["explain", str(run_dir / "model"), "--json", "--steps", "16", *[text for text, _, _ in cases]]) == 0
+    assert main(["explain", str(planted_run_dir / "model"), "--json", "--steps", "16", *[text for text, _,
+                                                                                         _ in cases]]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(cases)
     hits = 0
@@ -214,8 +212,8 @@ def test_the_heat_map_names_tokens_as_the_top_tokens_table_does(tiny_model_dir: 
     (["--steps", "many", "text"], "--steps must be an integer"),
     (["--file", "/nonexistent/post.txt"], "no such file"),
 ])
-def test_bad_explain_inputs_are_one_line_errors(run_dir: Path, capsys, args: list[str], message: str) -> None:
-    assert main(["explain", str(run_dir / "model"), *args]) == 2
+def test_bad_explain_inputs_are_one_line_errors(planted_run_dir: Path, capsys, args: list[str], message: str) -> None:
+    assert main(["explain", str(planted_run_dir / "model"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gpt2clf: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
@@ -249,10 +247,11 @@ def assert_self_contained_page_renders(browser, path: Path) -> bytes:
     return shot
 
 
-def test_explain_html_is_one_self_contained_page(run_dir: Path, tmp_path: Path, browser, capsys) -> None:
+def test_explain_html_is_one_self_contained_page(planted_run_dir: Path, tmp_path: Path, browser, capsys) -> None:
     out = tmp_path / "why.html"
     text, _, _ = keyword_texts(1, seed=21)[0]
-    assert main(["explain", str(run_dir / "model"), text, "the day 🤖 <b>not bold</b> & more", "--html", str(out),
+    assert main(["explain", str(planted_run_dir / "model"), text, "the day 🤖 <b>not bold</b> & more", "--html",
+                 str(out),
                  "--steps", "16"]) == 0
     html = out.read_text(encoding="utf-8")
     assert html.count('class="card"') == 2

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from gpt2clf.cli import main
+from keyword_corpus import keyword_document
 
 TEXTS = [
     "goal team match",
@@ -40,9 +41,9 @@ def trained_model_dir(tiny_backbone: Path, tokenizer_path: Path, tmp_path_factor
     """A tiny model trained for 2 epochs on generated text (left padding, attention pooling)."""
     rng = random.Random(0)
     rows = ["text,label"]
-    for i in range(60):
+    for i in range(60):  # 3-20 words all of the class's own vocabulary, no filler
         label = list(WORDS)[i % 3]
-        rows.append(" ".join(rng.choice(WORDS[label]) for _ in range(rng.randint(3, 20))) + "," + label)
+        rows.append(keyword_document(rng, [], WORDS[label], (3, 20)) + "," + label)
     tmp = tmp_path_factory.mktemp("onnx-train")
     (tmp / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     code = main(["train", "--train-file", str(tmp / "train.csv"), "--backbone", str(tiny_backbone),

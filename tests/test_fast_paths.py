@@ -67,8 +67,8 @@ def token_lists(n: int = 13, seed: int = 2, longest: int = 48) -> list[list[int]
 def test_sorted_prediction_batches_come_back_in_input_order(gpt2_dir: Path, side: str, pooling: str) -> None:
     model = make_model(gpt2_dir, pooling=pooling)
     tokens = token_lists()
-    batched = batched_logits(model, tokens, batch_size=4, pad_token_id=PAD, padding_side=side)
-    one_at_a_time = torch.cat([batched_logits(model, [t], batch_size=1, pad_token_id=PAD) for t in tokens])
+    batched = batched_logits(model, tokens, PaddingCollator(PAD, side), batch_size=4)
+    one_at_a_time = torch.cat([batched_logits(model, [t], PaddingCollator(PAD), batch_size=1) for t in tokens])
     torch.testing.assert_close(batched, one_at_a_time, atol=1e-5, rtol=1e-5)
     assert torch.equal(batched.argmax(-1), one_at_a_time.argmax(-1))
     assert model.training is False
@@ -137,8 +137,8 @@ def test_backbone_sdpa_and_eager_attention_agree(gpt2_dir: Path, side: str) -> N
     assert sdpa.backbone.config._attn_implementation == "sdpa"
     assert eager.backbone.config._attn_implementation == "eager"
     tokens = token_lists()
-    a = batched_logits(sdpa, tokens, batch_size=5, pad_token_id=PAD, padding_side=side)
-    b = batched_logits(eager, tokens, batch_size=5, pad_token_id=PAD, padding_side=side)
+    a = batched_logits(sdpa, tokens, PaddingCollator(PAD, side), batch_size=5)
+    b = batched_logits(eager, tokens, PaddingCollator(PAD, side), batch_size=5)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -153,8 +153,8 @@ def test_bf16_autocast_on_cpu_stays_within_bf16_tolerance(gpt2_dir: Path) -> Non
     """
     model = make_model(gpt2_dir)
     tokens = token_lists()
-    full = batched_logits(model, tokens, batch_size=4, pad_token_id=PAD)
-    mixed = batched_logits(model, tokens, batch_size=4, pad_token_id=PAD, precision="bf16-mixed")
+    full = batched_logits(model, tokens, PaddingCollator(PAD), batch_size=4)
+    mixed = batched_logits(model, tokens, PaddingCollator(PAD), batch_size=4, precision="bf16-mixed")
     assert mixed.dtype == torch.float32
     scale = float(full.abs().max())
     assert scale > 0.5
@@ -227,14 +227,14 @@ def test_conv1d_to_linear_is_exact(gpt2_dir: Path) -> None:
 def test_int8_quantized_copy_stays_close_and_leaves_the_model_alone(gpt2_dir: Path) -> None:
     model = make_model(gpt2_dir, pooling="mean")
     tokens = token_lists(n=32)
-    reference = batched_logits(model, tokens, batch_size=8, pad_token_id=PAD)
+    reference = batched_logits(model, tokens, PaddingCollator(PAD), batch_size=8)
     quantized = quantize_for_cpu_inference(model)
     assert quantized is not model
     assert any(isinstance(m, Conv1D) for m in model.modules())  # the original is untouched
     kinds = {type(m).__module__ + "." + type(m).__name__ for m in quantized.backbone.modules()}
     assert any("quantized" in k for k in kinds)
     assert type(quantized.head[1]) is torch.nn.Linear  # the head stays float32
-    int8 = batched_logits(quantized, tokens, batch_size=8, pad_token_id=PAD)
+    int8 = batched_logits(quantized, tokens, PaddingCollator(PAD), batch_size=8)
     # int8 weights and activations: ~1% relative error per matmul; ~3% of the logit scale is
     # seen here, so 10% leaves a 3x margin. Near-tied documents may flip their top label.
     scale = float(reference.abs().max())
@@ -242,4 +242,4 @@ def test_int8_quantized_copy_stays_close_and_leaves_the_model_alone(gpt2_dir: Pa
     probabilities, int8_probabilities = reference.softmax(-1), int8.softmax(-1)
     assert float((probabilities - int8_probabilities).abs().max()) < 0.1
     assert (probabilities.argmax(-1) == int8_probabilities.argmax(-1)).float().mean() >= 0.9
-    torch.testing.assert_close(batched_logits(model, tokens, batch_size=8, pad_token_id=PAD), reference)
+    torch.testing.assert_close(batched_logits(model, tokens, PaddingCollator(PAD), batch_size=8), reference)

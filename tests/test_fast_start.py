@@ -19,8 +19,8 @@ import torch
 from transformers import BertConfig, GPT2Config, GPT2Model
 
 from gpt2clf.data.batching import Windowing, encode_documents, load_tokenizer, tokenize_texts
-from gpt2clf.data.corpora import load_20newsgroups
 from gpt2clf.data.json_tokenizer import JsonTokenizer, load_json_tokenizer
+from gpt2clf.data.newsgroups import load_20newsgroups
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.model.backbone import BackboneAdapter, backbone_from_config
 from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier

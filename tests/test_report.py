@@ -13,29 +13,23 @@ import pytest
 from gpt2clf.cli import main
 from gpt2clf.errors import DataError, UserError
 from gpt2clf.report.run_report import ScoredSplit, confident_errors, confused_pairs, score_run, write_run_report
-from planted import planted_run
 from test_explain import assert_self_contained_page_renders
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone: Path, tokenizer_path: Path) -> Path:
-    return planted_run(tmp_path_factory.getbasetemp() / "planted", tiny_backbone, tokenizer_path)
+def scored(planted_run_dir: Path) -> ScoredSplit:
+    return score_run(planted_run_dir)
 
 
-@pytest.fixture(scope="module")
-def scored(run_dir: Path) -> ScoredSplit:
-    return score_run(run_dir)
-
-
-def test_report_shows_every_section_of_the_run(run_dir: Path, tmp_path: Path, browser, capsys) -> None:
+def test_report_shows_every_section_of_the_run(planted_run_dir: Path, tmp_path: Path, browser, capsys) -> None:
     out = tmp_path / "report.html"
-    assert main(["report", str(run_dir), "--output", str(out)]) == 0
+    assert main(["report", str(planted_run_dir), "--output", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     html = out.read_text(encoding="utf-8")
     for heading in ("Results", "Learning curves", "Per-class results (test)", "Confusion", "Most confident errors",
                     "Data", "Configuration", "Timings and hardware"):
         assert f"<h2>{heading}</h2>" in html
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((planted_run_dir / "metrics.json").read_text())
     assert f"{metrics['test']['accuracy']:.4f}" in html
     # one learning-curve row per epoch, and the data table has the three splits
     assert len(re.findall(r'<tr><td class="num">\d+</td><td class="num">', html)) == metrics["epochs_completed"]
@@ -46,13 +40,13 @@ def test_report_shows_every_section_of_the_run(run_dir: Path, tmp_path: Path, br
     assert_self_contained_page_renders(browser, out)
 
 
-def test_default_report_goes_into_the_run_folder(run_dir: Path, scored: ScoredSplit) -> None:
-    path = write_run_report(run_dir, scored=scored)
-    assert path == run_dir / "report.html" and path.is_file()
-    assert not list(run_dir.glob(".report.html.*"))  # the atomic write left no temporary file
+def test_default_report_goes_into_the_run_folder(planted_run_dir: Path, scored: ScoredSplit) -> None:
+    path = write_run_report(planted_run_dir, scored=scored)
+    assert path == planted_run_dir / "report.html" and path.is_file()
+    assert not list(planted_run_dir.glob(".report.html.*"))  # the atomic write left no temporary file
 
 
-def test_report_lists_the_most_confident_errors_with_highlighted_tokens(run_dir: Path, scored: ScoredSplit,
+def test_report_lists_the_most_confident_errors_with_highlighted_tokens(planted_run_dir: Path, scored: ScoredSplit,
                                                                          tmp_path: Path) -> None:
     # Relabel 12 test documents so the (accurate) model gets them wrong with various confidence.
     labels = list(scored.labels)
@@ -64,7 +58,7 @@ def test_report_lists_the_most_confident_errors_with_highlighted_tokens(run_dir:
     confidence = [wrong.probabilities[i].max() for i in order]
     assert confidence == sorted(confidence, reverse=True)
 
-    html = write_run_report(run_dir, tmp_path / "r.html", scored=wrong).read_text(encoding="utf-8")
+    html = write_run_report(planted_run_dir, tmp_path / "r.html", scored=wrong).read_text(encoding="utf-8")
     section = html.split("<h2>Most confident errors</h2>")[1].split("<h2>")[0]
     assert section.count('class="card"') == 10
     assert section.count('class="doc"') == 10
@@ -88,13 +82,13 @@ def test_a_scored_split_must_be_consistent() -> None:
 
 
 @pytest.mark.parametrize("remove", [None, "metrics.json", "model/model.safetensors"])
-def test_a_missing_or_unfinished_run_is_a_one_line_error(run_dir: Path, tmp_path: Path, capsys,
+def test_a_missing_or_unfinished_run_is_a_one_line_error(planted_run_dir: Path, tmp_path: Path, capsys,
                                                          remove: str | None) -> None:
     target = tmp_path / "run"
     if remove is None:
         target = tmp_path / "nope"
     else:
-        shutil.copytree(run_dir, target)
+        shutil.copytree(planted_run_dir, target)
         (target / remove).unlink()
     assert main(["report", str(target)]) == 2
     err = capsys.readouterr().err

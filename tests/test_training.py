@@ -6,6 +6,7 @@ through the same from_pretrained path as a hub id) stands in for the pretrained 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -20,33 +21,39 @@ import torch
 
 from gpt2clf.cli import main
 from gpt2clf.infer.predictor import Predictor
+from keyword_corpus import keyword_texts as corpus_texts
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-ARCHIVE = SHARED / "data" / "20news-bydate.tar.gz"
-TOKENIZER = SHARED / "gpt2-tokenizer"
 
 
-def quick_train_args(backbone: Path, output: Path, *extra: str, documents: int = 2000, max_length: int = 128,
-                     epochs: int = 3) -> list[str]:
+@pytest.fixture(scope="session")
+def quick_train_args(archive_path: Path, tokenizer_path: Path):
+    """``quick_train_args(backbone, output, *extra)``: the flags of a small but real 20 Newsgroups run."""
+    return functools.partial(_quick_train_args, archive_path, tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def small_train_args(quick_train_args):
+    """``small_train_args(backbone, output, *extra)``: smaller still, for the checks that compare runs with each
+    other rather than with chance. No report: it has tests of its own, and here it would only cost time (about
+    10 s a run)."""
+    return lambda backbone, output, *extra: quick_train_args(backbone, output, "--no-report", *extra,
+                                                             documents=600, max_length=64, epochs=2)
+
+
+def _quick_train_args(archive_path: Path, tokenizer_path: Path, backbone: Path, output: Path, *extra: str,
+                      documents: int = 2000, max_length: int = 128, epochs: int = 3) -> list[str]:
     """A small but real 20 Newsgroups run: a tiny random GPT-2 learns from the first tokens of each post.
 
     A random backbone has to learn its token embeddings from scratch, hence the high learning
     rates (pretrained GPT-2 wants the defaults)."""
     return [
-        "train", "--backbone", str(backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+        "train", "--backbone", str(backbone), "--tokenizer", str(tokenizer_path), "--data-dir", str(archive_path),
         "--max-train-samples", str(documents), "--max-eval-samples", "300", "--max-length", str(max_length),
         "--epochs", str(epochs), "--learning-rate", "1e-3", "--head-learning-rate", "3e-3", "--n-embed", "64",
         "--n-heads", "2", "--n-blocks", "1", "--batch-size", "16", "--pooling", "mean", "--no-progress",
         "--precision", "32-true", "--output", str(output), *extra,
     ]
-
-
-def small_train_args(backbone: Path, output: Path, *extra: str) -> list[str]:
-    """Smaller still, for the checks that compare runs with each other rather than with chance.
-
-    No report: it has tests of its own, and here it would only cost time (about 10 s a run)."""
-    return quick_train_args(backbone, output, "--no-report", *extra, documents=600, max_length=64, epochs=2)
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -55,7 +62,7 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_run(quick_train_args, tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "t"
     assert main(quick_train_args(tiny_backbone, run_dir)) == 0
     return run_dir
@@ -110,16 +117,17 @@ def test_probabilities_do_not_depend_on_batch_neighbours(trained_run: Path) -> N
 
 
 @pytest.mark.parametrize("native_bf16", ["0", "1"])
-def test_auto_precision_stays_close_to_float32(trained_run: Path, monkeypatch, native_bf16: str) -> None:
+def test_auto_precision_stays_close_to_float32(archive_path: Path, trained_run: Path, monkeypatch,
+                                               native_bf16: str) -> None:
     """``auto`` picks bf16 autocast only where the CPU has bf16 hardware; either way probabilities
     stay within 0.01 of float32 and the top label does not change."""
-    from gpt2clf.data.corpora import load_20newsgroups
+    from gpt2clf.data.newsgroups import load_20newsgroups
 
     monkeypatch.setenv("GPT2CLF_CPU_BF16", native_bf16)
     auto = Predictor.from_folder(trained_run / "model", device="cpu")
     assert auto.precision == ("bf16-mixed" if native_bf16 == "1" else "32-true")
     reference = Predictor.from_folder(trained_run / "model", device="cpu", precision="32-true")
-    texts = load_20newsgroups("test", ARCHIVE).texts[:48]
+    texts = load_20newsgroups("test", archive_path).texts[:48]
     fast, exact = auto.predict_proba(texts), reference.predict_proba(texts)
     assert float((fast - exact).abs().max()) <= 0.01
     # The top label is the same wherever float32 itself is not (nearly) tied between two labels.
@@ -157,13 +165,13 @@ def test_int8_is_refused_off_the_cpu(trained_run: Path, capsys: pytest.CaptureFi
 
 
 @pytest.fixture(scope="module")
-def small_run(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_run(small_train_args, tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "small"
     assert main(small_train_args(tiny_backbone, run_dir)) == 0
     return run_dir
 
 
-def test_same_seed_gives_same_metrics(tiny_backbone: Path, small_run: Path, tmp_path: Path) -> None:
+def test_same_seed_gives_same_metrics(small_train_args, tiny_backbone: Path, small_run: Path, tmp_path: Path) -> None:
     assert main(small_train_args(tiny_backbone, tmp_path / "again")) == 0
     first = json.loads((small_run / "metrics.json").read_text())
     second = json.loads((tmp_path / "again" / "metrics.json").read_text())
@@ -171,7 +179,7 @@ def test_same_seed_gives_same_metrics(tiny_backbone: Path, small_run: Path, tmp_
     assert first["validation"] == second["validation"]
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_backbone: Path, small_run: Path,
+def test_sigkill_then_resume_matches_an_uninterrupted_run(small_train_args, tiny_backbone: Path, small_run: Path,
                                                           tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
     args = small_train_args(tiny_backbone, run_dir)
@@ -198,7 +206,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_backbone: Path, s
     assert got["validation"] == expected["validation"]
 
 
-def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tiny_backbone: Path, small_run: Path,
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(small_train_args, tiny_backbone: Path,
+                                                                          small_run: Path,
                                                                           tmp_path: Path) -> None:
     """As after a kill in the feature cache pass: the folder holds config.yaml and no checkpoint."""
     run_dir = tmp_path / "early"
@@ -211,7 +220,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tiny_b
     assert got["validation"] == expected["validation"]
 
 
-def test_resuming_with_a_changed_setting_is_refused_by_the_library_as_by_the_cli(
+def test_resuming_with_a_changed_setting_is_refused_by_the_library_as_by_the_cli(small_train_args,
         tiny_backbone: Path, small_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gpt2clf import Config, train
     from gpt2clf.errors import UserError
@@ -227,7 +236,8 @@ def test_resuming_with_a_changed_setting_is_refused_by_the_library_as_by_the_cli
     assert {p: p.stat().st_mtime_ns for p in small_run.rglob("*") if p.is_file()} == before
 
 
-def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(tiny_backbone: Path, tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(small_train_args, tiny_backbone: Path,
+                                                          tmp_path: Path) -> None:
     run_dir = tmp_path / "interrupted"
     process = subprocess.Popen([sys.executable, "-m", "gpt2clf.cli", *small_train_args(tiny_backbone, run_dir)],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -243,10 +253,11 @@ def test_ctrl_c_stops_cleanly_with_a_resumable_checkpoint(tiny_backbone: Path, t
     assert process.returncode == 130, err[-2000:]
     assert "--resume" in err and "Traceback" not in err
     state = torch.load(last, map_location="cpu", weights_only=True)  # complete and free of pickled code
-    assert state["epoch"] >= 0 and "gpt2clf_rng_states" in state
+    # A checkpoint of this 2-epoch run after at least one optimiser step (epoch counts from 0).
+    assert state["epoch"] in range(2) and state["global_step"] >= 1 and "gpt2clf_rng_states" in state
 
 
-def test_two_process_ddp_on_cpu_writes_one_model(tiny_backbone: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_on_cpu_writes_one_model(quick_train_args, tiny_backbone: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"
     args = quick_train_args(tiny_backbone, run_dir, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
                             "--max-eval-samples", "100", "--no-report", documents=200, max_length=64, epochs=1)
@@ -268,12 +279,14 @@ def estimate_on_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(preflight, "REAL_BATCH_SECONDS", 0.0)
 
 
-def test_dry_run_blog_counts_the_seed_parameters(gpt2_small_backbone: Path, capsys,
+def test_dry_run_blog_counts_the_seed_parameters(archive_path: Path, tokenizer_path: Path, gpt2_small_backbone: Path,
+                                                 capsys,
                                                  estimate_on_small_batches: None) -> None:
     # The count is checked here, not the estimate; 32-token rows change no parameter (the backbone keeps
     # its 1,024 positions).
-    code = main(["train", "--preset", "blog", "--backbone", str(gpt2_small_backbone), "--tokenizer", str(TOKENIZER),
-                 "--data-dir", str(ARCHIVE), "--max-train-samples", "200", "--max-eval-samples", "100",
+    code = main(["train", "--preset", "blog", "--backbone", str(gpt2_small_backbone), "--tokenizer",
+                 str(tokenizer_path),
+                 "--data-dir", str(archive_path), "--max-train-samples", "200", "--max-eval-samples", "100",
                  "--max-length", "32", "--dry-run", "--json"])
     assert code == 0
     plan = json.loads(capsys.readouterr().out)
@@ -284,14 +297,16 @@ def test_dry_run_blog_counts_the_seed_parameters(gpt2_small_backbone: Path, caps
     assert plan["config"]["n_embed"] == 768 and plan["config"]["dropout"] == 0.2
 
 
-def test_existing_run_is_refused_without_overwrite(trained_run: Path, tiny_backbone: Path, capsys) -> None:
+def test_existing_run_is_refused_without_overwrite(quick_train_args, trained_run: Path, tiny_backbone: Path,
+                                                   capsys) -> None:
     before = (trained_run / "metrics.json").read_bytes()
     assert main(quick_train_args(tiny_backbone, trained_run)) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (trained_run / "metrics.json").read_bytes() == before
 
 
-def test_frozen_backbone_trains_from_the_feature_cache(tiny_backbone: Path, tmp_path: Path, capsys) -> None:
+def test_frozen_backbone_trains_from_the_feature_cache(small_train_args, tiny_backbone: Path, tmp_path: Path,
+                                                       capsys) -> None:
     run_dir = tmp_path / "frozen"
     args = small_train_args(tiny_backbone, run_dir, "--freeze", "backbone", "--cache-dir", str(tmp_path / "cache"))
     assert main(args) == 0
@@ -307,7 +322,8 @@ def test_frozen_backbone_trains_from_the_feature_cache(tiny_backbone: Path, tmp_
     assert result["loss"] == pytest.approx(metrics["test"]["loss"], abs=0.02)
 
 
-def test_top_layers_train_from_the_cache_of_the_frozen_ones(tiny_backbone: Path, tmp_path: Path, capsys) -> None:
+def test_top_layers_train_from_the_cache_of_the_frozen_ones(small_train_args, tiny_backbone: Path, tmp_path: Path,
+                                                            capsys) -> None:
     from safetensors.torch import load_file
 
     run_dir = tmp_path / "top1"
@@ -336,33 +352,21 @@ def test_top_layers_train_from_the_cache_of_the_frozen_ones(tiny_backbone: Path,
 
 
 def keyword_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Texts whose class is written in them: one of three keywords among filler words."""
-    import random
-
-    rng = random.Random(seed)
-    keywords = {"space": "rocket", "sport": "football", "music": "guitar"}
-    filler = ["the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "with", "as", "at",
-              "by", "this"]
-    texts, labels = [], []
-    for i in range(n):
-        label = list(keywords)[i % 3]
-        words = rng.choices(filler, k=8)
-        words.insert(rng.randrange(len(words) + 1), keywords[label])
-        texts.append(" ".join(words))
-        labels.append(label)
-    return texts, labels
+    """Texts whose class is written in them: one of three keywords among 8 filler words."""
+    return corpus_texts(n, {"space": "rocket", "sport": "football", "music": "guitar"}, seed=seed)
 
 
-def test_fit_trains_in_memory_from_python_lists(tiny_backbone: Path, tmp_path: Path, monkeypatch) -> None:
+def test_fit_trains_in_memory_from_python_lists(tokenizer_path: Path, tiny_backbone: Path, tmp_path: Path,
+                                                monkeypatch) -> None:
     from gpt2clf import Config, fit
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
 
     monkeypatch.chdir(tmp_path)  # nothing may be written to the working folder either
     texts, labels = keyword_texts(240)
     test_texts, test_labels = keyword_texts(60, seed=1)
     data = labelled_texts(texts, labels, test_texts=test_texts, test_labels=test_labels)
     # Frozen: a random tiny GPT-2's token states already differ per token, and our block learns fast.
-    config = Config(backbone=str(tiny_backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=8, batch_size=16,
+    config = Config(backbone=str(tiny_backbone), tokenizer=str(tokenizer_path), max_length=16, epochs=8, batch_size=16,
                     freeze="backbone", head_learning_rate=1e-2, n_embed=32, n_heads=2, n_blocks=1,
                     pooling="attention", precision="32-true", warmup_ratio=0.0)
     result = fit(config, data)
@@ -377,7 +381,8 @@ def test_fit_trains_in_memory_from_python_lists(tiny_backbone: Path, tmp_path: P
         "space", "music"]
 
 
-def test_model_folders_record_absolute_data_paths(tiny_backbone: Path, tmp_path: Path, monkeypatch,
+def test_model_folders_record_absolute_data_paths(tokenizer_path: Path, tiny_backbone: Path, tmp_path: Path,
+                                                  monkeypatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     texts, labels = keyword_texts(90)
     work = tmp_path / "work"
@@ -386,7 +391,7 @@ def test_model_folders_record_absolute_data_paths(tiny_backbone: Path, tmp_path:
                                                                                               strict=True)))
     monkeypatch.chdir(work)
     args = ["train", "--train-file", "short_train.csv", "--backbone", str(tiny_backbone), "--tokenizer",
-            str(TOKENIZER), "--max-length", "16", "--epochs", "1", "--n-embed", "32", "--n-heads", "2",
+            str(tokenizer_path), "--max-length", "16", "--epochs", "1", "--n-embed", "32", "--n-heads", "2",
             "--n-blocks", "1", "--no-progress", "--output", "run"]
     assert main(args) == 0
     recorded = json.loads((work / "run" / "model" / "config.json").read_text())["extra"]["config"]
@@ -406,10 +411,11 @@ def test_model_folders_record_absolute_data_paths(tiny_backbone: Path, tmp_path:
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
-def test_gradients_are_clipped_in_every_cpu_precision(tiny_backbone: Path, precision: str, monkeypatch) -> None:
+def test_gradients_are_clipped_in_every_cpu_precision(tokenizer_path: Path, tiny_backbone: Path, precision: str,
+                                                      monkeypatch) -> None:
     """Clipping works with the fused AdamW under autocast (Lightning's AMP plugin refuses it there)."""
     from gpt2clf import Config, fit
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
     from gpt2clf.training.loop import ClassificationModule
 
     limit = 0.05
@@ -430,7 +436,7 @@ def test_gradients_are_clipped_in_every_cpu_precision(tiny_backbone: Path, preci
 
     monkeypatch.setattr(ClassificationModule, "configure_gradient_clipping", recording)
     texts, labels = keyword_texts(60)
-    config = Config(backbone=str(tiny_backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=1, batch_size=8,
+    config = Config(backbone=str(tiny_backbone), tokenizer=str(tokenizer_path), max_length=16, epochs=1, batch_size=8,
                     n_embed=32, n_heads=2, n_blocks=1, precision=precision, gradient_clip=limit,
                     learning_rate=1e-3)
     result = fit(config, labelled_texts(texts, labels))
@@ -442,9 +448,11 @@ def test_gradients_are_clipped_in_every_cpu_precision(tiny_backbone: Path, preci
     assert not torch.equal(result.model.head[1].weight.detach().float(), first_head[0])  # the steps ran
 
 
-def test_the_reported_bf16_command_trains_with_default_clipping(tiny_backbone: Path, tmp_path: Path) -> None:
+def test_the_reported_bf16_command_trains_with_default_clipping(archive_path: Path, tokenizer_path: Path,
+                                                                tiny_backbone: Path, tmp_path: Path) -> None:
     """Issue 16's command, shrunk: frozen backbone, attention pooling, bf16-mixed, default clipping (1.0)."""
-    args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+    args = ["train", "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--data-dir",
+            str(archive_path),
             "--freeze", "backbone", "--max-train-samples", "48", "--max-eval-samples", "24", "--max-length", "32",
             "--pooling", "attention", "--n-blocks", "1", "--learning-rate", "5e-4", "--epochs", "2",
             "--precision", "bf16-mixed", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
@@ -469,13 +477,14 @@ def readme_gpu_commands() -> list[list[str]]:
     return commands
 
 
-def test_the_readmes_gpu_commands_run_on_a_cpu(tiny_backbone: Path, tmp_path: Path,
+def test_the_readmes_gpu_commands_run_on_a_cpu(archive_path: Path, tokenizer_path: Path, tiny_backbone: Path,
+                                               tmp_path: Path,
                                                 estimate_on_small_batches: None) -> None:
     commands = readme_gpu_commands()
     assert commands, "the README names GPU training commands"
     # bf16 is emulated on a CPU without native bf16 (seconds a step for a 768-wide block): one small step.
     # The report has tests of its own.
-    shrink = ["--backbone", str(tiny_backbone), "--tokenizer", str(TOKENIZER), "--data-dir", str(ARCHIVE),
+    shrink = ["--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path), "--data-dir", str(archive_path),
               "--max-train-samples", "16", "--max-eval-samples", "8", "--max-length", "16", "--epochs", "1",
               "--no-progress", "--no-report"]
     for i, command in enumerate(commands):
@@ -485,14 +494,15 @@ def test_the_readmes_gpu_commands_run_on_a_cpu(tiny_backbone: Path, tmp_path: Pa
 
 @pytest.mark.parametrize("setting", [dict(freeze="none"), dict(freeze="backbone"), dict(train_top_layers=1),
                                      dict(train_top_layers=1, feature_cache=False)])
-def test_trainable_parts_train_with_dropout_and_frozen_parts_stay_in_eval_mode(tiny_backbone: Path,
+def test_trainable_parts_train_with_dropout_and_frozen_parts_stay_in_eval_mode(tokenizer_path: Path,
+                                                                               tiny_backbone: Path,
                                                                                  setting: dict) -> None:
     """During a training step every trainable part is in train mode (the backbone's own dropout on, as in
     its fine-tuning), the frozen part in eval mode; validation runs everything in eval mode."""
     import warnings
 
     from gpt2clf import Config, fit
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
     from gpt2clf.training.loop import ClassificationModule
 
     seen: dict[str, list[dict[str, bool]]] = {"train": [], "validation": []}
@@ -516,7 +526,7 @@ def test_trainable_parts_train_with_dropout_and_frozen_parts_stay_in_eval_mode(t
         return original_val(self, batch, batch_idx)
 
     texts, labels = keyword_texts(60)
-    config = Config(backbone=str(tiny_backbone), tokenizer=str(TOKENIZER), max_length=16, epochs=2, batch_size=16,
+    config = Config(backbone=str(tiny_backbone), tokenizer=str(tokenizer_path), max_length=16, epochs=2, batch_size=16,
                     n_embed=32, n_heads=2, n_blocks=1, precision="32-true", **setting)
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

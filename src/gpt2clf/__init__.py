@@ -8,7 +8,8 @@ The main entry points, importable from the package (loaded lazily, so ``import g
 Sub-packages, in the order data flows (each imports only those before it; a test checks it)::
 
     errors, files, config       the foundation: user errors, atomic writes, every setting
-    data/       text -> tokens, windows and batches (corpora, batching, json_tokenizer, stats)
+    data/       text -> tokens, windows and batches (text_dataset; newsgroups, labelled_files, hub: one
+                module per source; splits; batching, json_tokenizer, stats)
     model/      token ids -> logits (gpt2_body, mpnet_body, backbone, folder, classifier, fusion)
     infer/      logits -> probabilities and metrics (runtime, predictor, evaluation, onnx_runtime, export)
     report/     what people read (plots, explain, evaluation_files, run_report, templates/)
@@ -33,7 +34,7 @@ _EXPORTS = {
     "ClassifierSpec": "gpt2clf.model.classifier",
     "Predictor": "gpt2clf.infer.predictor",
     "evaluate_folder": "gpt2clf.infer.evaluation",
-    "labelled_texts": "gpt2clf.data.corpora",
+    "labelled_texts": "gpt2clf.data.splits",
     "fit": "gpt2clf.training.loop",
     "train": "gpt2clf.training.loop",
 }
@@ -43,7 +44,7 @@ __all__ = ["ClassifierSpec", "Config", "GPT2Classifier", "GPT2TextClassifier", "
 
 if TYPE_CHECKING:
     from gpt2clf.config import Config
-    from gpt2clf.data.corpora import labelled_texts
+    from gpt2clf.data.splits import labelled_texts
     from gpt2clf.estimator import GPT2TextClassifier
     from gpt2clf.infer.evaluation import evaluate_folder
     from gpt2clf.infer.predictor import Predictor

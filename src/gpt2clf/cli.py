@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2clf.config import (
+    DATASET_FIELDS,
     PRESET_CHOICES,
     SERVE_HOST,
     SERVE_PORT,
@@ -40,17 +41,15 @@ from gpt2clf.config import (
     choose_preset,
     coerce_fields,
     field_help,
+    field_sections,
 )
-from gpt2clf.errors import DataError, PerformanceWarning, SecurityWarning, UserError
+from gpt2clf.errors import PerformanceWarning, SecurityWarning, UserError
 
 __all__ = ["build_parser", "config_from_args", "main", "settings_from_args", "user_error_message"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-# Config fields that the data-reading commands (data stats, train, evaluate) share.
-DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column",
-               "label_column")  # = evaluation's
 # Config fields that say how a long document is read (data stats reports what they leave unread).
 READING_FIELDS = ("long_documents", "chunk_stride", "max_chunks", "chunk_token_budget")
 
@@ -204,28 +203,9 @@ def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = Non
 
 
 def training_field_groups() -> list[tuple[str, list[str]]]:
-    names = [f.name for f in dataclasses.fields(Config)]
-    sections = [
-        ("data", [*DATA_FIELDS, "multi_label", "validation_ratio", "test_ratio", "max_train_samples",
-                  "max_eval_samples"]),
-        ("tokenization and batching", ["tokenizer", "max_length", "padding_side", "group_by_length",
-                                       "long_documents", "chunk_stride", "max_chunks", "chunk_token_budget",
-                                       "chunk_aggregation"]),
-        ("model", ["backbone", "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "train_top_layers",
-                   "gradient_checkpointing", "compile", "feature_cache", "cache_dir",
-                   "feature_cache_from_lower", "fusion",
-                   "fusion_refit"]),
-        ("optimisation", ["batch_size", "eval_batch_size", "epochs", "learning_rate", "head_learning_rate",
-                          "weight_decay", "warmup_ratio", "lr_schedule", "gradient_clip", "accumulate_grad_batches",
-                          "early_stopping_patience", "layerwise_lr_decay"]),
-        ("hardware and reproducibility", ["precision", "accelerator", "devices", "strategy", "num_nodes",
-                                          "num_workers", "seed"]),
-    ]
-    covered = {n for _, group in sections for n in group} | {"preset"}  # --preset has its own flag (auto)
-    missing = [n for n in names if n not in covered]
-    if missing:  # a new Config field always gets a flag
-        sections.append(("other", missing))
-    return sections
+    """train's flag groups: Config's sections (its ``# --- title ---`` comments), every field in one;
+    the recipe section's --preset has its own flag in the run group."""
+    return [(title, names) for title, names in field_sections(Config).items() if title != "recipe"]
 
 
 def command_parser(commands: Any, name: str, help_text: str, description: str, examples: str
@@ -276,7 +256,7 @@ def add_evaluate_parser(commands: Any) -> None:
     evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, report.txt and confusion_matrix.png")
     add_dataclass_flags(evaluate, InferenceSettings, title="inference")
     evaluate.add_argument("--int8", action="store_true", help=INT8_HELP)
-    add_dataclass_flags(evaluate, Config, [*DATA_FIELDS, "max_eval_samples"],
+    add_dataclass_flags(evaluate, Config, [*DATASET_FIELDS, "max_eval_samples"],
                         "data (default: as recorded with the model)")
 
 
@@ -375,7 +355,7 @@ def add_report_and_data_parsers(commands: Any) -> None:
     stats.add_argument("--plot", metavar="FILE.png", help="write class balance and token-length histogram")
     stats.add_argument("--tokenizer", default="gpt2", help="hub id or folder of the tokenizer (default: gpt2)")
     stats.add_argument("--max-length", default="512", help="length to report the share above (default: 512)")
-    add_dataclass_flags(stats, Config, [*DATA_FIELDS, "multi_label"], "data")
+    add_dataclass_flags(stats, Config, [*DATASET_FIELDS, "multi_label"], "data")
     add_dataclass_flags(stats, Config, READING_FIELDS, "how the model would read long documents (what goes unread)")
 
 
@@ -479,60 +459,15 @@ def print_plan(plan: dict[str, Any]) -> None:
         print(f"time       {describe_estimate(plan['estimated_seconds'])}")
 
 
-# evaluate and predict draw a progress bar on stderr once the model has read documents for
-# this many seconds (shorter runs show none); stdout keeps only the results.
-PROGRESS_DELAY_S = 5.0
-
-
-class ProgressBar:
-    """A tqdm bar on stderr, fed by a library's ``progress(done, total)`` callback (total None: a stream).
-
-    The bar is made at the first report, so its clock, rate and time left leave out model and
-    data loading; it appears only after :data:`PROGRESS_DELAY_S`. Redrawn at most every 30 s
-    when stderr is not a terminal (a log), as training's bars are. :meth:`echo` prints a result
-    line on stdout, first clearing the bar when both streams are the terminal.
-    """
-
-    def __init__(self, description: str, *, enabled: bool = True) -> None:
-        self.description, self.enabled = description, enabled
-        self.bar: Any = None
-        self.cleared = False
-        self.shared_terminal = enabled and sys.stdout.isatty() and sys.stderr.isatty()
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(desc=self.description, total=total, unit=" docs", delay=PROGRESS_DELAY_S, file=sys.stderr,
-                            mininterval=0.1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
-        if self.bar.update(done - self.bar.n):
-            self.cleared = False
-
-    def echo(self, line: str) -> None:
-        """Print ``line`` on stdout without tearing the bar."""
-        if self.shared_terminal and self.bar is not None and not self.cleared:
-            self.bar.clear()
-            self.cleared = True
-        print(line, flush=False)
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def command_evaluate(args: argparse.Namespace) -> int:
     from gpt2clf.infer.evaluation import evaluate_folder
     from gpt2clf.report.evaluation_files import save_evaluation
+    from gpt2clf.report.progress_bar import ProgressBar
 
     inference = settings_from_args(InferenceSettings, args)
     with ProgressBar(f"evaluate {args.split}", enabled=not args.no_progress) as progress:
         result = evaluate_folder(args.model_dir, split=args.split,
-                                 data_overrides=config_overrides(args, [*DATA_FIELDS, "max_eval_samples"]),
+                                 data_overrides=config_overrides(args, [*DATASET_FIELDS, "max_eval_samples"]),
                                  device=inference.device, precision=inference.precision, int8=args.int8,
                                  batch_size=inference.batch_size, progress=progress)
     written = save_evaluation(result, args.output) if args.output else []
@@ -545,30 +480,20 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def iter_predict_inputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    """(id, text) pairs from TEXT arguments, --file and --input, streamed."""
-    from gpt2clf.data.corpora import iter_text_column
-
-    for i, text in enumerate(args.texts):
-        yield f"arg:{i}", text
-    for path in args.file:
-        file = Path(path)
-        if not file.is_file():
-            raise DataError(f"--file {path}: no such file")
-        yield str(path), file.read_bytes().decode("utf-8", errors="replace")
-    if args.input:
-        for i, text in enumerate(iter_text_column(args.input, args.text_column or ["text"])):
-            yield f"{args.input}:{i}", text
-
-
 def command_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    from gpt2clf.data.labelled_files import iter_documents
+    from gpt2clf.report.progress_bar import ProgressBar
+
     inference = settings_from_args(InferenceSettings, args)
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
     if args.runtime == "onnx":
-        predictor: Any = onnx_predictor(args, inference)
+        from gpt2clf.infer.onnx_runtime import OnnxPredictor
+
+        predictor: Any = OnnxPredictor.from_folder(args.model_dir, args.onnx_model, batch_size=inference.batch_size,
+                                                   device=inference.device, int8=args.int8)
     elif args.runtime == "torch":
         from gpt2clf.infer.predictor import Predictor
 
@@ -581,7 +506,7 @@ def command_predict(args: argparse.Namespace) -> int:
     pending: collections.deque[str] = collections.deque()  # ids of documents read but not yet printed
 
     def texts() -> Iterator[str]:
-        for doc_id, text in iter_predict_inputs(args):
+        for doc_id, text in iter_documents(args.texts, args.file, args.input, args.text_column or ["text"]):
             pending.append(doc_id)
             yield text
 
@@ -595,18 +520,6 @@ def command_predict(args: argparse.Namespace) -> int:
                 shown = prediction.label if prediction.labels is None else "|".join(prediction.labels) or "(none)"
                 progress.echo(f"{doc_id}\t{shown}\t{ranked}")
     return 0
-
-
-def onnx_predictor(args: argparse.Namespace, inference: InferenceSettings) -> Any:
-    """The OnnxPredictor for ``predict --runtime onnx`` (CPU, float32 unless the file says otherwise)."""
-    from gpt2clf.infer.onnx_runtime import OnnxPredictor, import_onnxruntime
-
-    import_onnxruntime()  # first: without it, say how to install it whatever else is wrong
-    if args.int8:
-        raise UserError("--int8 quantizes the torch model; with --runtime onnx drop it")
-    if inference.device not in ("auto", "cpu"):
-        raise UserError(f"--runtime onnx runs on the CPU; drop --device {inference.device}")
-    return OnnxPredictor.from_folder(args.model_dir, args.onnx_model, batch_size=inference.batch_size)
 
 
 def command_export(args: argparse.Namespace) -> int:
@@ -631,7 +544,7 @@ def command_data_stats(args: argparse.Namespace) -> int:
     from gpt2clf.data.stats import describe_dataset
     from gpt2clf.report.plots import plot_dataset_stats
 
-    config = Config().updated(**config_overrides(args, [*DATA_FIELDS, "multi_label", *READING_FIELDS]),
+    config = Config().updated(**config_overrides(args, [*DATASET_FIELDS, "multi_label", *READING_FIELDS]),
                               max_length=args.max_length)
     stats = describe_dataset(config, args.tokenizer, config.max_length)
     if args.plot:
@@ -653,17 +566,14 @@ def command_data_stats(args: argparse.Namespace) -> int:
 
 
 def command_explain(args: argparse.Namespace) -> int:
+    from gpt2clf.data.labelled_files import iter_documents
     from gpt2clf.report.explain import explain_folder
 
     try:
         steps = int(args.steps)
     except ValueError:
         raise UserError(f"--steps must be an integer, got {args.steps!r}") from None
-    texts = list(args.texts)
-    for path in args.file:
-        if not Path(path).is_file():
-            raise DataError(f"--file {path}: no such file")
-        texts.append(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    texts = [text for _, text in iter_documents(args.texts, args.file)]
     explanations = explain_folder(args.model_dir, texts, method=args.method, label=args.label, steps=steps,
                                   device=settings_from_args(InferenceSettings, args).device, html=args.html)
     for exp in explanations:
@@ -708,7 +618,7 @@ def quiet_libraries() -> None:
 def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
                  line: str | None = None) -> None:
     """Our own warnings as one ``gpt2clf: warning:`` line; others as Python shows them."""
-    from gpt2clf.data.corpora import DataWarning
+    from gpt2clf.data.text_dataset import DataWarning
 
     if issubclass(category, (DataWarning, PerformanceWarning, SecurityWarning)):
         print(f"gpt2clf: warning: {message}", file=file or sys.stderr)

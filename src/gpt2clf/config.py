@@ -34,31 +34,11 @@ import yaml
 from gpt2clf.errors import ConfigError
 
 __all__ = [
-    "API_KEY_ENV",
-    "CHUNK_AGGREGATIONS",
-    "ENGINES",
-    "FREEZE_CHOICES",
-    "FUSION_CHOICES",
-    "LONG_DOCUMENT_CHOICES",
-    "PADDING_SIDES",
-    "POOLING_CHOICES",
-    "PRECISIONS",
-    "PRESETS",
-    "PRESET_CHOICES",
-    "RECIPE_FIELDS",
-    "SCHEDULES",
-    "SERVE_HOST",
-    "SERVE_PORT",
-    "STRIP_CHOICES",
-    "ClusterSettings",
-    "Config",
-    "InferenceSettings",
-    "ServeAccess",
-    "ServeSettings",
-    "check_batch_size",
-    "choose_preset",
-    "coerce_fields",
-    "field_help"
+    "API_KEY_ENV", "CHUNK_AGGREGATIONS", "DATASET_FIELDS", "FREEZE_CHOICES", "FUSION_CHOICES",
+    "LONG_DOCUMENT_CHOICES", "PADDING_SIDES", "POOLING_CHOICES", "PRECISIONS", "PRESETS", "PRESET_CHOICES",
+    "RECIPE_FIELDS", "SCHEDULES", "SERVE_HOST", "SERVE_PORT", "STRIP_CHOICES", "Config",
+    "InferenceSettings", "ServeAccess", "ServeSettings", "check_batch_size", "check_dataset_choice",
+    "check_float16_device", "check_heads", "choose_preset", "coerce_fields", "field_help", "field_sections",
 ]
 
 POOLING_CHOICES = ("last", "mean", "attention")
@@ -70,6 +50,9 @@ LONG_DOCUMENT_CHOICES = ("truncate", "head-tail", "chunks")
 CHUNK_AGGREGATIONS = ("mean", "sum", "max", "logsumexp", "max-pool", "attention")
 FUSION_CHOICES = ("none", "tfidf")
 STRIP_CHOICES = ("headers", "footers", "quotes")  # the order in which scikit-learn applies them
+# The Config fields that name a dataset and its columns: train, evaluate and data stats take them as flags
+# to point at data (gpt2clf.data.splits.DataSource holds them, with how the data is split).
+DATASET_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column", "label_column")
 # List fields whose string values are one item, never split on commas (column names may hold commas).
 VERBATIM_LISTS = ("text_column",)
 
@@ -300,8 +283,7 @@ class Config:
         for name in ["validation_ratio", "test_ratio"]:
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {getattr(self, name)}")
-        if self.n_embed is not None and self.n_heads is not None and self.n_embed % self.n_heads:
-            raise ConfigError(f"n_embed ({self.n_embed}) must be divisible by n_heads ({self.n_heads})")
+        check_heads(self.n_embed, self.n_heads)
         if self.preset not in ("none", *PRESETS):
             raise ConfigError(f"preset must be one of none, {', '.join(PRESETS)}; got {self.preset!r}")
         choices = {"pooling": POOLING_CHOICES, "freeze": FREEZE_CHOICES, "padding_side": PADDING_SIDES,
@@ -313,10 +295,7 @@ class Config:
         for part in self.strip:
             if part not in STRIP_CHOICES:
                 raise ConfigError(f"strip accepts {', '.join(STRIP_CHOICES)}; got {part!r}")
-        if self.test_file and not self.train_file:
-            raise ConfigError("test_file needs train_file (without train_file the dataset is 20 Newsgroups)")
-        if self.dataset is not None and self.train_file:
-            raise ConfigError("give either train_file or dataset, not both")
+        check_dataset_choice(self.train_file, self.test_file, self.dataset)
         if self.dataset is not None and not self.dataset.strip(" :"):
             raise ConfigError(f"dataset must be NAME or NAME:CONFIG, got {self.dataset!r}")
         if not self.text_column or any(not name for name in self.text_column):
@@ -393,6 +372,25 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+@functools.cache
+def field_sections(cls: type = Config) -> dict[str, list[str]]:
+    """The fields of dataclass ``cls`` under each of its ``# --- title ---`` comments, in source order: the
+    sections are declared once, in the class, and the CLI's flag groups follow them."""
+    import ast
+    import inspect
+    import re
+
+    lines, _ = inspect.getsourcelines(cls)
+    titles = {number: match[1] for number, line in enumerate(lines, start=1)
+              if (match := re.match(r"\s*# --- (.+?) -+$", line))}
+    sections: dict[str, list[str]] = {}
+    for node in ast.parse("".join(lines)).body[0].body:  # type: ignore[attr-defined]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            title = titles[max((n for n in titles if n < node.lineno), default=min(titles))]
+            sections.setdefault(title, []).append(node.target.id)
+    return sections
+
+
 def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` (from YAML or flag strings; ``-`` or ``_`` in names) converted to the types of
     dataclass ``cls``'s fields; :class:`ConfigError` for an unknown name or a wrong type."""
@@ -441,6 +439,29 @@ def check_batch_size(value: Any, name: str = "batch_size") -> int:
         label = name if name.startswith("--") else f"{name} ({flag})"
         raise ConfigError(f"{label} must be at least 1 (a whole number), got {value!r}")
     return value
+
+
+def check_heads(n_embed: int | None, n_heads: int | None) -> None:
+    """The one rule for attention heads: they split the width evenly (None: decided by the backbone later)."""
+    if n_embed is not None and n_heads is not None and n_embed % n_heads:
+        raise ConfigError(f"n_embed ({n_embed}) must be divisible by n_heads ({n_heads})")
+
+
+def check_float16_device(precision: str, *, on_gpu: bool) -> None:
+    """The one rule for float16 (``16-mixed``): it needs a GPU (CPUs have no fast float16 matmuls)."""
+    if precision.startswith("16") and not on_gpu:
+        raise ConfigError(f"precision {precision} (float16) needs a GPU; on a CPU use bf16-mixed "
+                          "(fast with AVX512-BF16 or AMX), 32-true, or auto")
+
+
+def check_dataset_choice(train_file: Any, test_file: Any, dataset: str | None,
+                         error: type[Exception] = ConfigError) -> None:
+    """The one rule for naming a dataset: a labelled ``train_file`` (``test_file`` only beside it), a hub
+    ``dataset``, or neither (20 Newsgroups); ``error`` is the exception to raise."""
+    if test_file and not train_file:
+        raise error("test_file needs train_file (without train_file the dataset is 20 Newsgroups)")
+    if dataset is not None and train_file:
+        raise error("give either train_file or dataset, not both")
 
 
 # Where ``gpt2clf serve`` listens unless told otherwise (the defaults of gpt2clf.serve.app.serve).
@@ -512,42 +533,6 @@ class ServeAccess:
     allow_unauthenticated: bool = False
     """Serve on an address other than loopback without an API key (refused otherwise): anyone who can
     reach the port may use every endpoint."""
-
-
-ENGINES = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Where ``predict --input`` and ``train`` run: in this process, or on a Ray cluster (the ``--engine`` flags).
-
-    Example::
-
-        >>> ClusterSettings(engine="ray", workers=2).workers
-        2
-    """
-
-    engine: str = "local"
-    """local (this process) or ray (a Ray cluster: the one at --address, else a new one on this machine)."""
-    workers: int | None = None
-    """With --engine ray: model actors (predict) or training workers (train); None: as many as the cluster's
-    CPUs allow, leaving one for reading the data."""
-    gpus_per_worker: float = 0.0
-    """With --engine ray: GPUs each worker takes (0: CPU only; a fraction shares a GPU between workers)."""
-    address: str | None = None
-    """With --engine ray: the cluster to join (host:6379, ray://host:10001 or auto); None: start one here."""
-    storage_path: str | None = None
-    """With train --engine ray: where checkpoints go, a folder every node sees or a URI (s3://, gs://);
-    None: the run folder."""
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
-                                         or self.workers < 1):
-            raise ConfigError(f"--workers must be a whole number of at least 1, got {self.workers!r}")
-        if not (self.gpus_per_worker >= 0 and math.isfinite(self.gpus_per_worker)):
-            raise ConfigError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker!r}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

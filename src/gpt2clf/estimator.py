@@ -1,7 +1,7 @@
 """A scikit-learn estimator: :class:`GPT2TextClassifier`, built on :func:`gpt2clf.training.loop.fit`.
 
 Data flow: ``fit(X, y)`` turns the texts and labels into in-memory splits
-(:func:`gpt2clf.data.corpora.labelled_texts`, labels named ``str(label)``), trains with a
+(:func:`gpt2clf.data.splits.labelled_texts`, labels named ``str(label)``), trains with a
 :class:`~gpt2clf.config.Config` made of the estimator's parameters, and keeps the best
 validation epoch's model; ``predict_proba`` runs a :class:`~gpt2clf.infer.predictor.Predictor`
 over new texts. ``save`` writes an ordinary model folder (JSON + safetensors), which the CLI's
@@ -35,20 +35,17 @@ from sklearn.utils.validation import check_is_fitted
 
 from gpt2clf.config import Config
 from gpt2clf.data.batching import Windowing
-from gpt2clf.data.corpora import join_fields, labelled_texts
+from gpt2clf.data.labelled_files import join_fields
+from gpt2clf.data.splits import labelled_texts
 from gpt2clf.errors import DataError
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.model.folder import read_training_record, recorded_config, save_model
 
 __all__ = ["GPT2TextClassifier"]
 
-# The estimator's parameters that are Config fields (everything but config_overrides).
-CONFIG_PARAMS = (
-    "backbone", "tokenizer", "max_length", "epochs", "batch_size", "learning_rate", "head_learning_rate",
-    "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "long_documents", "fusion", "warmup_ratio",
-    "weight_decay", "precision", "accelerator", "devices", "seed", "validation_ratio", "feature_cache",
-    "cache_dir", "multi_label",
-)
+# Every parameter's default is Config's (read here, not retyped), but devices: one process, since a multi-GPU
+# launch inside fit is not what an estimator should do. scikit-learn reads the parameters from the signature.
+_DEFAULTS = Config()
 
 
 class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
@@ -86,14 +83,19 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
         >>> pipe.fit(train_texts, train_labels).score(test_texts, test_labels)           # doctest: +SKIP
     """
 
-    def __init__(self, backbone: str = "gpt2", tokenizer: str | None = None, max_length: int = 512,
-                 epochs: int = 5, batch_size: int = 16, learning_rate: float = 2e-5,
-                 head_learning_rate: float | None = None, n_embed: int | None = None, n_heads: int | None = None,
-                 n_blocks: int = 2, dropout: float = 0.1, pooling: str = "last", freeze: str = "none",
-                 long_documents: str = "truncate", fusion: str = "none", warmup_ratio: float = 0.06,
-                 weight_decay: float = 0.01, precision: str = "auto", accelerator: str = "auto", devices: str = "1",
-                 seed: int = 42, validation_ratio: float = 0.2, feature_cache: bool = True,
-                 cache_dir: str | None = None, multi_label: bool = False,
+    def __init__(self, backbone: str = _DEFAULTS.backbone, tokenizer: str | None = _DEFAULTS.tokenizer,
+                 max_length: int = _DEFAULTS.max_length, epochs: int = _DEFAULTS.epochs,
+                 batch_size: int = _DEFAULTS.batch_size, learning_rate: float = _DEFAULTS.learning_rate,
+                 head_learning_rate: float | None = _DEFAULTS.head_learning_rate,
+                 n_embed: int | None = _DEFAULTS.n_embed, n_heads: int | None = _DEFAULTS.n_heads,
+                 n_blocks: int = _DEFAULTS.n_blocks,
+                 dropout: float = _DEFAULTS.dropout, pooling: str = _DEFAULTS.pooling, freeze: str = _DEFAULTS.freeze,
+                 long_documents: str = _DEFAULTS.long_documents, fusion: str = _DEFAULTS.fusion,
+                 warmup_ratio: float = _DEFAULTS.warmup_ratio, weight_decay: float = _DEFAULTS.weight_decay,
+                 precision: str = _DEFAULTS.precision, accelerator: str = _DEFAULTS.accelerator, devices: str = "1",
+                 seed: int = _DEFAULTS.seed, validation_ratio: float = _DEFAULTS.validation_ratio,
+                 feature_cache: bool = _DEFAULTS.feature_cache, cache_dir: str | None = _DEFAULTS.cache_dir,
+                 multi_label: bool = _DEFAULTS.multi_label,
                  config_overrides: dict[str, Any] | None = None) -> None:
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -132,9 +134,14 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
         tags.target_tags.two_d_labels = bool(self.multi_label)
         return tags
 
+    @classmethod
+    def config_params(cls) -> list[str]:
+        """The parameters that are Config fields: every one but ``config_overrides``."""
+        return [name for name in cls._get_param_names() if name != "config_overrides"]
+
     def make_config(self) -> Config:
         """The :class:`~gpt2clf.config.Config` these parameters describe (validated)."""
-        params = {name: getattr(self, name) for name in CONFIG_PARAMS}
+        params = {name: getattr(self, name) for name in self.config_params()}
         overrides = dict(self.config_overrides or {})
         clash = sorted(set(overrides) & set(params))
         if clash:
@@ -231,10 +238,9 @@ class GPT2TextClassifier(ClassifierMixin, BaseEstimator):
         config = recorded_config(path)
         record = read_training_record(path)
         known = {f.name for f in dataclasses.fields(Config)}
-        params = {name: getattr(config, name) for name in CONFIG_PARAMS}
-        defaults = Config()
-        overrides = {name: getattr(config, name) for name in known - set(CONFIG_PARAMS)
-                     if getattr(config, name) != getattr(defaults, name)}
+        params = {name: getattr(config, name) for name in cls.config_params()}
+        overrides = {name: getattr(config, name) for name in known - set(params)
+                     if getattr(config, name) != getattr(_DEFAULTS, name)}
         estimator = cls(**params, config_overrides=overrides or None)
         names = predictor.label_names
         saved = record.sklearn_classes

@@ -1,6 +1,6 @@
 """Tokens and batches: tokenizer loading, tokenized datasets, collators and samplers.
 
-Texts (from :mod:`gpt2clf.data.corpora`) become token id lists (:func:`tokenize_texts`), then
+Texts (from :mod:`gpt2clf.data.splits`) become token id lists (:func:`tokenize_texts`), then
 padded batches that waste little compute on padding:
 
 * :class:`TokenizedDataset` holds token id lists (and labels);

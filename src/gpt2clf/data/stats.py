@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gpt2clf.data.batching import Windowing, body_lengths, reading_coverage, special_tokens_around
-from gpt2clf.data.corpora import DatasetSplits
+from gpt2clf.data.text_dataset import DatasetSplits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -90,7 +90,7 @@ def describe_dataset(config: Any, tokenizer_name: str, max_length: int) -> Datas
     """:func:`dataset_stats` of the dataset ``config`` (a :class:`~gpt2clf.config.Config`) names, read as its
     long-document settings say."""
     from gpt2clf.data.batching import load_tokenizer
-    from gpt2clf.data.corpora import config_dataset
+    from gpt2clf.data.splits import config_dataset
 
     splits = config_dataset(config)
     return dataset_stats(splits, load_tokenizer(tokenizer_name), max_length, Windowing.of(config))

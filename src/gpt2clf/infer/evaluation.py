@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from gpt2clf.config import Config
-from gpt2clf.data.corpora import DataWarning, splits_for
+from gpt2clf.data.splits import splits_for
+from gpt2clf.data.text_dataset import DataWarning
 from gpt2clf.errors import DataError
 from gpt2clf.infer.predictor import Predictor
 from gpt2clf.infer.runtime import Progress
@@ -35,10 +36,6 @@ __all__ = ["EvaluationResult", "compute_metrics", "compute_multilabel_metrics", 
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 # Keys of EvaluationResult that only multi-label results have (left out of single-label output).
 MULTI_LABEL_KEYS = ("multi_label", "micro_f1", "subset_accuracy", "hamming_loss", "thresholds")
-
-# The Config fields that name a dataset (evaluate takes them to point a model at other data).
-DATA_FIELDS = ("data_dir", "strip", "train_file", "test_file", "dataset", "text_column", "label_column")
-
 
 @dataclass
 class EvaluationResult:

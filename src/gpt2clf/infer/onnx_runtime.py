@@ -270,15 +270,20 @@ class OnnxPredictor:
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, onnx_path: str | Path | None = None, *,
-                    batch_size: int = InferenceSettings.batch_size,
-                    num_threads: int | None = None) -> OnnxPredictor:
+                    batch_size: int = InferenceSettings.batch_size, num_threads: int | None = None,
+                    device: str = "cpu", int8: bool = False) -> OnnxPredictor:
         """Load ``onnx_path`` (default ``MODEL_DIR/model.onnx``) with the tokenizer of ``model_dir``.
 
-        Raises :class:`UserError` subclasses, one line each: onnxruntime missing, no such
-        file, a file that is not a gpt2clf export, an export of another model folder, or a
-        model folder whose predictions this graph does not reproduce.
+        Raises :class:`UserError` subclasses, one line each: onnxruntime missing, a ``device`` other
+        than the CPU (or auto), ``int8`` (which quantizes the torch model), no such file, a file that is
+        not a gpt2clf export, an export of another model folder, or a model folder whose predictions
+        this graph does not reproduce.
         """
-        ort = import_onnxruntime()
+        ort = import_onnxruntime()  # first: without it, say how to install it whatever else is wrong
+        if int8:
+            raise UserError("--int8 quantizes the torch model; with --runtime onnx drop it")
+        if device not in ("auto", "cpu"):
+            raise UserError(f"--runtime onnx runs on the CPU; drop --device {device}")
         folder = Path(model_dir)
         if not folder.is_dir():
             raise ModelLoadError(f"model folder not found: {folder}")

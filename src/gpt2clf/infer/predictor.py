@@ -44,10 +44,9 @@ __all__ = ["Prediction", "Predictor", "batched_logits"]
 def batched_logits(
     model: GPT2Classifier,
     token_lists: Sequence[list[int]] | Sequence[list[list[int]]],
+    padding: PaddingCollator,
     *,
     batch_size: int,
-    pad_token_id: int,
-    padding_side: str = "right",
     device: torch.device | str = "cpu",
     precision: str = "32-true",
     max_batch_tokens: int | None = None,
@@ -56,15 +55,14 @@ def batched_logits(
     """Float32 logits (N, num_labels) for tokenized documents, returned in input order.
 
     A document is a token list, or a list of windows (long documents cut into chunks; the
-    model aggregates them). Batches are formed from length-sorted documents; padding and batch neighbours do not
-    change a document's logits (the model masks padding), only the speed. ``progress(done, N)``
-    hears of the documents done after each batch.
+    model aggregates them). Batches are formed from length-sorted documents and padded by ``padding`` (the
+    tokenizer's pad token, on its side); padding and batch neighbours do not change a document's logits (the
+    model masks padding), only the speed. ``progress(done, N)`` hears of the documents done after each batch.
     """
     device = torch.device(device)
-    collate = PaddingCollator(pad_token_id, padding_side)
 
     def run_batch(indices: list[int]) -> torch.Tensor:
-        batch = collate([{"input_ids": token_lists[i], "index": i} for i in indices])
+        batch = padding([{"input_ids": token_lists[i], "index": i} for i in indices])
         document_index = batch.get("document_index")
         return model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                      None if document_index is None else document_index.to(device))
@@ -226,9 +224,8 @@ class Predictor:
         ``progress(done, N)`` is called after each batch (see :data:`gpt2clf.infer.runtime.Progress`).
         """
         token_lists = encode_documents(list(texts), self.tokenizer, self.windowing)
-        return batched_logits(self.model, token_lists, batch_size=self.batch_size,
-                              pad_token_id=self.tokenizer.pad_token_id,
-                              padding_side=self.tokenizer.padding_side, device=self.device,
+        padding = PaddingCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side)
+        return batched_logits(self.model, token_lists, padding, batch_size=self.batch_size, device=self.device,
                               precision=self.precision, max_batch_tokens=self.max_batch_tokens, progress=progress)
 
     def predict_proba(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:

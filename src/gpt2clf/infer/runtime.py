@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from gpt2clf.config import PRECISIONS
+from gpt2clf.config import PRECISIONS, check_float16_device
 from gpt2clf.data.batching import length_sorted_batches
 from gpt2clf.errors import ConfigError, UserError
 from gpt2clf.model.backbone import conv1d_to_linear
@@ -146,9 +146,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         if device.type == "cpu" and cpu_has_native_bf16():
             return "bf16-mixed"
         return "32-true"
-    if precision.startswith("16") and device.type == "cpu":
-        raise ConfigError(f"precision {precision} (float16) needs a GPU; on a CPU use bf16-mixed "
-                          "(fast with AVX512-BF16 or AMX) or 32-true")
+    check_float16_device(precision, on_gpu=device.type != "cpu")
     return precision
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gpt2clf.config import CHUNK_AGGREGATIONS, FREEZE_CHOICES, POOLING_CHOICES
+from gpt2clf.config import CHUNK_AGGREGATIONS, FREEZE_CHOICES, POOLING_CHOICES, check_heads
 from gpt2clf.errors import ConfigError, ModelLoadError, first_line
 from gpt2clf.model.backbone import (
     BackboneAdapter,
@@ -98,8 +98,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, n_embed: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
-        if n_embed % n_heads:
-            raise ConfigError(f"n_embed ({n_embed}) must be divisible by n_heads ({n_heads})")
+        check_heads(n_embed, n_heads)
         self.n_heads = n_heads
         self.n_embed = n_embed
         self.qkv = nn.Linear(n_embed, 3 * n_embed)  # W_Q, W_K, W_V of all heads in one matmul
@@ -252,8 +251,7 @@ class ClassifierSpec:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_blocks < 0:
             raise ConfigError(f"n_blocks must be 0 or more, got {self.n_blocks}")
-        if self.n_embed is not None and self.n_heads is not None and self.n_embed % self.n_heads:
-            raise ConfigError(f"n_embed ({self.n_embed}) must be divisible by n_heads ({self.n_heads})")
+        check_heads(self.n_embed, self.n_heads)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pooling not in POOLING_CHOICES:

@@ -120,7 +120,7 @@ def score_run(run_dir: str | Path, *, device: str | None = "cpu") -> ScoredSplit
 
         >>> scored = score_run("runs/20ng")   # doctest: +SKIP
     """
-    from gpt2clf.data.corpora import splits_for
+    from gpt2clf.data.splits import splits_for
     from gpt2clf.infer.predictor import Predictor
 
     run_dir = Path(run_dir)
@@ -171,7 +171,7 @@ def data_summary(config: Any, tokenizer: Any) -> dict[str, Any]:
     training) instead of the dataset's own two, so :func:`gpt2clf.report.plots.dataset_stats_png` draws it.
     """
     from gpt2clf.data.batching import token_lengths
-    from gpt2clf.data.corpora import splits_for
+    from gpt2clf.data.splits import splits_for
     from gpt2clf.data.stats import DatasetStats
 
     splits = splits_for(config)

@@ -2,7 +2,7 @@
 
 Data flow for one run (:func:`gpt2clf.training.loop.fit` calls these in this order)::
 
-    Config -> prepare_data: texts of train / validation / test (gpt2clf.data.corpora)
+    Config -> prepare_data: texts of train / validation / test (gpt2clf.data.splits)
                             -> token ids under the run's windowing (gpt2clf.data.batching), and what it leaves unread
            -> build_model:  the pretrained backbone + our blocks, pooling and head, with the frozen part set
            -> attach_features (frozen backbone only): its states computed once into the feature cache
@@ -24,8 +24,16 @@ import numpy as np
 import torch
 
 from gpt2clf.config import Config
-from gpt2clf.data.batching import ReadingCoverage, TokenizedDataset, Windowing, encode_and_measure, load_tokenizer
-from gpt2clf.data.corpora import DatasetSplits, DataWarning, SplitSets, splits_for
+from gpt2clf.data.batching import (
+    PaddingCollator,
+    ReadingCoverage,
+    TokenizedDataset,
+    Windowing,
+    encode_and_measure,
+    load_tokenizer,
+)
+from gpt2clf.data.splits import SplitSets, splits_for
+from gpt2clf.data.text_dataset import DatasetSplits, DataWarning
 from gpt2clf.errors import ConfigError
 from gpt2clf.infer.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics
 from gpt2clf.infer.predictor import batched_logits
@@ -130,8 +138,8 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
 def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, tokenizer: Any = None) -> PreparedData:
     """Tokenized train, validation and test sets of ``config``'s dataset, or of ``data`` (in memory).
 
-    ``data`` as :class:`~gpt2clf.data.corpora.DatasetSplits` (train and test) gets the usual
-    validation carve-out and sample limits; as :class:`~gpt2clf.data.corpora.SplitSets` it is used as is.
+    ``data`` as :class:`~gpt2clf.data.text_dataset.DatasetSplits` (train and test) gets the usual
+    validation carve-out and sample limits; as :class:`~gpt2clf.data.splits.SplitSets` it is used as is.
     """
     sets = data if isinstance(data, SplitSets) else splits_for(config, data)
     if tokenizer is None:
@@ -200,9 +208,9 @@ def split_logits(model: GPT2Classifier, data: PreparedData, config: Config, spli
     if data.features is not None:
         return feature_logits(model, data.features[split], batch_size=config.effective_eval_batch_size,
                               device=device, precision=config.precision)
-    return batched_logits(model, getattr(data, split).input_ids, batch_size=config.effective_eval_batch_size,
-                          pad_token_id=data.tokenizer.pad_token_id, padding_side=config.padding_side,
-                          device=device, precision=config.precision)
+    return batched_logits(model, getattr(data, split).input_ids,
+                          PaddingCollator(data.tokenizer.pad_token_id, config.padding_side),
+                          batch_size=config.effective_eval_batch_size, device=device, precision=config.precision)
 
 
 def score_split(model: GPT2Classifier, data: PreparedData, config: Config, split: str,

@@ -58,7 +58,8 @@ from gpt2clf.data.batching import (
     LengthGroupedSampler,
     PaddingCollator,
 )
-from gpt2clf.data.corpora import DatasetSplits, SplitSets
+from gpt2clf.data.splits import SplitSets
+from gpt2clf.data.text_dataset import DatasetSplits
 from gpt2clf.errors import UserError
 from gpt2clf.files import atomic_write_json
 from gpt2clf.infer.evaluation import (
@@ -352,7 +353,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
         notify: Callable[[str], None] | None = None, estimate_report: bool = False) -> FitResult:
     """Train per ``config`` and return the model of the best validation epoch with its figures.
 
-    ``data`` gives the texts in memory (see :func:`gpt2clf.data.corpora.labelled_texts`); None reads
+    ``data`` gives the texts in memory (see :func:`gpt2clf.data.splits.labelled_texts`); None reads
     the dataset ``config`` names. ``run_dir`` receives checkpoints and logs (None: a temporary
     folder, removed afterwards). Nothing else is written: :func:`train` writes the run folder.
     ``resume`` continues from ``run_dir``'s ``checkpoints/last.ckpt`` (from the first epoch if there is none yet).
@@ -362,7 +363,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     Example::
 
         >>> from gpt2clf import Config, fit
-        >>> from gpt2clf.data.corpora import labelled_texts
+        >>> from gpt2clf.data.splits import labelled_texts
         >>> data = labelled_texts(["good film", "bad film", ...], ["pos", "neg", ...])  # doctest: +SKIP
         >>> result = fit(Config(backbone="gpt2", epochs=1), data)                       # doctest: +SKIP
         >>> result.metrics["validation"]["accuracy"]                                    # doctest: +SKIP

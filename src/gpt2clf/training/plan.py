@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from gpt2clf.config import Config
+from gpt2clf.config import Config, check_float16_device
 from gpt2clf.data.batching import Windowing
 from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
 from gpt2clf.infer.runtime import autocast_context, cpu_has_native_bf16, resolve_precision
@@ -396,9 +396,7 @@ def check_hardware(config: Config) -> None:
         variants = ("deepspeed_", "fsdp_", "ddp_fork", "ddp_notebook")
         shown = ", ".join(s for s in strategies if not s.startswith(variants))
         raise ConfigError(f"unknown strategy {config.strategy!r}; choose one of: {shown}")
-    if config.precision.startswith("16") and not on_gpu:
-        raise ConfigError(f"precision {config.precision} (float16) needs a GPU; on a CPU use bf16-mixed "
-                          "(fast with AVX512-BF16 or AMX), 32-true, or auto")
+    check_float16_device(config.precision, on_gpu=on_gpu)
 
 
 def resolved_config(config: Config) -> Config:
