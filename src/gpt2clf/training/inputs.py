@@ -32,7 +32,7 @@ from gpt2clf.infer.predictor import batched_logits
 from gpt2clf.model.backbone import load_backbone_config, use_fused_gelu
 from gpt2clf.model.backbone import max_positions as backbone_max_positions
 from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
-from gpt2clf.training.feature_cache import WindowedFeatures, cached_features, feature_logits
+from gpt2clf.training.feature_cache import WindowedFeatures, cached_features, feature_cache_spec, feature_logits
 
 __all__ = [
     "PreparedData",
@@ -76,16 +76,9 @@ def data_split(data: PreparedData, split: str):
 
 
 def uses_feature_cache(config: Config, model: GPT2Classifier) -> bool:
-    """Whether the frozen part of the backbone runs once into a disk cache instead of every step.
-
-    It gives the same hidden states every epoch: the whole backbone with ``freeze=backbone``,
-    the layers below the top ``K`` with ``train_top_layers=K`` (when at least one layer is frozen).
-    """
-    if not config.feature_cache:
-        return False
-    if config.train_top_layers:
-        return config.train_top_layers < len(model.backbone_layers())
-    return config.freeze == "backbone" or config.train_top_layers == 0
+    """Whether the frozen part of the backbone runs once into a disk cache instead of every step
+    (:func:`~gpt2clf.training.feature_cache.feature_cache_spec` decides)."""
+    return feature_cache_spec(config, model) is not None
 
 
 def compute_device(config: Config) -> torch.device:
@@ -97,9 +90,13 @@ def compute_device(config: Config) -> torch.device:
 
 def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *,
                     show_progress: bool = False) -> None:
-    """Run the frozen backbone over every split once (or load it from the disk cache)."""
+    """Run the frozen backbone over every split once (or load it from the disk cache), when the run uses
+    a feature cache."""
     from tqdm.auto import tqdm
 
+    spec = feature_cache_spec(config, model)
+    if spec is None:
+        return
     device = compute_device(config)
     model.to(device)
     data.features = {}
@@ -117,11 +114,8 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
 
             windowed = config.long_documents == "chunks"
             flat = [w for doc in tokens.input_ids for w in doc] if windowed else tokens.input_ids
-            cached = cached_features(
-                model, flat, None if windowed else tokens.labels, cache_root=config.cache_dir,
-                tokenizer_name=config.tokenizer_name, batch_size=config.effective_eval_batch_size, device=device,
-                precision=config.precision, max_length=config.max_length, train_top_layers=config.train_top_layers,
-                progress=progress, from_lower=config.feature_cache_from_lower)
+            cached = cached_features(model, flat, None if windowed else tokens.labels, spec, device=device,
+                                     progress=progress)
             data.features[split] = (WindowedFeatures(cached, [len(doc) for doc in tokens.input_ids], tokens.labels)
                                     if windowed else cached)
     model.to("cpu")

@@ -299,13 +299,11 @@ def _backward_to_inputs(model: GPT2Classifier, ids: torch.Tensor, mask: torch.Te
 def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> float:
     """How many backbone layers the feature-cache pass will run over ``split`` (0: it is cached already; scaled
     down by what an interrupted run left in a partial cache)."""
-    from gpt2clf.training.feature_cache import layers_to_compute
+    from gpt2clf.training.feature_cache import feature_cache_spec, layers_to_compute
 
     tokens = getattr(data, split)
     flat = [w for doc in tokens.input_ids for w in doc] if config.long_documents == "chunks" else tokens.input_ids
-    return layers_to_compute(model, flat, cache_root=config.cache_dir, tokenizer_name=config.tokenizer_name,
-                             precision=config.precision, max_length=config.max_length,
-                             train_top_layers=config.train_top_layers, from_lower=config.feature_cache_from_lower)
+    return layers_to_compute(model, flat, feature_cache_spec(config, model))
 
 
 def _fusion_seconds(config: Config, data: PreparedData) -> float:
