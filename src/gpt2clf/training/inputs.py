@@ -104,7 +104,7 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
         tokens = getattr(data, split)
         if not len(tokens):
             continue
-        with tqdm(desc=f"feature cache, {split}", unit="window" if config.long_documents == "chunks" else "document",
+        with tqdm(desc=f"feature cache, {split}", unit="window" if tokens.windowed else "document",
                   disable=not show_progress, leave=False,
                   mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
 
@@ -112,12 +112,10 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
                 bar.total = total
                 bar.update(done - bar.n)
 
-            windowed = config.long_documents == "chunks"
-            flat = [w for doc in tokens.input_ids for w in doc] if windowed else tokens.input_ids
-            cached = cached_features(model, flat, None if windowed else tokens.labels, spec, device=device,
-                                     progress=progress)
-            data.features[split] = (WindowedFeatures(cached, [len(doc) for doc in tokens.input_ids], tokens.labels)
-                                    if windowed else cached)
+            cached = cached_features(model, tokens.windows, None if tokens.windowed else tokens.labels, spec,
+                                     device=device, progress=progress)
+            data.features[split] = (WindowedFeatures(cached, tokens.window_counts, tokens.labels)
+                                    if tokens.windowed else cached)
     model.to("cpu")
 
 
@@ -137,7 +135,7 @@ def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, 
     for name in ("train", "validation", "test"):
         ds = sets.split(name)
         items, coverage[name] = encode_and_measure(ds.texts, tokenizer, windowing)
-        splits[name] = TokenizedDataset(items, ds.labels)
+        splits[name] = TokenizedDataset(items, ds.labels, windowed=windowing.windowed)
     return PreparedData(sets.label_names, sets.source, tokenizer, splits["train"], splits["validation"],
                         splits["test"], texts={name: list(sets.split(name).texts) for name in splits},
                         coverage=coverage)
@@ -159,7 +157,7 @@ def build_model(config: Config, label_names: list[str]) -> GPT2Classifier:
     spec = ClassifierSpec(num_labels=len(label_names), label_names=list(label_names), n_embed=config.n_embed,
                           n_heads=config.n_heads, n_blocks=config.n_blocks, dropout=config.dropout,
                           pooling=config.pooling,
-                          chunk_aggregation=config.chunk_aggregation if config.long_documents == "chunks" else None)
+                          chunk_aggregation=config.chunk_aggregation if Windowing.of(config).windowed else None)
     model = GPT2Classifier.from_backbone(config.backbone, spec)
     _check_length(config, max_positions(model))
     model.set_trainable(config.freeze, config.train_top_layers)

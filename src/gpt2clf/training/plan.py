@@ -147,14 +147,13 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
     gradients are cleared afterwards. A rough figure (the checks in ACCURACY.md compare it with
     measured runs). ``epochs_done``: epochs a resumed run has finished already (not counted).
     """
-    windows = [w for item in data.train.input_ids for w in (item if data.train.input_ids and
-                                                              isinstance(item[0], list) else [item])]
+    windows = data.train.windows
     if not windows:
         return {}
     device = compute_device(config)
     lengths = sorted(len(w) for w in windows)
     rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report,
-                            windows_per_document=len(windows) / len(data.train.input_ids))
+                            windows_per_document=len(windows) / len(data.train))
     tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
     cache_share = {}  # per split, the share of the frozen layers the cache pass still has to run
     if uses_feature_cache(config, model):
@@ -301,9 +300,7 @@ def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, spl
     down by what an interrupted run left in a partial cache)."""
     from gpt2clf.training.feature_cache import feature_cache_spec, layers_to_compute
 
-    tokens = getattr(data, split)
-    flat = [w for doc in tokens.input_ids for w in doc] if config.long_documents == "chunks" else tokens.input_ids
-    return layers_to_compute(model, flat, feature_cache_spec(config, model))
+    return layers_to_compute(model, getattr(data, split).windows, feature_cache_spec(config, model))
 
 
 def _fusion_seconds(config: Config, data: PreparedData) -> float:
