@@ -1,12 +1,15 @@
 """A run's data and model, prepared: tokenized splits, the classifier, cached backbone states, scored splits.
 
-Data flow for one run (:func:`gpt2clf.training.loop.fit` calls these in this order)::
+Data flow for one run (:func:`gpt2clf.training.plan.set_up_run` and :func:`gpt2clf.training.loop.fit` call
+these in this order)::
 
     Config -> prepare_data: texts of train / validation / test (gpt2clf.data.corpora)
                             -> token ids under the run's windowing (gpt2clf.data.batching), and what it leaves unread
            -> build_model:  the pretrained backbone + our blocks, pooling and head, with the frozen part set
-           -> attach_features (frozen backbone only): its states computed once into the feature cache
-           -> score_split:  logits of one split (from the cache when the run used one)
+           -> choose_inputs: how batches reach the model, chosen once: TokenInputs (token ids through the whole
+                            model) or CachedStates (a frozen part's states, computed once into the feature cache
+                            by its prepare, through the layers above it and ours); the data carries it
+           -> score_split:  logits of one split (through the data's inputs)
 
 This is also the public home for code that needs a run's data without training it (the benchmarks,
 ``--refit`` rescoring). Nothing here prints or exits; progress goes to an optional callback.
@@ -24,7 +27,14 @@ import numpy as np
 import torch
 
 from gpt2clf.config import Config
-from gpt2clf.data.batching import ReadingCoverage, TokenizedDataset, Windowing, encode_and_measure, load_tokenizer
+from gpt2clf.data.batching import (
+    PaddingCollator,
+    ReadingCoverage,
+    TokenizedDataset,
+    Windowing,
+    encode_and_measure,
+    load_tokenizer,
+)
 from gpt2clf.data.corpora import DatasetSplits, DataWarning, SplitSets, splits_for
 from gpt2clf.errors import ConfigError
 from gpt2clf.infer.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics
@@ -32,15 +42,27 @@ from gpt2clf.infer.predictor import batched_logits
 from gpt2clf.model.backbone import load_backbone_config, use_fused_gelu
 from gpt2clf.model.backbone import max_positions as backbone_max_positions
 from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
-from gpt2clf.training.feature_cache import WindowedFeatures, cached_features, feature_cache_spec, feature_logits
+from gpt2clf.training.feature_cache import (
+    FeatureCacheSpec,
+    FeatureCollator,
+    FeatureDataset,
+    WindowedFeatures,
+    cached_features,
+    feature_cache_spec,
+    feature_logits,
+    logits_from_features,
+)
 
 __all__ = [
+    "CachedStates",
+    "InputPipeline",
     "PreparedData",
-    "attach_features",
+    "TokenInputs",
+    "attach_inputs",
     "build_model",
     "check_backbone",
+    "choose_inputs",
     "compute_device",
-    "data_split",
     "prepare_data",
     "score_split",
     "seed_all",
@@ -50,9 +72,95 @@ __all__ = [
 ]
 
 
+class TokenInputs:
+    """Batches of token ids through the whole model (the default pipeline): nothing is computed ahead."""
+
+    cache: FeatureCacheSpec | None = None
+    """No feature cache."""
+
+    def prepare(self, data: PreparedData, model: GPT2Classifier, *, show_progress: bool = False) -> None:
+        """Nothing to compute before training."""
+
+    def dataset(self, data: PreparedData, split: str) -> TokenizedDataset:
+        """The dataset a split trains or evaluates on."""
+        return getattr(data, split)
+
+    def collator(self, data: PreparedData, padding_side: str) -> PaddingCollator:
+        return PaddingCollator(data.tokenizer.pad_token_id, padding_side)
+
+    def logits(self, model: GPT2Classifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits of one collated batch."""
+        return model(batch["input_ids"], batch["attention_mask"], batch.get("document_index"))
+
+    def split_logits(self, model: GPT2Classifier, data: PreparedData, config: Config, split: str,
+                     device: torch.device) -> torch.Tensor:
+        """Float32 logits (documents, labels) of one split, in split order."""
+        return batched_logits(model, getattr(data, split).input_ids, batch_size=config.effective_eval_batch_size,
+                              pad_token_id=data.tokenizer.pad_token_id, padding_side=config.padding_side,
+                              device=device, precision=config.precision)
+
+
+class CachedStates:
+    """Batches of a frozen part's hidden states, read from the feature cache, through the backbone's layers
+    above them (``cache.start_layer``) and ours. :meth:`prepare` runs the frozen part over every split once
+    (or finds its states in the cache) on ``device``."""
+
+    def __init__(self, cache: FeatureCacheSpec, device: torch.device) -> None:
+        self.cache = cache
+        self.device = device
+        self.features: dict[str, FeatureDataset | WindowedFeatures] = {}
+        """Per split, the cached states (windows grouped back into documents when the data is windowed)."""
+
+    def prepare(self, data: PreparedData, model: GPT2Classifier, *, show_progress: bool = False) -> None:
+        """Run the frozen part of the backbone over every split once (or load it from the disk cache)."""
+        from tqdm.auto import tqdm
+
+        model.to(self.device)
+        self.features = {}
+        for split in ("train", "validation", "test"):
+            tokens = getattr(data, split)
+            if not len(tokens):
+                continue
+            with tqdm(desc=f"feature cache, {split}", unit="window" if tokens.windowed else "document",
+                      disable=not show_progress, leave=False,
+                      mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
+
+                def progress(done: int, total: int, bar=bar) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                cached = cached_features(model, tokens.windows, None if tokens.windowed else tokens.labels,
+                                         self.cache, device=self.device, progress=progress)
+                self.features[split] = (WindowedFeatures(cached, tokens.window_counts, tokens.labels)
+                                        if tokens.windowed else cached)
+        model.to("cpu")
+
+    def dataset(self, data: PreparedData, split: str) -> FeatureDataset | WindowedFeatures:
+        """The dataset a split trains or evaluates on: its cached states (after :meth:`prepare`)."""
+        return self.features[split]
+
+    def collator(self, data: PreparedData, padding_side: str) -> FeatureCollator:
+        return FeatureCollator(padding_side)
+
+    def logits(self, model: GPT2Classifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits of one collated batch of cached states."""
+        return logits_from_features(model, batch["hidden_states"], batch["attention_mask"], self.cache.start_layer,
+                                    batch.get("document_index"))
+
+    def split_logits(self, model: GPT2Classifier, data: PreparedData, config: Config, split: str,
+                     device: torch.device) -> torch.Tensor:
+        """Float32 logits (documents, labels) of one split, in split order, from its cached states."""
+        return feature_logits(model, self.features[split], batch_size=config.effective_eval_batch_size,
+                              device=device, precision=config.precision)
+
+
+InputPipeline = TokenInputs | CachedStates
+"""How a run's batches reach the model (:func:`choose_inputs`)."""
+
+
 @dataclass
 class PreparedData:
-    """Tokenized train / validation / test sets and what is needed to rebuild them."""
+    """Tokenized train / validation / test sets, what is needed to rebuild them, and how they reach the model."""
 
     label_names: list[str]
     source: dict[str, Any]
@@ -60,19 +168,19 @@ class PreparedData:
     train: TokenizedDataset
     validation: TokenizedDataset
     test: TokenizedDataset
-    features: dict[str, Any] | None = None
-    """Per split, the frozen backbone's cached hidden states (a FeatureDataset), when used."""
     texts: dict[str, list[str]] = field(default_factory=dict)
     """Per split, the documents' texts (TF-IDF fusion and reports read them)."""
     coverage: dict[str, ReadingCoverage] = field(default_factory=dict)
     """Per split, what the windowing leaves unread (documents read in part, unread tokens)."""
+    inputs: InputPipeline = field(default_factory=TokenInputs)
+    """How the splits reach the model: token ids, or (CachedStates) a frozen part's cached states."""
 
 
-def data_split(data: PreparedData, split: str):
-    """The dataset a split trains or evaluates on: cached features when present, else tokens."""
-    if data.features is not None:
-        return data.features[split]
-    return getattr(data, split)
+def choose_inputs(config: Config, model: GPT2Classifier) -> InputPipeline:
+    """How a run's batches reach ``model``, chosen once: the frozen part's cached states when the run uses a
+    feature cache (:func:`~gpt2clf.training.feature_cache.feature_cache_spec`), else token ids."""
+    cache = feature_cache_spec(config, model)
+    return TokenInputs() if cache is None else CachedStates(cache, compute_device(config))
 
 
 def uses_feature_cache(config: Config, model: GPT2Classifier) -> bool:
@@ -88,35 +196,13 @@ def compute_device(config: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *,
-                    show_progress: bool = False) -> None:
-    """Run the frozen backbone over every split once (or load it from the disk cache), when the run uses
-    a feature cache."""
-    from tqdm.auto import tqdm
-
-    spec = feature_cache_spec(config, model)
-    if spec is None:
-        return
-    device = compute_device(config)
-    model.to(device)
-    data.features = {}
-    for split in ("train", "validation", "test"):
-        tokens = getattr(data, split)
-        if not len(tokens):
-            continue
-        with tqdm(desc=f"feature cache, {split}", unit="window" if tokens.windowed else "document",
-                  disable=not show_progress, leave=False,
-                  mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
-
-            def progress(done: int, total: int, bar=bar) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            cached = cached_features(model, tokens.windows, None if tokens.windowed else tokens.labels, spec,
-                                     device=device, progress=progress)
-            data.features[split] = (WindowedFeatures(cached, tokens.window_counts, tokens.labels)
-                                    if tokens.windowed else cached)
-    model.to("cpu")
+def attach_inputs(data: PreparedData, model: GPT2Classifier, config: Config, *,
+                  show_progress: bool = False) -> InputPipeline:
+    """Give ``data`` the input pipeline of a run of ``config`` (:func:`choose_inputs`) and prepare it: with a
+    feature cache, the frozen part runs over every split once (or its states are loaded from the disk cache)."""
+    data.inputs = choose_inputs(config, model)
+    data.inputs.prepare(data, model, show_progress=show_progress)
+    return data.inputs
 
 
 def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, tokenizer: Any = None) -> PreparedData:
@@ -187,14 +273,9 @@ def max_positions(model: GPT2Classifier) -> int | None:
 
 def split_logits(model: GPT2Classifier, data: PreparedData, config: Config, split: str,
                  device: torch.device) -> torch.Tensor:
-    """Float32 logits (documents, labels) of one prepared split, in split order (from cached features when
-    the run used them)."""
-    if data.features is not None:
-        return feature_logits(model, data.features[split], batch_size=config.effective_eval_batch_size,
-                              device=device, precision=config.precision)
-    return batched_logits(model, getattr(data, split).input_ids, batch_size=config.effective_eval_batch_size,
-                          pad_token_id=data.tokenizer.pad_token_id, padding_side=config.padding_side,
-                          device=device, precision=config.precision)
+    """Float32 logits (documents, labels) of one prepared split, in split order, through the data's inputs
+    (from cached states when the run used them)."""
+    return data.inputs.split_logits(model, data, config, split, device)
 
 
 def score_split(model: GPT2Classifier, data: PreparedData, config: Config, split: str,
