@@ -37,8 +37,8 @@ Root: ``cache_root`` (``Config.cache_dir``), else the environment variable ``GPT
 
 A :class:`FeatureCacheSpec` holds what a run's caches are of and where they live (root, tokenizer,
 split layer, precision, ``max_length``, whether to start from a lower cache) and how the pass runs;
-:func:`feature_cache_spec` builds it once from a Config and the model (None when the run uses no
-cache), and :meth:`FeatureCacheSpec.locate` is the one place that turns it and a dataset's tokens
+:func:`gpt2clf.training.inputs.feature_cache_spec` builds it once from a Config and the model (None
+when the run uses no cache), and :meth:`FeatureCacheSpec.locate` is the one place that turns it and a dataset's tokens
 into a key, a folder and a lower cache to start from.
 
 Size: 2 bytes x width per token, about 1.5 KB per GPT-2 small token: the whole 20 Newsgroups
@@ -54,9 +54,8 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +64,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gpt2clf.config import PADDING_SIDES, Config, check_batch_size
+from gpt2clf.config import PADDING_SIDES, check_batch_size
 from gpt2clf.data.batching import (
     PaddingCollator,
     flatten_windows,
@@ -76,10 +75,12 @@ from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_bytes, atomic_write_json
 from gpt2clf.infer.runtime import batched_inference, logits_in_input_order
 from gpt2clf.model.classifier import GPT2Classifier
+from gpt2clf.training.folder_lock import exclusive_lock, remove_abandoned_temporaries
 
 __all__ = [
-    "FeatureCacheSpec", "FeatureCollator", "FeatureDataset", "WindowedFeatures", "cache_key", "cache_root_dir",
-    "cached_features", "feature_cache_spec", "feature_logits", "layers_to_compute", "logits_from_features"
+    "CacheLocation", "FeatureCacheSpec", "FeatureCollator", "FeatureDataset", "WindowedFeatures", "cache_key",
+    "cache_root_dir",
+    "cached_features", "feature_logits", "layers_to_compute", "logits_from_features"
 ]
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class FeatureCollator:
 class FeatureCacheSpec:
     """What a run's feature caches are of, where they live and how the backbone pass runs.
 
-    Built once per run (:func:`feature_cache_spec` from a Config, or :meth:`for_model`); the
+    Built once per run (:func:`~gpt2clf.training.inputs.feature_cache_spec` from a Config, or :meth:`for_model`); the
     cache functions take it instead of the settings one by one. ``start_layer`` is the backbone
     layer the stored states feed (the top ``train_top_layers`` run above them), None when the
     cache holds the backbone's final output. ``batch_size`` and ``max_batch_tokens`` shape the
@@ -289,27 +290,6 @@ class CacheLocation:
     def complete(self) -> bool:
         """Whether the cache is on disk, complete (a hit)."""
         return _read_meta(self.folder) is not None
-
-
-def feature_cache_spec(config: Config, model: GPT2Classifier) -> FeatureCacheSpec | None:
-    """The feature cache a run of ``config`` uses, or None when its backbone has no frozen part to cache.
-
-    The frozen part gives the same hidden states every epoch: the whole backbone with
-    ``freeze=backbone``, the layers below the top ``K`` with ``train_top_layers=K`` (when at least
-    one layer is frozen). ``feature_cache`` off: None.
-    """
-    if not config.feature_cache:
-        return None
-    if config.train_top_layers:
-        used = config.train_top_layers < len(model.backbone_layers())
-    else:
-        used = config.freeze == "backbone" or config.train_top_layers == 0
-    if not used:
-        return None
-    return FeatureCacheSpec.for_model(
-        model, cache_root=config.cache_dir, train_top_layers=config.train_top_layers,
-        tokenizer_name=config.tokenizer_name, max_length=config.max_length, precision=config.precision,
-        from_lower=config.feature_cache_from_lower, batch_size=config.effective_eval_batch_size)
 
 
 # ------------------------------------------------------------------------------------------
@@ -462,11 +442,11 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
     root, key, folder = spec.root, found.key, found.folder
     root.mkdir(parents=True, exist_ok=True)
     # One writer at a time per cache root: a second run computing the same cache waits, then finds it complete.
-    with _exclusive_lock(root):
+    with exclusive_lock(root):
         if _read_meta(folder) is not None:
             log.info("feature cache hit (written by another run): %s", folder)
             return FeatureDataset(folder, labels)
-        _remove_abandoned_temporaries(root)
+        remove_abandoned_temporaries(root)
         lengths = [len(tokens) for tokens in token_lists]
         width = model.backbone_width
         partial = _PartialCache.resumed(root, key, lengths, width)
@@ -671,48 +651,6 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return meta if sizes_ok else None
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """An advisory lock on the folder ``path`` (POSIX ``flock``; no lock file is left behind).
-
-    The kernel releases it when the holder dies, so a killed run never blocks the next. A no-op
-    where ``flock`` does not exist (the atomic rename still keeps readers from partial caches).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _remove_abandoned_temporaries(root: Path) -> None:
-    """Delete temporary folders left on this host by writer processes that no longer run."""
-    host = socket.gethostname()
-    for entry in root.glob(".*.tmp"):
-        parts = entry.name[1:-len(".tmp")].rsplit(".", 2)
-        if len(parts) != 3 or parts[1] != host or not parts[2].isdigit():
-            continue
-        pid = int(parts[2])
-        if pid == os.getpid() or not _process_exists(pid):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ from gpt2clf.training.feature_cache import (
     FeatureDataset,
     WindowedFeatures,
     cached_features,
-    feature_cache_spec,
     feature_logits,
     logits_from_features,
 )
@@ -63,6 +62,7 @@ __all__ = [
     "check_backbone",
     "choose_inputs",
     "compute_device",
+    "feature_cache_spec",
     "prepare_data",
     "score_split",
     "seed_all",
@@ -178,14 +178,35 @@ class PreparedData:
 
 def choose_inputs(config: Config, model: GPT2Classifier) -> InputPipeline:
     """How a run's batches reach ``model``, chosen once: the frozen part's cached states when the run uses a
-    feature cache (:func:`~gpt2clf.training.feature_cache.feature_cache_spec`), else token ids."""
+    feature cache (:func:`feature_cache_spec`), else token ids."""
     cache = feature_cache_spec(config, model)
     return TokenInputs() if cache is None else CachedStates(cache, compute_device(config))
 
 
+def feature_cache_spec(config: Config, model: GPT2Classifier) -> FeatureCacheSpec | None:
+    """The feature cache a run of ``config`` uses, or None when its backbone has no frozen part to cache.
+
+    The frozen part gives the same hidden states every epoch: the whole backbone with
+    ``freeze=backbone``, the layers below the top ``K`` with ``train_top_layers=K`` (when at least
+    one layer is frozen). ``feature_cache`` off: None.
+    """
+    if not config.feature_cache:
+        return None
+    if config.train_top_layers:
+        used = config.train_top_layers < len(model.backbone_layers())
+    else:
+        used = config.freeze == "backbone" or config.train_top_layers == 0
+    if not used:
+        return None
+    return FeatureCacheSpec.for_model(
+        model, cache_root=config.cache_dir, train_top_layers=config.train_top_layers,
+        tokenizer_name=config.tokenizer_name, max_length=config.max_length, precision=config.precision,
+        from_lower=config.feature_cache_from_lower, batch_size=config.effective_eval_batch_size)
+
+
 def uses_feature_cache(config: Config, model: GPT2Classifier) -> bool:
     """Whether the frozen part of the backbone runs once into a disk cache instead of every step
-    (:func:`~gpt2clf.training.feature_cache.feature_cache_spec` decides)."""
+    (:func:`feature_cache_spec` decides)."""
     return feature_cache_spec(config, model) is not None
 
 

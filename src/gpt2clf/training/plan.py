@@ -37,7 +37,7 @@ from gpt2clf.infer.runtime import autocast_context, cpu_has_native_bf16, resolve
 from gpt2clf.model.classifier import GPT2Classifier
 from gpt2clf.model.fusion import MIN_VALIDATION_DOCUMENTS, TfidfModel
 from gpt2clf.report.run_report import ERROR_STEPS, NUM_ERRORS
-from gpt2clf.training.feature_cache import feature_cache_spec, layers_to_compute
+from gpt2clf.training.feature_cache import layers_to_compute
 from gpt2clf.training.inputs import (
     InputPipeline,
     PreparedData,
@@ -45,6 +45,7 @@ from gpt2clf.training.inputs import (
     check_backbone,
     choose_inputs,
     compute_device,
+    feature_cache_spec,
     prepare_data,
     seed_all,
     warn_about_unread_text,
