@@ -594,3 +594,30 @@ def test_disk_check_counts_only_what_is_left_to_write(tmp_path: Path, monkeypatc
     free_bytes(full // 2)  # too little for all of it, enough for the rest
     dataset = cache(model, tokens, tmp_path)
     assert features._read_meta(dataset.folder) is not None
+
+
+# --- which cache a run uses --------------------------------------------------------------------
+@pytest.mark.parametrize(("settings", "start_layer"), [
+    (dict(freeze="backbone"), None),  # the backbone's output
+    (dict(train_top_layers=0), None),  # no top layer trains: the same
+    (dict(train_top_layers=1), 2),  # layer 1's output, under the top layer
+    (dict(train_top_layers=3), "none"),  # every layer trains: nothing frozen to cache
+    (dict(freeze="none"), "none"),
+    (dict(freeze="backbone", feature_cache=False), "none"),
+])
+def test_a_run_reads_its_frozen_part_from_the_cache_chosen_once(tmp_path: Path, settings: dict,
+                                                               start_layer: int | str | None) -> None:
+    from gpt2clf import Config
+    from gpt2clf.training.inputs import CachedStates, TokenInputs, choose_inputs
+
+    model = tiny_model(n_layer=3)
+    config = Config(backbone="gpt2", cache_dir=str(tmp_path), max_length=64, **settings)
+    inputs = choose_inputs(config, model)
+    if start_layer == "none":
+        assert isinstance(inputs, TokenInputs) and inputs.cache is None
+        return
+    assert isinstance(inputs, CachedStates)
+    spec = inputs.cache
+    assert (spec.root, spec.start_layer, spec.max_length) == (tmp_path, start_layer, 64)
+    assert spec.frozen_layers == (3 if start_layer is None else start_layer)
+    assert spec.batch_size == config.effective_eval_batch_size and spec.tokenizer_name == "gpt2"

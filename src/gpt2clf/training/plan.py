@@ -151,8 +151,8 @@ def estimate_seconds(setup: RunSetup, *, epochs_done: int = 0) -> dict[str, Any]
     forward alone as evaluation computes it, and the frozen part of the backbone alone (the one-off
     feature-cache pass, counted only for splits not cached yet).
     Seconds per token then scale to every epoch's training tokens, the validation passes (one per
-    epoch and one at the end), the test pass, the feature cache and, with ``report``, the
-    integrated-gradients pass over the report's ten test errors (when ``setup.report``); TF-IDF fusion is timed on a
+    epoch and one at the end), the test pass, the feature cache and, when ``setup.report``, the
+    integrated-gradients pass over the report's ten test errors; TF-IDF fusion is timed on a
     sample of the training texts. The model's weights do not change (no optimizer step) and its
     gradients are cleared afterwards. A rough figure (the checks in ACCURACY.md compare it with
     measured runs). ``epochs_done``: epochs a resumed run has finished already (not counted).
