@@ -67,7 +67,6 @@ __all__ = [
     "score_split",
     "seed_all",
     "split_logits",
-    "uses_feature_cache",
     "warn_about_unread_text",
 ]
 
@@ -202,12 +201,6 @@ def feature_cache_spec(config: Config, model: GPT2Classifier) -> FeatureCacheSpe
         model, cache_root=config.cache_dir, train_top_layers=config.train_top_layers,
         tokenizer_name=config.tokenizer_name, max_length=config.max_length, precision=config.precision,
         from_lower=config.feature_cache_from_lower, batch_size=config.effective_eval_batch_size)
-
-
-def uses_feature_cache(config: Config, model: GPT2Classifier) -> bool:
-    """Whether the frozen part of the backbone runs once into a disk cache instead of every step
-    (:func:`feature_cache_spec` decides)."""
-    return feature_cache_spec(config, model) is not None
 
 
 def compute_device(config: Config) -> torch.device:
