@@ -349,7 +349,7 @@ def refit_one(name: str, out: Path, cache_dir: str | None) -> None:
     from gpt2clf.infer.evaluation import score_probabilities
     from gpt2clf.model.classifier import GPT2Classifier
     from gpt2clf.model.fusion import Fusion, refit_fusion
-    from gpt2clf.training.inputs import attach_features, prepare_data, score_split
+    from gpt2clf.training.inputs import attach_inputs, prepare_data, score_split
     from gpt2clf.training.plan import resolved_config
 
     folder = REPO / "runs" / f"accuracy-{name}" / "model"
@@ -363,7 +363,7 @@ def refit_one(name: str, out: Path, cache_dir: str | None) -> None:
     data = prepare_data(config)
     if data.label_names != list(model.spec.label_names):
         raise SystemExit(f"{folder} was trained on other labels than this data has")
-    attach_features(data, model, config)  # every window is in the cache when the run used it
+    attach_inputs(data, model, config)  # every window is in the cache when the run used it
     cpu = torch.device("cpu")
     network, logits = score_split(model, data, config, "test", cpu)
     saved = Fusion.load(folder)

@@ -32,12 +32,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def estimator_calls(config: Any, model: Any, prepared: Any, calls: int) -> list[dict[str, Any]]:
+def estimator_calls(setup: Any, calls: int) -> list[dict[str, Any]]:
     """The estimate, ``calls`` times, as ``fit`` makes it for an accuracy run (no report: accuracy.py writes
     none). A feature cache that exists already counts as no time, as in the run."""
     from gpt2clf.training.plan import estimate_seconds
 
-    return [estimate_seconds(config, model, prepared) for _ in range(calls)]
+    return [estimate_seconds(setup) for _ in range(calls)]
 
 
 def training_loop_rates(config: Any, model: Any, prepared: Any, steps: int) -> dict[str, Any]:
@@ -47,9 +47,7 @@ def training_loop_rates(config: Any, model: Any, prepared: Any, steps: int) -> d
 
     from gpt2clf.training.loop import ClassificationDataModule, ClassificationModule
 
-    module = ClassificationModule(model, config)
-    if prepared.features is not None:
-        module.feature_start_layer = prepared.features["train"].start_layer
+    module = ClassificationModule(model, config, prepared.inputs)
     batches = iter(ClassificationDataModule(prepared, config).train_dataloader())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
@@ -110,23 +108,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from gpt2clf.infer.runtime import cpu_has_native_bf16
     from gpt2clf.training import plan as preflight
-    from gpt2clf.training.inputs import attach_features, build_model, prepare_data, uses_feature_cache
-    from gpt2clf.training.plan import resolved_config
+    from gpt2clf.training.inputs import build_model, choose_inputs, prepare_data
+    from gpt2clf.training.plan import RunSetup, resolved_config
 
     config = resolved_config(run_config(args.run, args.cache_dir))
     if args.max_train_samples:
         config = dataclasses.replace(config, max_train_samples=args.max_train_samples, max_eval_samples=200)
     prepared = prepare_data(config, None)
     model = build_model(config, prepared.label_names)
+    prepared.inputs = choose_inputs(config, model)
     if args.real_batch_seconds is not None:
         preflight.REAL_BATCH_SECONDS = args.real_batch_seconds
-    estimates = estimator_calls(config, model, prepared, args.estimates)
+    estimates = estimator_calls(RunSetup(config, model, prepared, prepared.inputs), args.estimates)
     train_rates = [float(estimate["tokens_per_second"]["train"]) for estimate in estimates]
     minutes = [round(estimate["total"] / 60, 1) for estimate in estimates]
     loop = None
     if args.steps:
-        if uses_feature_cache(config, model):
-            attach_features(prepared, model, config, show_progress=False)
+        prepared.inputs.prepare(prepared, model, show_progress=False)  # the feature cache pass, if the run has one
         loop = training_loop_rates(config, model, prepared, args.steps)
     result = {"run": args.run, "precision": config.precision, "native_bf16": cpu_has_native_bf16(),
               "real_batch_seconds": preflight.REAL_BATCH_SECONDS,

@@ -335,6 +335,7 @@ def worker(name: str, payload: dict[str, Any]) -> dict[str, Any]:
         from gpt2clf.model.backbone import use_fused_gelu
         from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
         from gpt2clf.training.feature_cache import (
+            FeatureCacheSpec,
             FeatureCollator,
             cached_features,
             feature_logits,
@@ -410,9 +411,10 @@ def worker(name: str, payload: dict[str, Any]) -> dict[str, Any]:
             model.set_trainable("backbone")
             with tempfile.TemporaryDirectory(prefix="gpt2clf-bench-cache-") as root:
                 with Timer(device) as timer:
-                    features = cached_features(model, tokens, labels, cache_root=root, tokenizer_name="gpt2",
-                                               batch_size=batch_size, device=device, precision=precision,
-                                               max_length=max_length)
+                    spec = FeatureCacheSpec.for_model(model, cache_root=root, tokenizer_name="gpt2",
+                                                      batch_size=batch_size, precision=precision,
+                                                      max_length=max_length)
+                    features = cached_features(model, tokens, labels, spec, device=device)
                 backbone_params = non_embedding_parameters(model.backbone)
                 flops = sum(batch_flops(backbone_params, layers - 2, width, 1, len(t), False) for t in tokens)
                 result["backbone_pass"] = rate(len(tokens), useful, timer, useful_flops=flops / timer.seconds,

@@ -32,6 +32,7 @@ from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.infer.predictor import batched_logits
 from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 from gpt2clf.training.feature_cache import (
+    FeatureCacheSpec,
     FeatureCollator,
     FeatureDataset,
     cache_root_dir,
@@ -63,10 +64,15 @@ def token_lists(n: int = 11, seed: int = 1, longest: int = 40) -> list[list[int]
     return [torch.randint(1, VOCAB, (length,), generator=generator).tolist() for length in lengths]
 
 
-def cache(model: GPT2Classifier, tokens: list[list[int]], root: Path, labels=None, **kwargs) -> FeatureDataset:
-    kwargs.setdefault("tokenizer_name", TOKENIZER)
-    kwargs.setdefault("batch_size", 4)
-    return cached_features(model, tokens, labels, cache_root=root, **kwargs)
+def cache_spec(model: GPT2Classifier, root: Path | None, **settings) -> FeatureCacheSpec:
+    settings.setdefault("tokenizer_name", TOKENIZER)
+    settings.setdefault("batch_size", 4)
+    return FeatureCacheSpec.for_model(model, cache_root=root, **settings)
+
+
+def cache(model: GPT2Classifier, tokens: list[list[int]], root: Path, labels=None, progress=None,
+          **settings) -> FeatureDataset:
+    return cached_features(model, tokens, labels, cache_spec(model, root, **settings), progress=progress)
 
 
 def full_logits(model: GPT2Classifier, tokens: list[list[int]]) -> torch.Tensor:
@@ -358,7 +364,8 @@ def test_cache_root_precedence(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(features.CACHE_ENV, str(tmp_path / "env"))
     assert cache_root_dir(None) == tmp_path / "env"
     assert cache_root_dir(tmp_path / "explicit") == tmp_path / "explicit"  # config.cache_dir wins
-    dataset = cached_features(tiny_model(), token_lists(n=3), None, cache_root=None, tokenizer_name=TOKENIZER)
+    model = tiny_model()
+    dataset = cached_features(model, token_lists(n=3), None, cache_spec(model, None))
     assert dataset.folder.parent == tmp_path / "env"
 
 
@@ -424,8 +431,9 @@ def test_real_tokenizer_texts(tmp_path: Path, tokenizer) -> None:
     model = GPT2Classifier(GPT2Model(config), ClassifierSpec(num_labels=2, n_embed=64, n_heads=2)).eval()
     texts = ["GPU drivers for X11?", "The Sharks won in overtime last night.", "", "a " * 300]
     tokens = tokenize_texts(texts, tokenizer, max_length=128)
-    dataset = cached_features(model, tokens, [0, 1, 0, 1], cache_root=tmp_path,
-                              tokenizer_name=str(tokenizer.name_or_path), max_length=128)
+    spec = FeatureCacheSpec.for_model(model, cache_root=tmp_path, tokenizer_name=str(tokenizer.name_or_path),
+                                      max_length=128)
+    dataset = cached_features(model, tokens, [0, 1, 0, 1], spec)
     assert dataset.lengths == [len(t) for t in tokens] and dataset.lengths[-1] == 128
     reference = batched_logits(model, tokens, PaddingCollator(tokenizer.pad_token_id), batch_size=2)
     torch.testing.assert_close(feature_logits(model, dataset, batch_size=2), reference, atol=1e-3, rtol=0)
@@ -516,8 +524,8 @@ def test_from_lower_runs_only_the_layers_above_a_top_layers_cache(tmp_path: Path
     model = tiny_model(n_layer=3)
     tokens = token_lists()
     lower = cache(model, tokens, tmp_path, train_top_layers=2)  # the output of layer 0
-    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER, from_lower=True) == 2
-    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == 3
+    assert layers_to_compute(model, tokens, cache_spec(model, tmp_path, from_lower=True)) == 2
+    assert layers_to_compute(model, tokens, cache_spec(model, tmp_path)) == 3
     ran: list[int] = []
     original = model.adapter.run_layers
 
@@ -530,7 +538,7 @@ def test_from_lower_runs_only_the_layers_above_a_top_layers_cache(tmp_path: Path
     derived = cache(model, tokens, tmp_path, from_lower=True)
     assert ran and set(ran) == {1} and not backbone_runs  # layers 1 and 2 only, from the stored states
     assert derived.start_layer is None and derived.meta["derived_from_layer"] == 1
-    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER, from_lower=True) == 0
+    assert layers_to_compute(model, tokens, cache_spec(model, tmp_path, from_lower=True)) == 0
     torch.testing.assert_close(feature_logits(model, derived, batch_size=3), full_logits(model, tokens),
                                atol=1e-2, rtol=0)
     # Layer 1's output (a top-1 cache) can come from the same lower cache.
@@ -551,7 +559,7 @@ def test_the_estimate_counts_only_what_an_interrupted_run_left_to_do(tmp_path: P
 
     model = tiny_model()
     tokens = token_lists(n=11)
-    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == 2
+    assert layers_to_compute(model, tokens, cache_spec(model, tmp_path)) == 2
     with monkeypatch.context() as patch:
         sizes = crash_after(model, patch, batches=2)
         with pytest.raises(KeyboardInterrupt):
@@ -559,9 +567,9 @@ def test_the_estimate_counts_only_what_an_interrupted_run_left_to_do(tmp_path: P
     lengths = sorted((len(t) for t in tokens), reverse=True)  # the longest documents go first
     left = sum(lengths[sum(sizes):]) / sum(lengths)
     assert 0 < left < 1
-    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == pytest.approx(2 * left)
+    assert layers_to_compute(model, tokens, cache_spec(model, tmp_path)) == pytest.approx(2 * left)
     cache(model, tokens, tmp_path)
-    assert layers_to_compute(model, tokens, cache_root=tmp_path, tokenizer_name=TOKENIZER) == 0
+    assert layers_to_compute(model, tokens, cache_spec(model, tmp_path)) == 0
 
 
 def test_disk_check_counts_only_what_is_left_to_write(tmp_path: Path, monkeypatch) -> None:
@@ -589,3 +597,30 @@ def test_disk_check_counts_only_what_is_left_to_write(tmp_path: Path, monkeypatc
     free_bytes(full // 2)  # too little for all of it, enough for the rest
     dataset = cache(model, tokens, tmp_path)
     assert features._read_meta(dataset.folder) is not None
+
+
+# --- which cache a run uses --------------------------------------------------------------------
+@pytest.mark.parametrize(("settings", "start_layer"), [
+    (dict(freeze="backbone"), None),  # the backbone's output
+    (dict(train_top_layers=0), None),  # no top layer trains: the same
+    (dict(train_top_layers=1), 2),  # layer 1's output, under the top layer
+    (dict(train_top_layers=3), "none"),  # every layer trains: nothing frozen to cache
+    (dict(freeze="none"), "none"),
+    (dict(freeze="backbone", feature_cache=False), "none"),
+])
+def test_a_run_reads_its_frozen_part_from_the_cache_chosen_once(tmp_path: Path, settings: dict,
+                                                               start_layer: int | str | None) -> None:
+    from gpt2clf import Config
+    from gpt2clf.training.inputs import CachedStates, TokenInputs, choose_inputs
+
+    model = tiny_model(n_layer=3)
+    config = Config(backbone="gpt2", cache_dir=str(tmp_path), max_length=64, **settings)
+    inputs = choose_inputs(config, model)
+    if start_layer == "none":
+        assert isinstance(inputs, TokenInputs) and inputs.cache is None
+        return
+    assert isinstance(inputs, CachedStates)
+    spec = inputs.cache
+    assert (spec.root, spec.start_layer, spec.max_length) == (tmp_path, start_layer, 64)
+    assert spec.frozen_layers == (3 if start_layer is None else start_layer)
+    assert spec.batch_size == config.effective_eval_batch_size and spec.tokenizer_name == "gpt2"

@@ -148,6 +148,16 @@ def test_window_aggregations_compute_their_formula_per_document(aggregation: str
     torch.testing.assert_close(together[1], model.head(pooled[3]))
 
 
+def test_every_document_is_also_seen_as_windows() -> None:
+    """A windowed dataset's documents are lists of windows; an unwindowed one's are one window each; whether
+    a dataset is windowed is said once (by its encoder, else by its items), also when it is empty."""
+    windowed = TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]], labels=[0, 1])
+    assert windowed.windowed and windowed.windows == [[1, 2, 3], [4, 5], [6]] and windowed.window_counts == [2, 1]
+    plain = TokenizedDataset([[1, 2, 3], [6]], labels=[0, 1])
+    assert not plain.windowed and plain.windows == [[1, 2, 3], [6]] and plain.window_counts == [1, 1]
+    assert TokenizedDataset([], windowed=True).windowed and not TokenizedDataset([]).windowed
+
+
 def test_collated_windows_carry_their_document() -> None:
     dataset = TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]], labels=[0, 1])
     assert dataset.lengths == [5, 1]

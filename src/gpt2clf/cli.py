@@ -398,7 +398,7 @@ def command_train(args: argparse.Namespace) -> int:
     from gpt2clf.training.loop import train
 
     say = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    config = resumed_config(args) if args.resume else config_from_args(args, say)
+    config = asked_resume_config(args) if args.resume else config_from_args(args, say)
     if not args.output and not args.dry_run:
         raise UserError("train needs --output RUN_DIR (or --dry-run)")
     result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume, dry_run=args.dry_run,
@@ -424,9 +424,10 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def resumed_config(args: argparse.Namespace) -> Config:
+def asked_resume_config(args: argparse.Namespace) -> Config:
     """The config --resume asks for: the run's saved config.yaml with the flags given on top (or, with
-    --preset or --config, those); train() refuses it if it changes what the run computes."""
+    --preset or --config, those); train() refuses it if it changes what the run computes, and continues with
+    gpt2clf.training.plan.resumed_config."""
     from gpt2clf.training.plan import saved_run_config
 
     if not args.output:

@@ -182,7 +182,7 @@ class Windowing:
 
     def how_to_read_more(self) -> str:
         """The setting that makes this windowing read more of a long document, for messages."""
-        if self.mode != "chunks":
+        if not self.windowed:
             return "--long-documents chunks reads whole documents"
         if self.max_chunks is not None:  # the cap decides, whatever the token budget
             return "raise --max-chunks, or leave it unset to read up to --chunk-token-budget tokens"
@@ -285,7 +285,7 @@ def tokens_read(n: int, windowing: Windowing, special_tokens: int = 0) -> int:
     ``special_tokens`` is how many the tokenizer adds around one sequence (BERT: 2; GPT-2: 0).
     """
     body = max(1, windowing.max_length - special_tokens)
-    if windowing.mode != "chunks" or n <= body:
+    if not windowing.windowed or n <= body:
         return min(n, body)
     read, covered_to = 0, 0
     for start in window_starts(n, body, windowing):
@@ -334,7 +334,7 @@ def body_lengths(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, batch
 
 def token_count(item: list[int] | list[list[int]]) -> int:
     """Tokens of one encoded document: a token list, or the sum over its windows."""
-    return sum(len(w) for w in item) if item and isinstance(item[0], list) else len(item)
+    return sum(len(w) for w in item) if _is_windowed(item) else len(item)
 
 
 def token_lengths(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
@@ -361,19 +361,37 @@ def _encode_batches(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, ba
 
 
 class TokenizedDataset(Dataset):
-    """Token id lists (and optionally labels) as a map-style dataset.
+    """Encoded documents (and optionally labels) as a map-style dataset.
 
-    Item ``i`` is ``{"input_ids": list[int], "labels": int, "index": i}`` (``labels`` only
-    when given; a multi-hot tuple for multi-label data). ``lengths`` holds every item's token
-    count, for length-aware samplers.
+    Item ``i`` is ``{"input_ids": ..., "labels": int, "index": i}`` (``labels`` only when given; a
+    multi-hot tuple for multi-label data): a token list, or, when the dataset is ``windowed``
+    (``--long-documents chunks``), the document's list of windows. ``windowed`` is given by whoever
+    encoded the documents (:attr:`Windowing.windowed`), else read off the items. Every document is
+    also seen as windows, one for an unwindowed document: :attr:`windows` (all of them, in document
+    order) and :attr:`window_counts`. ``lengths`` holds every document's token count, for
+    length-aware samplers.
     """
 
-    def __init__(self, input_ids: list[list[int]], labels: Sequence[Any] | None = None) -> None:
+    def __init__(self, input_ids: list[list[int]] | list[list[list[int]]], labels: Sequence[Any] | None = None,
+                 windowed: bool | None = None) -> None:
         if labels is not None and len(labels) != len(input_ids):
             raise ValueError(f"TokenizedDataset got {len(input_ids)} token lists but {len(labels)} labels")
         self.input_ids = input_ids
         self.labels = None if labels is None else [label_value(label) for label in labels]
+        self.windowed: bool = (bool(input_ids) and _is_windowed(input_ids[0])) if windowed is None else windowed
         self.lengths: list[int] = [token_count(ids) for ids in input_ids]
+
+    @property
+    def windows(self) -> list[list[int]]:
+        """Every document's windows, in document order (the documents themselves when not windowed)."""
+        if not self.windowed:
+            return self.input_ids
+        return [window for document in self.input_ids for window in document]
+
+    @property
+    def window_counts(self) -> list[int]:
+        """How many of :attr:`windows` each document has (1 each when not windowed)."""
+        return [len(document) for document in self.input_ids] if self.windowed else [1] * len(self.input_ids)
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -32,8 +32,14 @@ name, the exact token ids (which also capture ``max_length`` truncation), ``max_
 the compute precision, the storage dtype, the split layer and :data:`FORMAT_VERSION`; so a
 stale cache is never used. Labels are not part of the key: they are attached on load.
 
-Root: the ``cache_root`` argument (``Config.cache_dir``), else the environment variable
-``GPT2CLF_CACHE``, else ``~/.cache/gpt2clf/features``.
+Root: ``cache_root`` (``Config.cache_dir``), else the environment variable ``GPT2CLF_CACHE``, else
+``~/.cache/gpt2clf/features``.
+
+A :class:`FeatureCacheSpec` holds what a run's caches are of and where they live (root, tokenizer,
+split layer, precision, ``max_length``, whether to start from a lower cache) and how the pass runs;
+:func:`gpt2clf.training.inputs.feature_cache_spec` builds it once from a Config and the model (None
+when the run uses no cache), and :meth:`FeatureCacheSpec.locate` is the one place that turns it and a dataset's tokens
+into a key, a folder and a lower cache to start from.
 
 Size: 2 bytes x width per token, about 1.5 KB per GPT-2 small token: the whole 20 Newsgroups
 corpus at 512 tokens (6.8 M tokens) takes about 10 GB.
@@ -42,14 +48,14 @@ corpus at 512 tokens (6.8 M tokens) takes about 10 GB.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
-import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +75,12 @@ from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_bytes, atomic_write_json
 from gpt2clf.infer.runtime import batched_inference, logits_in_input_order
 from gpt2clf.model.classifier import GPT2Classifier
+from gpt2clf.training.folder_lock import exclusive_lock, remove_abandoned_temporaries
 
 __all__ = [
-    "FeatureCollator", "FeatureDataset", "WindowedFeatures", "cache_key", "cache_root_dir", "cached_features",
-    "feature_logits", "layers_to_compute", "logits_from_features"
+    "CacheLocation", "FeatureCacheSpec", "FeatureCollator", "FeatureDataset", "WindowedFeatures", "cache_key",
+    "cache_root_dir",
+    "cached_features", "feature_logits", "layers_to_compute", "logits_from_features"
 ]
 
 log = logging.getLogger(__name__)
@@ -210,6 +218,81 @@ class FeatureCollator:
 
 
 # ------------------------------------------------------------------------------------------
+# Which cache: the spec, and where one dataset's cache is
+# ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FeatureCacheSpec:
+    """What a run's feature caches are of, where they live and how the backbone pass runs.
+
+    Built once per run (:func:`~gpt2clf.training.inputs.feature_cache_spec` from a Config, or :meth:`for_model`); the
+    cache functions take it instead of the settings one by one. ``start_layer`` is the backbone
+    layer the stored states feed (the top ``train_top_layers`` run above them), None when the
+    cache holds the backbone's final output. ``batch_size`` and ``max_batch_tokens`` shape the
+    pass only, never the stored values.
+    """
+
+    root: Path
+    tokenizer_name: str
+    backbone_layers: int
+    start_layer: int | None = None
+    max_length: int | None = None
+    precision: str = "32-true"
+    from_lower: bool = False
+    batch_size: int = 32
+    max_batch_tokens: int | None = None
+
+    @classmethod
+    def for_model(cls, model: GPT2Classifier, *, cache_root: str | Path | None = None,
+                  train_top_layers: int | None = None, **settings: Any) -> FeatureCacheSpec:
+        """The spec for ``model``'s backbone: ``cache_root`` resolved (:func:`cache_root_dir`), the split layer
+        below the top ``train_top_layers`` checked (``0 < K <`` layers), ``settings`` as the fields."""
+        return cls(root=cache_root_dir(cache_root), backbone_layers=len(model.backbone_layers()),
+                   start_layer=_start_layer(model, train_top_layers), **settings)
+
+    @property
+    def frozen_layers(self) -> int:
+        """How many backbone layers a cache's states come out of (what a full cache pass runs)."""
+        return self.start_layer if self.start_layer is not None else self.backbone_layers
+
+    def locate(self, model: GPT2Classifier, token_lists: Sequence[Sequence[int]]) -> CacheLocation:
+        """Where the cache of ``token_lists`` is, or goes: its key, and (``from_lower``, on a miss) the
+        lower cache of the same tokens to start from, whose layer then is part of the key."""
+        fields = cache_key_fields(model, token_lists, tokenizer_name=self.tokenizer_name,
+                                  max_length=self.max_length, precision=self.precision,
+                                  start_layer=self.start_layer)
+        found = CacheLocation(self.root, fields)
+        if found.complete or not (self.from_lower and self.root.is_dir()):
+            return found
+        lower = _lower_cache(model, self, fields)
+        if lower is None:
+            return found
+        return CacheLocation(self.root, {**fields, "derived_from_layer": lower.start_layer}, lower)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheLocation:
+    """One dataset's cache under ``root``: what its key hashes (``fields``), and the lower cache it is
+    computed from (None: from the tokens)."""
+
+    root: Path
+    fields: dict[str, Any]
+    lower: FeatureDataset | None = None
+
+    @property
+    def key(self) -> str:
+        return cache_key(self.fields)
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.key
+
+    @property
+    def complete(self) -> bool:
+        """Whether the cache is on disk, complete (a hit)."""
+        return _read_meta(self.folder) is not None
+
+
+# ------------------------------------------------------------------------------------------
 # Computing or loading a cache
 # ------------------------------------------------------------------------------------------
 def cache_root_dir(cache_root: str | Path | None = None) -> Path:
@@ -288,153 +371,110 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(significant, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def cached_features(
-    model: GPT2Classifier,
-    token_lists: list[list[int]],
-    labels: Sequence[Any] | None,
-    *,
-    cache_root: str | Path | None,
-    tokenizer_name: str,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    precision: str = "32-true",
-    max_length: int | None = None,
-    train_top_layers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    max_batch_tokens: int | None = None,
-    from_lower: bool = False,
-) -> FeatureDataset:
+def cached_features(model: GPT2Classifier, token_lists: list[list[int]], labels: Sequence[Any] | None,
+                    spec: FeatureCacheSpec, *, device: torch.device | str = "cpu",
+                    progress: Callable[[int, int], None] | None = None) -> FeatureDataset:
     """The frozen backbone's hidden states for ``token_lists``: loaded from the cache, or computed once.
 
     On a miss the backbone runs in eval mode under ``torch.inference_mode`` over
-    length-sorted batches of ``batch_size`` (autocast for ``*-mixed`` precisions) on
+    length-sorted batches of ``spec.batch_size`` (autocast for ``*-mixed`` precisions) on
     ``device`` (where the model already is), and the result is written atomically. A hit
-    never runs the backbone. ``train_top_layers=K`` (``0 < K <`` number of layers) caches the
-    output of the layers below the top ``K`` instead; ``None`` or 0: the backbone's output.
+    never runs the backbone. With ``spec.start_layer`` the cache holds the output of the layers
+    below it (``train_top_layers``); None: the backbone's output.
     ``progress(documents_done, documents)`` is called before the first batch of a computation and after
     each; an interrupted computation resumes where it stopped when the same call is made again.
 
-    ``from_lower``: on a miss, when a cache of the same documents at a lower split layer exists
+    ``spec.from_lower``: on a miss, when a cache of the same documents at a lower split layer exists
     (a ``train_top_layers`` run's), run only the layers above it, reading its stored states. That
     takes a fraction of the time, but the states differ from a full pass by the float16 rounding
     of the lower cache, so such a cache has a key of its own (``derived_from_layer``) and is used
     only when ``from_lower`` asks for it.
     """
-    check_batch_size(batch_size)
+    check_batch_size(spec.batch_size)
     if not token_lists:
         raise DataError("cannot cache features of an empty dataset")
     if any(len(tokens) == 0 for tokens in token_lists):
         raise DataError("every document needs at least one token (tokenize_texts guarantees it)")
-    start_layer = _start_layer(model, train_top_layers)
-    fields = cache_key_fields(model, token_lists, tokenizer_name=tokenizer_name, max_length=max_length,
-                              precision=precision, start_layer=start_layer)
-    key = cache_key(fields)
-    root = cache_root_dir(cache_root)
-    folder = root / key
-    if _read_meta(folder) is not None:
-        log.info("feature cache hit: %s", folder)
-        return FeatureDataset(folder, labels)
-    lower = _lower_cache(model, root, fields) if from_lower and root.is_dir() else None
-    if lower is not None:
-        fields = {**fields, "derived_from_layer": lower.start_layer}
-        if _read_meta(root / cache_key(fields)) is not None:
-            return FeatureDataset(root / cache_key(fields), labels)
-    return _compute_cache(model, token_lists, labels, root, fields, batch_size=batch_size, device=device,
-                          precision=precision, start_layer=start_layer, progress=progress,
-                          max_batch_tokens=max_batch_tokens, source=lower)
+    found = spec.locate(model, token_lists)
+    if found.complete:
+        log.info("feature cache hit: %s", found.folder)
+        return FeatureDataset(found.folder, labels)
+    return _compute_cache(model, token_lists, labels, spec, found, device=device, progress=progress)
 
 
-def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]], *,
-                      cache_root: str | Path | None, tokenizer_name: str, precision: str = "32-true",
-                      max_length: int | None = None, train_top_layers: int | None = None,
-                      from_lower: bool = False) -> float:
-    """How many backbone layers :func:`cached_features` with these arguments would run over all the documents'
-    tokens (for time estimates): 0 on a hit, fewer than the frozen part's with ``from_lower`` and a lower cache,
+def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]], spec: FeatureCacheSpec) -> float:
+    """How many backbone layers :func:`cached_features` with ``spec`` would run over all the documents' tokens
+    (for time estimates): 0 on a hit, fewer than the frozen part's with ``from_lower`` and a lower cache,
     scaled down by the share of tokens an interrupted run already computed into a partial folder."""
-    start_layer = _start_layer(model, train_top_layers)
-    fields = cache_key_fields(model, token_lists, tokenizer_name=tokenizer_name, max_length=max_length,
-                              precision=precision, start_layer=start_layer)
-    root = cache_root_dir(cache_root)
-    if _read_meta(root / cache_key(fields)) is not None:
+    found = spec.locate(model, token_lists)
+    if found.complete:
         return 0
-    target = start_layer if start_layer is not None else len(model.backbone_layers())
-    lower = _lower_cache(model, root, fields) if from_lower and root.is_dir() else None
-    if lower is not None:
-        fields = {**fields, "derived_from_layer": lower.start_layer}
-        if _read_meta(root / cache_key(fields)) is not None:
-            return 0
-        target -= int(lower.start_layer or 0)
-    key = cache_key(fields)
+    target = spec.frozen_layers - (int(found.lower.start_layer or 0) if found.lower is not None else 0)
     lengths = [len(tokens) for tokens in token_lists]
-    resumed = _resume_state(_partial_folder(root, key), key, lengths, model.backbone_width)
-    if resumed is None:
+    partial = _PartialCache.resumed(spec.root, found.key, lengths, model.backbone_width)
+    if partial is None:
         return target
-    return target * _tokens_left(lengths, resumed[0]) / max(1, sum(lengths))
+    return target * partial.tokens_left() / max(1, sum(lengths))
 
 
-def _lower_cache(model: GPT2Classifier, root: Path, fields: dict[str, Any]) -> FeatureDataset | None:
-    """The complete cache of the same tokens at the highest split layer below ``fields``' (None: none)."""
-    target = fields["start_layer"] if fields["start_layer"] is not None else len(model.backbone_layers())
+def _lower_cache(model: GPT2Classifier, spec: FeatureCacheSpec, fields: dict[str, Any]) -> FeatureDataset | None:
+    """The complete cache of the same tokens at the highest split layer below ``spec``'s (None: none)."""
     same = ("format_version", "tokenizer", "tokens", "max_length", "precision", "storage_dtype")
     found: set[int] = set()
-    for meta_path in root.glob(f"*/{META_FILE}"):
+    for meta_path in spec.root.glob(f"*/{META_FILE}"):
         meta = _read_meta(meta_path.parent)
         if (meta is not None and all(meta.get(k) == fields[k] for k in same) and "derived_from_layer" not in meta
-                and isinstance(meta.get("start_layer"), int) and meta["start_layer"] < target):
+                and isinstance(meta.get("start_layer"), int) and meta["start_layer"] < spec.frozen_layers):
             found.add(meta["start_layer"])
     for layer in sorted(found, reverse=True):
-        lower = {**fields, "start_layer": layer, "backbone": backbone_fingerprint(model, layer)}
-        if _read_meta(root / cache_key(lower)) is not None:  # the same frozen weights below that layer
-            return FeatureDataset(root / cache_key(lower))
+        lower = CacheLocation(spec.root, {**fields, "start_layer": layer,
+                                          "backbone": backbone_fingerprint(model, layer)})
+        if lower.complete:  # the same frozen weights below that layer
+            return FeatureDataset(lower.folder)
     return None
 
 
-def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: Sequence[Any] | None, root: Path,
-                   fields: dict[str, Any], *, batch_size: int, device: torch.device | str, precision: str,
-                   start_layer: int | None, progress: Callable[[int, int], None] | None,
-                   max_batch_tokens: int | None, source: FeatureDataset | None = None) -> FeatureDataset:
-    """Run the backbone over ``token_lists`` (or its layers above ``source``, a lower cache of them) into a new
-    cache folder under ``root``, under a lock; resume the partial folder an interrupted run left, if any."""
-    key = cache_key(fields)
-    folder = root / key
+def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: Sequence[Any] | None,
+                   spec: FeatureCacheSpec, found: CacheLocation, *, device: torch.device | str,
+                   progress: Callable[[int, int], None] | None) -> FeatureDataset:
+    """Run the backbone over ``token_lists`` (or its layers above ``found.lower``, a lower cache of them) into
+    ``found.folder``, under a lock on the root; resume the partial folder an interrupted run left, if any."""
+    root, key, folder = spec.root, found.key, found.folder
     root.mkdir(parents=True, exist_ok=True)
     # One writer at a time per cache root: a second run computing the same cache waits, then finds it complete.
-    with _exclusive_lock(root):
+    with exclusive_lock(root):
         if _read_meta(folder) is not None:
             log.info("feature cache hit (written by another run): %s", folder)
             return FeatureDataset(folder, labels)
-        _remove_abandoned_temporaries(root)
+        remove_abandoned_temporaries(root)
         lengths = [len(tokens) for tokens in token_lists]
         width = model.backbone_width
-        partial = _partial_folder(root, key)
-        resumed = _resume_state(partial, key, lengths, width)
-        done, seconds = resumed if resumed is not None else (np.zeros(len(lengths), dtype=bool), 0.0)
-        needed = _hidden_bytes(_tokens_left(lengths, done), width) + (0 if resumed else 8 * (len(lengths) + 1))
+        partial = _PartialCache.resumed(root, key, lengths, width)
+        needed = (_hidden_bytes(partial.tokens_left(), width) if partial is not None
+                  else _hidden_bytes(sum(lengths), width) + 8 * (len(lengths) + 1))
         free = shutil.disk_usage(root).free
         if needed > free:
             raise DataError(f"the feature cache needs {needed / 2**30:.1f} GiB more but {root} has "
                             f"{free / 2**30:.1f} GiB free; set --cache-dir (or GPT2CLF_CACHE) elsewhere or "
                             "train without feature_cache")
-        if resumed is None:
-            _start_partial(partial, key, lengths, width)
+        if partial is None:
+            partial = _PartialCache.started(root, key, lengths, width)
         else:
-            log.info("resuming the feature cache in %s: %d of %d documents were done", partial, int(done.sum()),
-                     len(lengths))
+            log.info("resuming the feature cache in %s: %d of %d documents were done", partial.folder,
+                     int(partial.done.sum()), len(lengths))
         try:
-            seconds = _compute_into(partial, key, model, token_lists, lengths, width, done=done, seconds=seconds,
-                                    batch_size=batch_size, device=torch.device(device), precision=precision,
-                                    start_layer=start_layer, progress=progress, max_batch_tokens=max_batch_tokens,
-                                    source=source)
+            seconds = _compute_into(partial, model, token_lists, spec, device=torch.device(device),
+                                    progress=progress, source=found.lower)
         except DataError:  # the same documents would fail the same way: nothing worth resuming
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(partial.folder, ignore_errors=True)
             raise
-        meta = {**fields, "key": key, "width": width, "num_documents": len(lengths),
+        meta = {**found.fields, "key": key, "width": width, "num_documents": len(lengths),
                 "num_tokens": int(sum(lengths)), "compute_seconds": round(seconds, 1),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write_json(partial / META_FILE, meta)  # last: a folder without it is incomplete
+        atomic_write_json(partial.folder / META_FILE, meta)  # last: a folder without it is incomplete
         if folder.exists():  # an incomplete leftover (no writer holds the lock): never read, replace it
             shutil.rmtree(folder, ignore_errors=True)
-        os.rename(partial, folder)
+        os.rename(partial.folder, folder)
         for name in (DONE_FILE, PROGRESS_FILE):  # bookkeeping of the computation, not part of the cache
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
@@ -442,25 +482,67 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
     return FeatureDataset(folder, labels)
 
 
+@dataclasses.dataclass
+class _PartialCache:
+    """A cache being computed: its folder ``ROOT/.<key>.partial/`` (never read as a cache) and which documents'
+    rows are on disk (``done``, updated in place), with the seconds earlier runs spent on it."""
+
+    folder: Path
+    key: str
+    lengths: list[int]
+    width: int
+    done: np.ndarray
+    seconds: float = 0.0
+
+    @classmethod
+    def started(cls, root: Path, key: str, lengths: list[int], width: int) -> _PartialCache:
+        """A fresh partial folder: offsets, a (sparse) hidden-state file of full size, nothing done yet."""
+        partial = cls(_partial_folder(root, key), key, lengths, width, np.zeros(len(lengths), dtype=bool))
+        shutil.rmtree(partial.folder, ignore_errors=True)
+        partial.folder.mkdir()
+        offsets = _offsets(lengths)
+        atomic_write_bytes(partial.folder / OFFSETS_FILE, offsets.tobytes())
+        with open(partial.folder / HIDDEN_FILE, "wb") as handle:
+            handle.truncate(_hidden_bytes(int(offsets[-1]), width))
+        partial.save(0.0)
+        return partial
+
+    @classmethod
+    def resumed(cls, root: Path, key: str, lengths: list[int], width: int) -> _PartialCache | None:
+        """The partial folder an interrupted run left of exactly this cache, or None (none, or unusable)."""
+        folder = _partial_folder(root, key)
+        try:
+            info = json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8"))
+            if (info.get("format_version") != FORMAT_VERSION or info.get("key") != key
+                    or info.get("num_documents") != len(lengths) or info.get("width") != width):
+                return None
+            offsets = np.fromfile(folder / OFFSETS_FILE, dtype=np.int64)
+            expected = _offsets(lengths)
+            done = np.frombuffer((folder / DONE_FILE).read_bytes(), dtype=np.uint8)
+            hidden_size = (folder / HIDDEN_FILE).stat().st_size
+            if (not np.array_equal(offsets, expected) or done.size != len(lengths)
+                    or hidden_size != _hidden_bytes(int(expected[-1]), width)):
+                return None
+            return cls(folder, key, lengths, width, done.astype(bool), float(info["compute_seconds"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def tokens_left(self) -> int:
+        """How many tokens belong to the documents not yet done."""
+        return sum(length for length, finished in zip(self.lengths, self.done, strict=True) if not finished)
+
+    def save(self, seconds: float) -> None:
+        """Record which documents' rows are on disk (call only after flushing them) and the seconds spent."""
+        atomic_write_bytes(self.folder / DONE_FILE, self.done.astype(np.uint8).tobytes())
+        atomic_write_json(self.folder / PROGRESS_FILE, {
+            "format_version": FORMAT_VERSION, "key": self.key, "num_documents": len(self.lengths),
+            "num_tokens": int(sum(self.lengths)), "width": self.width, "documents_done": int(self.done.sum()),
+            "compute_seconds": round(seconds, 3)})
+
+
 def _partial_folder(root: Path, key: str) -> Path:
     """Where the cache ``key`` is computed until it is complete (hidden: a partial folder is never read as a cache)."""
     return root / f".{key}{PARTIAL_SUFFIX}"
-
-
-def _tokens_left(lengths: Sequence[int], done: np.ndarray) -> int:
-    """How many tokens belong to the documents not yet ``done``."""
-    return sum(length for length, finished in zip(lengths, done, strict=True) if not finished)
-
-
-def _start_partial(partial: Path, key: str, lengths: list[int], width: int) -> None:
-    """A fresh partial cache folder: offsets, a (sparse) hidden-state file of full size, nothing done yet."""
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    offsets = _offsets(lengths)
-    atomic_write_bytes(partial / OFFSETS_FILE, offsets.tobytes())
-    with open(partial / HIDDEN_FILE, "wb") as handle:
-        handle.truncate(_hidden_bytes(int(offsets[-1]), width))
-    _write_progress(partial, key, np.zeros(len(lengths), dtype=bool), lengths, width, 0.0)
 
 
 def _offsets(lengths: Sequence[int]) -> np.ndarray:
@@ -475,35 +557,6 @@ def _hidden_bytes(tokens: int, width: int) -> int:
     return np.dtype(STORAGE_DTYPE).itemsize * tokens * width
 
 
-def _write_progress(partial: Path, key: str, done: np.ndarray, lengths: list[int], width: int,
-                    seconds: float) -> None:
-    """Record which documents' rows are on disk (call only after flushing them)."""
-    atomic_write_bytes(partial / DONE_FILE, done.astype(np.uint8).tobytes())
-    atomic_write_json(partial / PROGRESS_FILE, {
-        "format_version": FORMAT_VERSION, "key": key, "num_documents": len(lengths),
-        "num_tokens": int(sum(lengths)), "width": width, "documents_done": int(done.sum()),
-        "compute_seconds": round(seconds, 3)})
-
-
-def _resume_state(partial: Path, key: str, lengths: list[int], width: int) -> tuple[np.ndarray, float] | None:
-    """(documents done, seconds spent) of a partial cache folder of exactly this cache, or None (none, or unusable)."""
-    try:
-        info = json.loads((partial / PROGRESS_FILE).read_text(encoding="utf-8"))
-        if (info.get("format_version") != FORMAT_VERSION or info.get("key") != key
-                or info.get("num_documents") != len(lengths) or info.get("width") != width):
-            return None
-        offsets = np.fromfile(partial / OFFSETS_FILE, dtype=np.int64)
-        expected = _offsets(lengths)
-        done = np.frombuffer((partial / DONE_FILE).read_bytes(), dtype=np.uint8)
-        hidden_size = (partial / HIDDEN_FILE).stat().st_size
-        if (not np.array_equal(offsets, expected) or done.size != len(lengths)
-                or hidden_size != _hidden_bytes(int(expected[-1]), width)):
-            return None
-        return done.astype(bool), float(info["compute_seconds"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
 def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | None:
     if not train_top_layers:
         return None
@@ -514,18 +567,18 @@ def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | N
     return layers - train_top_layers
 
 
-def _compute_into(folder: Path, key: str, model: GPT2Classifier, token_lists: Sequence[Sequence[int]],
-                  lengths: list[int], width: int, *, done: np.ndarray, seconds: float, batch_size: int,
-                  device: torch.device, precision: str, start_layer: int | None,
-                  progress: Callable[[int, int], None] | None, max_batch_tokens: int | None = None,
+def _compute_into(partial: _PartialCache, model: GPT2Classifier, token_lists: Sequence[Sequence[int]],
+                  spec: FeatureCacheSpec, *, device: torch.device, progress: Callable[[int, int], None] | None,
                   source: FeatureDataset | None = None) -> float:
-    """Compute the documents not yet ``done`` into a partial folder; return the seconds spent in all runs.
+    """Compute the documents not yet done into a partial folder; return the seconds spent in all runs.
 
-    ``done`` is updated in place, and saved with the hidden states flushed before it at least every
+    ``partial.done`` is updated in place, and saved with the hidden states flushed before it at least every
     :data:`CHECKPOINT_SECONDS` and when an exception (Ctrl-C included) leaves, so a rerun resumes
     from there. The order of the remaining documents changes only the batching, which the masked
     padding makes irrelevant to the values.
     """
+    folder, lengths, width, done = partial.folder, partial.lengths, partial.width, partial.done
+    start_layer = spec.start_layer
     offsets = np.fromfile(folder / OFFSETS_FILE, dtype=np.int64)
     hidden = np.memmap(folder / HIDDEN_FILE, dtype=STORAGE_DTYPE, mode="r+", shape=(int(offsets[-1]), width))
     collate = PaddingCollator(pad_token_id=0, padding_side="right")  # the pad id is masked: any id will do
@@ -548,14 +601,15 @@ def _compute_into(folder: Path, key: str, model: GPT2Classifier, token_lists: Se
     def save() -> None:
         nonlocal last_saved, unsaved
         hidden.flush()
-        _write_progress(folder, key, done, lengths, width, seconds + time.monotonic() - started)
+        partial.save(partial.seconds + time.monotonic() - started)
         last_saved, unsaved = time.monotonic(), False
 
     if progress is not None:
         progress(int(done.sum()), len(lengths))
     try:
         outputs = batched_inference(model, [lengths[i] for i in todo], run_batch, device=device,
-                                    precision=precision, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+                                    precision=spec.precision, batch_size=spec.batch_size,
+                                    max_batch_tokens=spec.max_batch_tokens)
         for positions, states in outputs:
             states = states.float().cpu()
             peak = float(states.abs().max()) if states.numel() else 0.0
@@ -582,7 +636,7 @@ def _compute_into(folder: Path, key: str, model: GPT2Classifier, token_lists: Se
     for name in (HIDDEN_FILE, OFFSETS_FILE):
         with open(folder / name, "rb") as handle:
             os.fsync(handle.fileno())
-    return seconds + time.monotonic() - started
+    return partial.seconds + time.monotonic() - started
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:
@@ -597,48 +651,6 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return meta if sizes_ok else None
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """An advisory lock on the folder ``path`` (POSIX ``flock``; no lock file is left behind).
-
-    The kernel releases it when the holder dies, so a killed run never blocks the next. A no-op
-    where ``flock`` does not exist (the atomic rename still keeps readers from partial caches).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _remove_abandoned_temporaries(root: Path) -> None:
-    """Delete temporary folders left on this host by writer processes that no longer run."""
-    host = socket.gethostname()
-    for entry in root.glob(".*.tmp"):
-        parts = entry.name[1:-len(".tmp")].rsplit(".", 2)
-        if len(parts) != 3 or parts[1] != host or not parts[2].isdigit():
-            continue
-        pid = int(parts[2])
-        if pid == os.getpid() or not _process_exists(pid):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------------

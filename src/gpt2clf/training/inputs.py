@@ -1,12 +1,15 @@
 """A run's data and model, prepared: tokenized splits, the classifier, cached backbone states, scored splits.
 
-Data flow for one run (:func:`gpt2clf.training.loop.fit` calls these in this order)::
+Data flow for one run (:func:`gpt2clf.training.plan.set_up_run` and :func:`gpt2clf.training.loop.fit` call
+these in this order)::
 
     Config -> prepare_data: texts of train / validation / test (gpt2clf.data.splits)
                             -> token ids under the run's windowing (gpt2clf.data.batching), and what it leaves unread
            -> build_model:  the pretrained backbone + our blocks, pooling and head, with the frozen part set
-           -> attach_features (frozen backbone only): its states computed once into the feature cache
-           -> score_split:  logits of one split (from the cache when the run used one)
+           -> choose_inputs: how batches reach the model, chosen once: TokenInputs (token ids through the whole
+                            model) or CachedStates (a frozen part's states, computed once into the feature cache
+                            by its prepare, through the layers above it and ours); the data carries it
+           -> score_split:  logits of one split (through the data's inputs)
 
 This is also the public home for code that needs a run's data without training it (the benchmarks,
 ``--refit`` rescoring). Nothing here prints or exits; progress goes to an optional callback.
@@ -40,27 +43,124 @@ from gpt2clf.infer.predictor import batched_logits
 from gpt2clf.model.backbone import load_backbone_config, use_fused_gelu
 from gpt2clf.model.backbone import max_positions as backbone_max_positions
 from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
-from gpt2clf.training.feature_cache import WindowedFeatures, cached_features, feature_logits
+from gpt2clf.training.feature_cache import (
+    FeatureCacheSpec,
+    FeatureCollator,
+    FeatureDataset,
+    WindowedFeatures,
+    cached_features,
+    feature_logits,
+    logits_from_features,
+)
 
 __all__ = [
+    "CachedStates",
+    "InputPipeline",
     "PreparedData",
-    "attach_features",
+    "TokenInputs",
+    "attach_inputs",
     "build_model",
     "check_backbone",
+    "choose_inputs",
     "compute_device",
-    "data_split",
+    "feature_cache_spec",
     "prepare_data",
     "score_split",
     "seed_all",
     "split_logits",
-    "uses_feature_cache",
     "warn_about_unread_text",
 ]
 
 
+class TokenInputs:
+    """Batches of token ids through the whole model (the default pipeline): nothing is computed ahead."""
+
+    cache: FeatureCacheSpec | None = None
+    """No feature cache."""
+
+    def prepare(self, data: PreparedData, model: GPT2Classifier, *, show_progress: bool = False) -> None:
+        """Nothing to compute before training."""
+
+    def dataset(self, data: PreparedData, split: str) -> TokenizedDataset:
+        """The dataset a split trains or evaluates on."""
+        return getattr(data, split)
+
+    def collator(self, data: PreparedData, padding_side: str) -> PaddingCollator:
+        return PaddingCollator(data.tokenizer.pad_token_id, padding_side)
+
+    def logits(self, model: GPT2Classifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits of one collated batch."""
+        return model(batch["input_ids"], batch["attention_mask"], batch.get("document_index"))
+
+    def split_logits(self, model: GPT2Classifier, data: PreparedData, config: Config, split: str,
+                     device: torch.device) -> torch.Tensor:
+        """Float32 logits (documents, labels) of one split, in split order."""
+        return batched_logits(model, getattr(data, split).input_ids,
+                              PaddingCollator(data.tokenizer.pad_token_id, config.padding_side),
+                              batch_size=config.effective_eval_batch_size, device=device, precision=config.precision)
+
+
+class CachedStates:
+    """Batches of a frozen part's hidden states, read from the feature cache, through the backbone's layers
+    above them (``cache.start_layer``) and ours. :meth:`prepare` runs the frozen part over every split once
+    (or finds its states in the cache) on ``device``."""
+
+    def __init__(self, cache: FeatureCacheSpec, device: torch.device) -> None:
+        self.cache = cache
+        self.device = device
+        self.features: dict[str, FeatureDataset | WindowedFeatures] = {}
+        """Per split, the cached states (windows grouped back into documents when the data is windowed)."""
+
+    def prepare(self, data: PreparedData, model: GPT2Classifier, *, show_progress: bool = False) -> None:
+        """Run the frozen part of the backbone over every split once (or load it from the disk cache)."""
+        from tqdm.auto import tqdm
+
+        model.to(self.device)
+        self.features = {}
+        for split in ("train", "validation", "test"):
+            tokens = getattr(data, split)
+            if not len(tokens):
+                continue
+            with tqdm(desc=f"feature cache, {split}", unit="window" if tokens.windowed else "document",
+                      disable=not show_progress, leave=False,
+                      mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
+
+                def progress(done: int, total: int, bar=bar) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                cached = cached_features(model, tokens.windows, None if tokens.windowed else tokens.labels,
+                                         self.cache, device=self.device, progress=progress)
+                self.features[split] = (WindowedFeatures(cached, tokens.window_counts, tokens.labels)
+                                        if tokens.windowed else cached)
+        model.to("cpu")
+
+    def dataset(self, data: PreparedData, split: str) -> FeatureDataset | WindowedFeatures:
+        """The dataset a split trains or evaluates on: its cached states (after :meth:`prepare`)."""
+        return self.features[split]
+
+    def collator(self, data: PreparedData, padding_side: str) -> FeatureCollator:
+        return FeatureCollator(padding_side)
+
+    def logits(self, model: GPT2Classifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The logits of one collated batch of cached states."""
+        return logits_from_features(model, batch["hidden_states"], batch["attention_mask"], self.cache.start_layer,
+                                    batch.get("document_index"))
+
+    def split_logits(self, model: GPT2Classifier, data: PreparedData, config: Config, split: str,
+                     device: torch.device) -> torch.Tensor:
+        """Float32 logits (documents, labels) of one split, in split order, from its cached states."""
+        return feature_logits(model, self.features[split], batch_size=config.effective_eval_batch_size,
+                              device=device, precision=config.precision)
+
+
+InputPipeline = TokenInputs | CachedStates
+"""How a run's batches reach the model (:func:`choose_inputs`)."""
+
+
 @dataclass
 class PreparedData:
-    """Tokenized train / validation / test sets and what is needed to rebuild them."""
+    """Tokenized train / validation / test sets, what is needed to rebuild them, and how they reach the model."""
 
     label_names: list[str]
     source: dict[str, Any]
@@ -68,32 +168,40 @@ class PreparedData:
     train: TokenizedDataset
     validation: TokenizedDataset
     test: TokenizedDataset
-    features: dict[str, Any] | None = None
-    """Per split, the frozen backbone's cached hidden states (a FeatureDataset), when used."""
     texts: dict[str, list[str]] = field(default_factory=dict)
     """Per split, the documents' texts (TF-IDF fusion and reports read them)."""
     coverage: dict[str, ReadingCoverage] = field(default_factory=dict)
     """Per split, what the windowing leaves unread (documents read in part, unread tokens)."""
+    inputs: InputPipeline = field(default_factory=TokenInputs)
+    """How the splits reach the model: token ids, or (CachedStates) a frozen part's cached states."""
 
 
-def data_split(data: PreparedData, split: str):
-    """The dataset a split trains or evaluates on: cached features when present, else tokens."""
-    if data.features is not None:
-        return data.features[split]
-    return getattr(data, split)
+def choose_inputs(config: Config, model: GPT2Classifier) -> InputPipeline:
+    """How a run's batches reach ``model``, chosen once: the frozen part's cached states when the run uses a
+    feature cache (:func:`feature_cache_spec`), else token ids."""
+    cache = feature_cache_spec(config, model)
+    return TokenInputs() if cache is None else CachedStates(cache, compute_device(config))
 
 
-def uses_feature_cache(config: Config, model: GPT2Classifier) -> bool:
-    """Whether the frozen part of the backbone runs once into a disk cache instead of every step.
+def feature_cache_spec(config: Config, model: GPT2Classifier) -> FeatureCacheSpec | None:
+    """The feature cache a run of ``config`` uses, or None when its backbone has no frozen part to cache.
 
-    It gives the same hidden states every epoch: the whole backbone with ``freeze=backbone``,
-    the layers below the top ``K`` with ``train_top_layers=K`` (when at least one layer is frozen).
+    The frozen part gives the same hidden states every epoch: the whole backbone with
+    ``freeze=backbone``, the layers below the top ``K`` with ``train_top_layers=K`` (when at least
+    one layer is frozen). ``feature_cache`` off: None.
     """
     if not config.feature_cache:
-        return False
+        return None
     if config.train_top_layers:
-        return config.train_top_layers < len(model.backbone_layers())
-    return config.freeze == "backbone" or config.train_top_layers == 0
+        used = config.train_top_layers < len(model.backbone_layers())
+    else:
+        used = config.freeze == "backbone" or config.train_top_layers == 0
+    if not used:
+        return None
+    return FeatureCacheSpec.for_model(
+        model, cache_root=config.cache_dir, train_top_layers=config.train_top_layers,
+        tokenizer_name=config.tokenizer_name, max_length=config.max_length, precision=config.precision,
+        from_lower=config.feature_cache_from_lower, batch_size=config.effective_eval_batch_size)
 
 
 def compute_device(config: Config) -> torch.device:
@@ -103,36 +211,13 @@ def compute_device(config: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *,
-                    show_progress: bool = False) -> None:
-    """Run the frozen backbone over every split once (or load it from the disk cache)."""
-    from tqdm.auto import tqdm
-
-    device = compute_device(config)
-    model.to(device)
-    data.features = {}
-    for split in ("train", "validation", "test"):
-        tokens = getattr(data, split)
-        if not len(tokens):
-            continue
-        with tqdm(desc=f"feature cache, {split}", unit="window" if config.long_documents == "chunks" else "document",
-                  disable=not show_progress, leave=False,
-                  mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
-
-            def progress(done: int, total: int, bar=bar) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
-            windowed = config.long_documents == "chunks"
-            flat = [w for doc in tokens.input_ids for w in doc] if windowed else tokens.input_ids
-            cached = cached_features(
-                model, flat, None if windowed else tokens.labels, cache_root=config.cache_dir,
-                tokenizer_name=config.tokenizer_name, batch_size=config.effective_eval_batch_size, device=device,
-                precision=config.precision, max_length=config.max_length, train_top_layers=config.train_top_layers,
-                progress=progress, from_lower=config.feature_cache_from_lower)
-            data.features[split] = (WindowedFeatures(cached, [len(doc) for doc in tokens.input_ids], tokens.labels)
-                                    if windowed else cached)
-    model.to("cpu")
+def attach_inputs(data: PreparedData, model: GPT2Classifier, config: Config, *,
+                  show_progress: bool = False) -> InputPipeline:
+    """Give ``data`` the input pipeline of a run of ``config`` (:func:`choose_inputs`) and prepare it: with a
+    feature cache, the frozen part runs over every split once (or its states are loaded from the disk cache)."""
+    data.inputs = choose_inputs(config, model)
+    data.inputs.prepare(data, model, show_progress=show_progress)
+    return data.inputs
 
 
 def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, tokenizer: Any = None) -> PreparedData:
@@ -151,7 +236,7 @@ def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, 
     for name in ("train", "validation", "test"):
         ds = sets.split(name)
         items, coverage[name] = encode_and_measure(ds.texts, tokenizer, windowing)
-        splits[name] = TokenizedDataset(items, ds.labels)
+        splits[name] = TokenizedDataset(items, ds.labels, windowed=windowing.windowed)
     return PreparedData(sets.label_names, sets.source, tokenizer, splits["train"], splits["validation"],
                         splits["test"], texts={name: list(sets.split(name).texts) for name in splits},
                         coverage=coverage)
@@ -173,7 +258,7 @@ def build_model(config: Config, label_names: list[str]) -> GPT2Classifier:
     spec = ClassifierSpec(num_labels=len(label_names), label_names=list(label_names), n_embed=config.n_embed,
                           n_heads=config.n_heads, n_blocks=config.n_blocks, dropout=config.dropout,
                           pooling=config.pooling,
-                          chunk_aggregation=config.chunk_aggregation if config.long_documents == "chunks" else None)
+                          chunk_aggregation=config.chunk_aggregation if Windowing.of(config).windowed else None)
     model = GPT2Classifier.from_backbone(config.backbone, spec)
     _check_length(config, max_positions(model))
     model.set_trainable(config.freeze, config.train_top_layers)
@@ -203,14 +288,9 @@ def max_positions(model: GPT2Classifier) -> int | None:
 
 def split_logits(model: GPT2Classifier, data: PreparedData, config: Config, split: str,
                  device: torch.device) -> torch.Tensor:
-    """Float32 logits (documents, labels) of one prepared split, in split order (from cached features when
-    the run used them)."""
-    if data.features is not None:
-        return feature_logits(model, data.features[split], batch_size=config.effective_eval_batch_size,
-                              device=device, precision=config.precision)
-    return batched_logits(model, getattr(data, split).input_ids,
-                          PaddingCollator(data.tokenizer.pad_token_id, config.padding_side),
-                          batch_size=config.effective_eval_batch_size, device=device, precision=config.precision)
+    """Float32 logits (documents, labels) of one prepared split, in split order, through the data's inputs
+    (from cached states when the run used them)."""
+    return data.inputs.split_logits(model, data, config, split, device)
 
 
 def score_split(model: GPT2Classifier, data: PreparedData, config: Config, split: str,

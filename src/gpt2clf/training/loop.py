@@ -56,7 +56,6 @@ from torch.utils.data import DataLoader
 from gpt2clf.config import Config
 from gpt2clf.data.batching import (
     LengthGroupedSampler,
-    PaddingCollator,
 )
 from gpt2clf.data.splits import SplitSets
 from gpt2clf.data.text_dataset import DatasetSplits
@@ -72,39 +71,29 @@ from gpt2clf.infer.evaluation import (
 from gpt2clf.model.classifier import GPT2Classifier
 from gpt2clf.model.folder import TrainingRecord, save_model
 from gpt2clf.model.fusion import Fusion, TfidfModel, choose_fusion, refit_fusion
-from gpt2clf.training.feature_cache import (
-    FeatureCollator,
-    logits_from_features,
-)
 from gpt2clf.training.inputs import (
+    InputPipeline,
     PreparedData,
-    attach_features,
-    build_model,
-    check_backbone,
+    TokenInputs,
     compute_device,
-    data_split,
-    prepare_data,
     seed_all,
     split_logits,
-    uses_feature_cache,
-    warn_about_unread_text,
 )
 from gpt2clf.training.optimization import fused_adamw_supported, lr_lambda, parameter_rates, rng_states, set_rng_states
 from gpt2clf.training.plan import (
     RUN_MARKER,
-    check_fusion_data,
-    check_hardware,
+    RunSetup,
     check_run_dir,
+    checked_config,
     describe_estimate,
     estimate_seconds,
     is_worker_process,
     plan_run,
-    resolved_config,
     resumed_config,
-    warn_about_slow_settings,
+    set_up_run,
 )
 
-__all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "build_trainer", "fit", "train"]
+__all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "build_trainer", "fit", "fit_run", "train"]
 
 # ---------------------------------------------------------------------------------------
 # data
@@ -114,7 +103,8 @@ __all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "bui
 class ClassificationDataModule(pl.LightningDataModule):
     """Dataloaders with dynamic padding; training batches are length-grouped and rank-aware.
 
-    The sampler shards the data across DDP ranks itself (Lightning's automatic
+    Datasets and collator come from the data's input pipeline (``data.inputs``: token ids or cached
+    states). The sampler shards the data across DDP ranks itself (Lightning's automatic
     DistributedSampler is switched off), so length grouping survives multi-GPU training.
     """
 
@@ -122,13 +112,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         self.data = data
         self.config = config
-        if data.features is not None:
-            self.collate = FeatureCollator(config.padding_side)
-        else:
-            self.collate = PaddingCollator(data.tokenizer.pad_token_id, config.padding_side)
+        self.collate = data.inputs.collator(data, config.padding_side)
 
     def _dataset(self, split: str):
-        return data_split(self.data, split)
+        return self.data.inputs.dataset(self.data, split)
 
     def _loader(self, dataset, *, train: bool) -> DataLoader:
         trainer = self.trainer
@@ -154,22 +141,22 @@ class ClassificationDataModule(pl.LightningDataModule):
 
 
 class ClassificationModule(pl.LightningModule):
-    """Cross-entropy fine-tuning of a :class:`GPT2Classifier` with AdamW."""
+    """Cross-entropy fine-tuning of a :class:`GPT2Classifier` with AdamW.
 
-    def __init__(self, model: GPT2Classifier, config: Config) -> None:
+    ``inputs`` is the run's input pipeline (the data's ``inputs``), which turns a collated batch into
+    logits: token ids through the whole model (the default), or cached states through the part above them.
+    """
+
+    def __init__(self, model: GPT2Classifier, config: Config, inputs: InputPipeline | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
+        self.inputs: InputPipeline = inputs if inputs is not None else TokenInputs()
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
-        self.feature_start_layer: int | None = None
-        """With a feature cache of the layers below the top K: the first backbone layer to run."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "hidden_states" in batch:  # feature cache: the frozen (part of the) backbone already ran
-            return logits_from_features(self.model, batch["hidden_states"], batch["attention_mask"],
-                                        self.feature_start_layer, batch.get("document_index"))
-        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("document_index"))
+        return self.inputs.logits(self.model, batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch)
@@ -368,29 +355,22 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
         >>> result = fit(Config(backbone="gpt2", epochs=1), data)                       # doctest: +SKIP
         >>> result.metrics["validation"]["accuracy"]                                    # doctest: +SKIP
     """
-    check_hardware(config)
-    check_backbone(config)  # a missing backbone or a --max-length past its positions, before any data
-    config = resolved_config(config)
-    warn_about_slow_settings(config)
-    seed_all(config.seed)
-    prepared = prepare_data(config, data)
-    if not len(prepared.train):
-        raise UserError("no training documents; give at least one labelled text per class")
-    if not len(prepared.validation):
-        raise UserError("the validation split is empty; use more data or a larger --validation-ratio")
-    check_fusion_data(config, prepared)
-    warn_about_unread_text(config, prepared)
-    seed_all(config.seed)
-    model = build_model(config, prepared.label_names)
+    setup = set_up_run(checked_config(config), data, report=estimate_report)
+    return fit_run(setup, run_dir=run_dir, resume=resume, enable_progress_bar=enable_progress_bar, notify=notify)
+
+
+def fit_run(setup: RunSetup, *, run_dir: str | Path | None = None, resume: bool = False,
+            enable_progress_bar: bool = False, notify: Callable[[str], None] | None = None) -> FitResult:
+    """:func:`fit` from its run setup (:func:`gpt2clf.training.plan.set_up_run`): announce the estimate, fill
+    the input pipeline (the feature cache pass, if any), train, and score the best epoch."""
+    config, prepared, model = setup.config, setup.data, setup.model
     last = Path(run_dir or ".") / "checkpoints" / "last.ckpt"
     resume_from = last if resume and last.is_file() else None
-    estimate = _announce_estimate(config, model, prepared, notify, estimate_report, resume_from)
+    estimate = _announce_estimate(setup, notify, resume_from)
     if config.compile:
         model.compile(dynamic=True)  # in place: parameter names (and saved folders) stay the same
-    module = ClassificationModule(model, config)
-    if uses_feature_cache(config, model):
-        attach_features(prepared, model, config, show_progress=enable_progress_bar)
-        module.feature_start_layer = prepared.features["train"].start_layer
+    module = ClassificationModule(model, config, setup.inputs)
+    setup.inputs.prepare(prepared, model, show_progress=enable_progress_bar)
     trainer = build_trainer(config, Path(run_dir) if run_dir is not None else None,
                             enable_progress_bar=enable_progress_bar)
     started = time.perf_counter()
@@ -428,16 +408,14 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
             shutil.rmtree(trainer.default_root_dir, ignore_errors=True)
 
 
-def _announce_estimate(config: Config, model: GPT2Classifier, prepared: PreparedData,
-                       notify: Callable[[str], None] | None, report: bool,
+def _announce_estimate(setup: RunSetup, notify: Callable[[str], None] | None,
                        resume_from: Path | None) -> dict[str, Any] | None:
     """The run's time estimate, passed to ``notify`` as one line (None: no ``notify``, nothing measured)."""
     if notify is None:
         return None
-    estimate = estimate_seconds(config, model, prepared, report=report,
-                                epochs_done=finished_epochs(resume_from) if resume_from else 0)
+    estimate = estimate_seconds(setup, epochs_done=finished_epochs(resume_from) if resume_from else 0)
     notify(describe_estimate(estimate))
-    seed_all(config.seed)  # the measurement drew random numbers: training starts from the seed as without it
+    seed_all(setup.config.seed)  # the measurement drew random numbers: training starts from the seed as without it
     return estimate
 
 
@@ -467,12 +445,13 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
         check_run_dir(run_dir, overwrite=overwrite, resume=resume)
     if resume:  # the saved config, with only where the run runs taken from ``config``
         config = resumed_config(run_dir, config)
-    check_hardware(config)
+    config = checked_config(config)
     if not worker:
         run_dir.mkdir(parents=True, exist_ok=True)
-        resolved_config(config).save(run_dir / RUN_MARKER)
-    result = fit(config, run_dir=run_dir, resume=resume, enable_progress_bar=enable_progress_bar,
-                 notify=None if worker else notify, estimate_report=report and not config.multi_label)
+        config.save(run_dir / RUN_MARKER)
+    setup = set_up_run(config, report=report and not config.multi_label)
+    result = fit_run(setup, run_dir=run_dir, resume=resume, enable_progress_bar=enable_progress_bar,
+                     notify=None if worker else notify)
     if not result.metrics:  # a DDP worker process: rank 0 writes
         return {}
     result.save(run_dir / "model")

@@ -8,9 +8,11 @@ same one-line refusals as the command line (which only turns them into messages)
 * :func:`resumed_config`: a resumed run whose config changed in anything but where it runs;
 * :func:`check_fusion_data`: a validation split too small to choose the fusion weight.
 
-:func:`resolved_config` settles what depends on the machine (precision ``auto``, absolute paths);
-:func:`estimate_seconds` times short passes of the real model and scales them to the planned tokens;
-:func:`plan_run` is ``--dry-run``. Nothing here trains.
+:func:`resolved_config` settles what depends on the machine (precision ``auto``, absolute paths), and
+:func:`checked_config` is both. :func:`set_up_run` is the one sequence that :func:`gpt2clf.training.loop.fit`
+and ``--dry-run`` (:func:`plan_run`) start from: checks, seed, prepared data, model and input pipeline, as
+a :class:`RunSetup`. :func:`estimate_seconds` times short passes of the real model and scales them to the
+planned tokens. Nothing here trains.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +31,35 @@ import torch
 
 from gpt2clf.config import Config, check_float16_device
 from gpt2clf.data.batching import Windowing
+from gpt2clf.data.splits import SplitSets
+from gpt2clf.data.text_dataset import DatasetSplits
 from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
 from gpt2clf.infer.runtime import autocast_context, cpu_has_native_bf16, resolve_precision
 from gpt2clf.model.classifier import GPT2Classifier
 from gpt2clf.model.fusion import MIN_VALIDATION_DOCUMENTS, TfidfModel
 from gpt2clf.report.run_report import ERROR_STEPS, NUM_ERRORS
+from gpt2clf.training.feature_cache import layers_to_compute
 from gpt2clf.training.inputs import (
+    InputPipeline,
     PreparedData,
     build_model,
     check_backbone,
+    choose_inputs,
     compute_device,
+    feature_cache_spec,
     prepare_data,
     seed_all,
-    uses_feature_cache,
+    warn_about_unread_text,
 )
 
 __all__ = [
     "RESUMABLE_FIELDS",
     "RUN_MARKER",
+    "RunSetup",
     "check_fusion_data",
     "check_hardware",
     "check_run_dir",
+    "checked_config",
     "describe_estimate",
     "estimate_seconds",
     "is_worker_process",
@@ -57,6 +68,7 @@ __all__ = [
     "resolved_config",
     "resumed_config",
     "saved_run_config",
+    "set_up_run",
     "warn_about_slow_settings",
 ]
 
@@ -97,15 +109,15 @@ def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
         raise UserError(f"output folder {run_dir} is not empty; pass --overwrite or choose another --output")
 
 
-def make_plan(config: Config, model: GPT2Classifier, data: PreparedData | None,
-              data_error: str | None = None) -> dict[str, Any]:
+def make_plan(setup: RunSetup) -> dict[str, Any]:
     """A JSON-able summary of what a run will do (printed by ``--dry-run``)."""
+    config, model, data = setup.config, setup.model, setup.data
     plan: dict[str, Any] = {
         "backbone": config.backbone,
         "model": {"n_embed": model.spec.n_embed, "n_heads": model.spec.n_heads, "n_blocks": config.n_blocks,
                   "pooling": config.pooling, "dropout": config.dropout, "freeze": config.freeze,
                   "train_top_layers": config.train_top_layers},
-        "feature_cache": uses_feature_cache(config, model),
+        "feature_cache": setup.inputs.cache is not None,
         "precision": config.precision,
         "parameters": model.parameter_counts(),
     }
@@ -118,7 +130,7 @@ def make_plan(config: Config, model: GPT2Classifier, data: PreparedData | None,
                                     **{name: c.to_dict() for name, c in data.coverage.items()}}}
         plan["optimizer_steps"] = {"per_epoch": steps, "total": steps * config.epochs}
     else:
-        plan["data"] = {"error": data_error}
+        plan["data"] = {"error": setup.data_error}
     plan["config"] = config.to_dict()
     return plan
 
@@ -131,8 +143,7 @@ def check_fusion_data(config: Config, data: PreparedData) -> None:
                           "data or a larger --validation-ratio, or --fusion none)")
 
 
-def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, *,
-                     report: bool = False, epochs_done: int = 0) -> dict[str, Any]:
+def estimate_seconds(setup: RunSetup, *, epochs_done: int = 0) -> dict[str, Any]:
     """The run's wall time on this machine, from short measured passes and the planned tokens.
 
     Batches of training windows of median length run, on the run's device and precision, with the
@@ -141,25 +152,26 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
     forward alone as evaluation computes it, and the frozen part of the backbone alone (the one-off
     feature-cache pass, counted only for splits not cached yet).
     Seconds per token then scale to every epoch's training tokens, the validation passes (one per
-    epoch and one at the end), the test pass, the feature cache and, with ``report``, the
+    epoch and one at the end), the test pass, the feature cache and, when ``setup.report``, the
     integrated-gradients pass over the report's ten test errors; TF-IDF fusion is timed on a
     sample of the training texts. The model's weights do not change (no optimizer step) and its
     gradients are cleared afterwards. A rough figure (the checks in ACCURACY.md compare it with
     measured runs). ``epochs_done``: epochs a resumed run has finished already (not counted).
     """
-    windows = [w for item in data.train.input_ids for w in (item if data.train.input_ids and
-                                                              isinstance(item[0], list) else [item])]
+    config, model, data, report = setup.config, setup.model, setup.data, setup.report
+    windows = data.train.windows
     if not windows:
         return {}
     device = compute_device(config)
     lengths = sorted(len(w) for w in windows)
     rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report,
-                            windows_per_document=len(windows) / len(data.train.input_ids))
+                            windows_per_document=len(windows) / len(data.train))
     tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
+    cache = setup.inputs.cache
     cache_share = {}  # per split, the share of the frozen layers the cache pass still has to run
-    if uses_feature_cache(config, model):
-        frozen = len(model.backbone_layers()) - (config.train_top_layers or 0)
-        cache_share = {split: _cache_layers(config, model, data, split) / frozen for split in tokens if tokens[split]}
+    if cache is not None:
+        cache_share = {split: layers_to_compute(model, getattr(data, split).windows, cache) / cache.frozen_layers
+                       for split in tokens if tokens[split]}
     epochs = max(0, config.epochs - epochs_done)
     estimate: dict[str, Any] = {
         "training": epochs * tokens["train"] * rates["train"],
@@ -218,9 +230,9 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
     # Any ids the backbone has embeddings for (a small vocabulary may have fewer than 100).
     vocabulary = model.backbone.get_input_embeddings().num_embeddings
     ids = torch.randint(0, min(100, vocabulary), (small, length), device=device)
-    cached = uses_feature_cache(config, model)
-    start_layer = len(model.backbone_layers()) - config.train_top_layers if cached and config.train_top_layers \
-        else None
+    cache = feature_cache_spec(config, model)
+    cached = cache is not None
+    start_layer = cache.start_layer if cache is not None else None
     model.to(device)
     was_training = model.training
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -294,18 +306,6 @@ def _backward_to_inputs(model: GPT2Classifier, ids: torch.Tensor, mask: torch.Te
         model(ids, mask).float().sum().backward()
     finally:
         handle.remove()
-
-
-def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, split: str) -> float:
-    """How many backbone layers the feature-cache pass will run over ``split`` (0: it is cached already; scaled
-    down by what an interrupted run left in a partial cache)."""
-    from gpt2clf.training.feature_cache import layers_to_compute
-
-    tokens = getattr(data, split)
-    flat = [w for doc in tokens.input_ids for w in doc] if config.long_documents == "chunks" else tokens.input_ids
-    return layers_to_compute(model, flat, cache_root=config.cache_dir, tokenizer_name=config.tokenizer_name,
-                             precision=config.precision, max_length=config.max_length,
-                             train_top_layers=config.train_top_layers, from_lower=config.feature_cache_from_lower)
 
 
 def _fusion_seconds(config: Config, data: PreparedData) -> float:
@@ -407,28 +407,77 @@ def resolved_config(config: Config) -> Config:
     return config.with_absolute_paths().updated(precision=precision)
 
 
+def checked_config(config: Config) -> Config:
+    """``config`` refused in one line when this machine cannot run it (:func:`check_hardware`), else resolved
+    for it (:func:`resolved_config`): what a run records in its ``config.yaml`` and runs with."""
+    check_hardware(config)
+    return resolved_config(config)
+
+
+@dataclass
+class RunSetup:
+    """What a run starts from, built the same way for training and ``--dry-run`` (:func:`set_up_run`)."""
+
+    config: Config
+    """The checked, resolved config (:func:`checked_config`)."""
+    model: GPT2Classifier
+    data: PreparedData | None
+    """The prepared splits; None only in a dry run whose data could not be loaded (``data_error`` says why)."""
+    inputs: InputPipeline
+    """How batches reach the model (also ``data.inputs``): chosen once, here."""
+    report: bool = False
+    """Whether the run ends with a report, whose integrated-gradients pass its estimate then counts."""
+    data_error: str | None = None
+
+
+def set_up_run(config: Config, data: DatasetSplits | SplitSets | None = None, *, report: bool = False,
+               dry_run: bool = False) -> RunSetup:
+    """The steps every run starts with, for a ``config`` from :func:`checked_config`: the backbone checked
+    before any data is read, the seed set, the data prepared and checked, the model built, its input
+    pipeline chosen (:func:`gpt2clf.training.inputs.choose_inputs`). Nothing is trained or cached yet.
+
+    ``data``: texts in memory (see :func:`gpt2clf.training.inputs.prepare_data`); None reads the dataset
+    ``config`` names. ``dry_run`` (``--dry-run``): a dataset or tokenizer that cannot be loaded is noted in
+    ``data_error`` and the model is built for placeholder classes (20 Newsgroups has 20); empty splits are
+    not refused and unread text is not warned about (the plan shows both).
+    """
+    check_backbone(config)  # a missing backbone or a --max-length past its positions, before any data
+    warn_about_slow_settings(config)
+    seed_all(config.seed)
+    try:
+        prepared = prepare_data(config, data)
+    except UserError as err:
+        if not dry_run:
+            raise
+        model = build_model(config, [f"class_{i}" for i in range(20 if config.train_file is None else 2)])
+        return RunSetup(config, model, None, choose_inputs(config, model), report, str(err))
+    if not dry_run:
+        if not len(prepared.train):
+            raise UserError("no training documents; give at least one labelled text per class")
+        if not len(prepared.validation):
+            raise UserError("the validation split is empty; use more data or a larger --validation-ratio")
+    check_fusion_data(config, prepared)
+    if not dry_run:
+        warn_about_unread_text(config, prepared)
+    seed_all(config.seed)
+    model = build_model(config, prepared.label_names)
+    prepared.inputs = choose_inputs(config, model)
+    return RunSetup(config, model, prepared, prepared.inputs, report)
+
+
 def plan_run(config: Config, *, report: bool = True) -> dict[str, Any]:
-    """What a run would do (``--dry-run``): data sizes, model and parameter counts, the resolved config.
+    """What a run would do (``--dry-run``): data sizes, model and parameter counts, the resolved config, and
+    the time estimate (with the report's share when ``report`` and the run is single-label).
 
     A dataset or tokenizer that cannot be loaded is noted in the plan, and the model is still
     built (20 Newsgroups has 20 classes).
     """
-    check_hardware(config)
-    check_backbone(config)  # a missing backbone or a --max-length past its positions, before any data
-    config = resolved_config(config)
-    warn_about_slow_settings(config)
-    seed_all(config.seed)
-    try:
-        data = prepare_data(config)
-    except UserError as err:
-        placeholder = [f"class_{i}" for i in range(20 if config.train_file is None else 2)]
-        return make_plan(config, build_model(config, placeholder), None, str(err))
-    check_fusion_data(config, data)
-    model = build_model(config, data.label_names)
-    plan = make_plan(config, model, data)
-    plan["estimated_seconds"] = estimate_seconds(config, model, data, report=report and not config.multi_label)
+    config = checked_config(config)
+    setup = set_up_run(config, report=report and not config.multi_label, dry_run=True)
+    plan = make_plan(setup)
+    if setup.data is not None:
+        plan["estimated_seconds"] = estimate_seconds(setup)
     return plan
-
 
 
 def saved_run_config(run_dir: str | Path) -> Config:
