@@ -33,6 +33,7 @@ from gpt2clf.config import (
     PRESET_CHOICES,
     SERVE_HOST,
     SERVE_PORT,
+    ClusterSettings,
     Config,
     InferenceSettings,
     ServeSettings,
@@ -101,6 +102,9 @@ examples:
   gpt2clf predict runs/20ng/model --input corpus.jsonl --int8 --json > predictions.jsonl
   # through ONNX Runtime, with the file 'gpt2clf export' wrote (default MODEL_DIR/model.onnx)
   gpt2clf predict runs/20ng/model --runtime onnx --input corpus.jsonl --json > predictions.jsonl
+  # millions of documents on a Ray cluster (pip install "gpt2clf[ray]"), to a folder of Parquet files
+  gpt2clf predict runs/20ng/model --engine ray --input posts/ --id-column id --output preds/ --workers 2
+  gpt2clf predict runs/20ng/model --engine ray --address auto --input s3://b/posts/ --output s3://b/preds/
 """
 
 EXPORT_EXAMPLES = """\
@@ -286,8 +290,8 @@ def add_predict_parser(commands: Any) -> None:
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="documents to classify")
     predict.add_argument("--file", action="append", default=[], metavar="F",
                          help="a text file to classify as one document (repeatable)")
-    predict.add_argument("--input", metavar="CORPUS", help="a .jsonl, .csv or .tsv file: one document per row, "
-                         "streamed in batches")
+    predict.add_argument("--input", metavar="CORPUS", help="a .jsonl, .csv, .tsv or .parquet file: one document "
+                         "per row, streamed in batches (--engine ray: also a folder, glob or URI)")
     predict.add_argument("--text-column", action="append", default=None, metavar="COLUMN",
                          help="column of --input holding the text; repeat for several fields, joined as in "
                          "training (default: text)")
@@ -302,6 +306,13 @@ def add_predict_parser(commands: Any) -> None:
                          help="torch, or onnx: ONNX Runtime on the CPU with an exported file (default: torch)")
     predict.add_argument("--onnx-model", metavar="PATH", help="the ONNX file for --runtime onnx "
                          "(default: MODEL_DIR/model.onnx, where 'gpt2clf export' writes it)")
+    cluster = predict.add_argument_group("beyond one machine (--engine ray: --input files to a folder of Parquet "
+                                         "files)")
+    cluster.add_argument("--output", metavar="DIR", help="the folder (or s3://... URI) for the Parquet files")
+    cluster.add_argument("--id-column", metavar="COLUMN", help="column of --input naming each row, written beside "
+                         "its prediction (default: a 'row' column, the row's 0-based position in the input)")
+    cluster.add_argument("--overwrite", action="store_true", help="replace the Parquet files in a non-empty --output")
+    add_dataclass_flags(cluster, ClusterSettings, ["engine", "workers", "gpus_per_worker", "address"])
 
 
 def add_export_parser(commands: Any) -> None:
@@ -561,6 +572,9 @@ def command_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     inference = settings_from_args(InferenceSettings, args)
+    cluster = settings_from_args(ClusterSettings, args)
+    if cluster.engine == "ray" or args.output or args.id_column:
+        return command_predict_ray(args, inference, cluster)
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
     if args.runtime == "onnx":
@@ -590,6 +604,21 @@ def command_predict(args: argparse.Namespace) -> int:
                 ranked = "  ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
                 shown = prediction.label if prediction.labels is None else "|".join(prediction.labels) or "(none)"
                 progress.echo(f"{doc_id}\t{shown}\t{ranked}")
+    return 0
+
+
+def command_predict_ray(args: argparse.Namespace, inference: InferenceSettings, cluster: ClusterSettings) -> int:
+    """``predict --engine ray``: --input files to an --output folder of Parquet files, on a Ray cluster."""
+    from gpt2clf.distributed.predict import PredictOptions, predict_files
+
+    if cluster.engine != "ray" or args.texts or args.file or not (args.input and args.output):
+        raise UserError("--engine ray classifies --input CORPUS into --output DIR (both needed; no TEXT or --file), "
+                        "and --output and --id-column go with it")
+    options = PredictOptions(batch_size=inference.batch_size, precision=inference.precision, device=inference.device,
+                             int8=args.int8, runtime=args.runtime, onnx_model=args.onnx_model)
+    summary = predict_files(args.model_dir, args.input, args.output, text_column=args.text_column or ["text"],
+                            id_column=args.id_column, cluster=cluster, options=options, overwrite=args.overwrite)
+    print(json.dumps(summary.to_dict()) if args.json else summary.line())
     return 0
 
 
