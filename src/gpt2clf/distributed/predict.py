@@ -84,6 +84,8 @@ class PredictOptions:
     """Rows handed to an actor per call (the unit of retry); None: 4 x batch_size."""
     ray_remote_args: dict[str, Any] | None = None
     """More Ray options for the actors (e.g. runtime_env, resources, scheduling_strategy)."""
+    record_worker: bool = False
+    """Add a ``worker`` column, ``NODE_ID:PID`` of the actor that classified the row (to see where work went)."""
 
     def __post_init__(self) -> None:
         check_batch_size(self.batch_size)
@@ -170,6 +172,13 @@ class PredictBatches:
             shutil.rmtree(folder, ignore_errors=True)  # loaded: the actor keeps no copy on disk
         self.text_columns, self.keep = text_columns, keep
         self.multi_label = bool(getattr(self.predictor, "multi_label", False))
+        self.worker = None
+        if options.record_worker:
+            import os
+
+            import ray
+
+            self.worker = f"{ray.get_runtime_context().get_node_id()}:{os.getpid()}"
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
@@ -192,6 +201,8 @@ class PredictBatches:
         if self.multi_label:
             out["labels"] = pa.array([p.labels if (p := predictions.get(i)) else None for i in range(len(texts))],
                                      pa.list_(pa.string()))
+        if self.worker:
+            out["worker"] = pa.array([self.worker] * len(texts), pa.string())
         out[ERROR_COLUMN] = pa.array([None if i in predictions else EMPTY_TEXT_ERROR for i in range(len(texts))],
                                      pa.string())
         return pa.table(out)
