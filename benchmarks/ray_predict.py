@@ -180,32 +180,34 @@ def free_port() -> int:
 
 def two_node(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import pandas as pd
-    import ray
 
     from gpt2clf.config import ClusterSettings
     from gpt2clf.distributed import PredictOptions, predict_files
+    from gpt2clf.distributed.cluster import ray_cluster
 
     model, posts, texts = prepare(args, work, tiny=args.tiny)
     temp = Path(tempfile.mkdtemp(prefix="rpb", dir="/tmp"))  # short: Ray's socket paths have a length limit
     address = f"127.0.0.1:{free_port()}"
     common = ["--block", "--num-cpus", str(args.node_cpus), "--temp-dir", str(temp), "--disable-usage-stats"]
     started = time.perf_counter()
-    head = subprocess.Popen([RAY, "start", "--head", "--port", address.split(":")[1], "--include-dashboard=false",
-                             *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    nodes: list[subprocess.Popen[bytes]] = [head]
+    nodes = [subprocess.Popen([RAY, "start", "--head", "--port", address.split(":")[1], "--include-dashboard=false",
+                               *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        ray.init(address=address, log_to_driver=False)
-        nodes.append(subprocess.Popen([RAY, "start", "--address", address, *common],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+        while not (temp / "ray_current_cluster").exists():  # written once the head is up
+            if nodes[0].poll() is not None:
+                raise SystemExit(f"ray start --head exited with {nodes[0].returncode}")
             time.sleep(0.5)
-        cluster_seconds = time.perf_counter() - started
-        log(f"two nodes up in {cluster_seconds:.1f} s: {ray.cluster_resources()} ({load()})")
-        summary = predict_files(model, str(posts), str(work / "preds"), id_column="id",
-                                cluster=ClusterSettings(engine="ray", address=address),
-                                options=PredictOptions(precision="32-true", record_worker=True))
+        with ray_cluster(address) as ray:  # sends this machine's token, as predict --address does
+            nodes.append(subprocess.Popen([RAY, "start", "--address", address, *common],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                time.sleep(0.5)
+            cluster_seconds = time.perf_counter() - started
+            log(f"two nodes up in {cluster_seconds:.1f} s: {ray.cluster_resources()} ({load()})")
+            summary = predict_files(model, str(posts), str(work / "preds"), id_column="id",
+                                    cluster=ClusterSettings(engine="ray", address=address),
+                                    options=PredictOptions(precision="32-true", record_worker=True))
         workers = pd.read_parquet(work / "preds")["worker"]
-        ray.shutdown()
     finally:
         stop_nodes(nodes, temp)
     per_node = collections.Counter(w.split(":")[0][:8] for w in workers)

@@ -13,14 +13,17 @@ Guarantees:
   the job waits forever (ray-project/ray#44687). A pool that would is shrunk, and the choice is said;
   a cluster with a single CPU is refused;
 * Ray 2.59+ turns on token authentication for a new local cluster and, in 2.60, writes a token to
-  ``~/.ray/auth_token`` itself, so a local cluster starts without user action; joining a cluster that
-  wants a token this machine lacks is one line naming ``RAY_AUTH_TOKEN`` and ``~/.ray/auth_token``.
+  ``~/.ray/auth_token`` itself, so a local cluster starts without user action. Joining a cluster
+  (``address``) sends this machine's token when there is one and RAY_AUTH_MODE is unset (a cluster from
+  ``ray start`` wants it; without it the connection is refused after a long wait); a cluster that wants
+  a token this machine lacks is one line naming ``RAY_AUTH_TOKEN`` and ``~/.ray/auth_token``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +55,8 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
     if ray.is_initialized():
         yield ray
         return
+    if address:
+        _use_token_if_available()
     try:
         # log_to_driver=False: the terminal keeps Ray Data's progress and our summary, not worker logs.
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
@@ -62,6 +67,21 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield ray
     finally:
         ray.shutdown()
+
+
+def _use_token_if_available() -> None:
+    """Send this machine's Ray token when joining a cluster: ``ray start`` (2.59+) turns token authentication
+    on, but a driver whose RAY_AUTH_MODE is unset connects without a token and is refused. As Ray does for a
+    new local cluster: token mode when RAY_AUTH_MODE is unset and a token exists; an explicit mode wins."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:  # Ray's own rule (2.59+); private, hence the fallback
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _init_failure(address: str | None, err: Exception) -> str:

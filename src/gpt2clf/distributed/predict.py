@@ -257,7 +257,12 @@ def predict_dataset(model_dir: str | Path | ShippedModel, dataset: Any, *, text_
 
 @dataclass
 class PredictSummary:
-    """What a :func:`predict_files` job did."""
+    """What a :func:`predict_files` job did.
+
+    ``rows_written`` and ``rows_with_errors`` are counted in the written files (so a duplicate would
+    show). ``rows_read`` is the count taken before the job when rows are numbered across several files;
+    otherwise it is ``rows_written``, as every row read gives exactly one output row.
+    """
 
     rows_read: int
     rows_written: int
