@@ -306,7 +306,8 @@ def predict_files(model_dir: str | Path, input_path: str, output: str, *, text_c
     with ray_cluster(cluster.address) as ray:
         started = time.perf_counter()
         try:
-            rows, counted = _read_input(ray, files, list(text_column), id_column)
+            rows, counted = _read_input(ray, files, list(text_column), id_column,
+                                        options.rows_per_call or 4 * options.batch_size)
             actors, _ = choose_pool_size(cluster.workers, ray.cluster_resources(), options.gpus_per_worker)
             predictions = predict_dataset(ShippedModel.ship(ray, model_dir, options.onnx_model), rows,
                                           text_column=TEXT_COLUMN, id_column=id_column or ROW_COLUMN,
@@ -324,9 +325,10 @@ def predict_files(model_dir: str | Path, input_path: str, output: str, *, text_c
                           rows_with_errors=errors, seconds=seconds, output=output, actors=actors)
 
 
-def _read_input(ray: Any, files: list[str], text_columns: list[str], id_column: str | None) -> tuple[Any, int | None]:
-    """The lazy dataset of (id or row, text) rows of ``files`` (one read task per file), and the number of
-    rows when they were counted first (to number them across files)."""
+def _read_input(ray: Any, files: list[str], text_columns: list[str], id_column: str | None,
+                chunk_rows: int) -> tuple[Any, int | None]:
+    """The lazy dataset of (id or row, text) rows of ``files`` (one read task per file, blocks of
+    ``chunk_rows``), and the number of rows when they were counted first (to number them across files)."""
     from gpt2clf.distributed.sources import read_rows, row_offsets
 
     offsets, total = row_offsets(ray, files, text_columns, counted=id_column is None)
@@ -334,7 +336,8 @@ def _read_input(ray: Any, files: list[str], text_columns: list[str], id_column: 
                                                                                               strict=True)],
                                   override_num_blocks=len(files))
     rows = listing.map_batches(read_rows, batch_size=1, fn_kwargs={"text_columns": text_columns,
-                                                                   "id_column": id_column})
+                                                                   "id_column": id_column,
+                                                                   "chunk_rows": chunk_rows})
     return rows, total
 
 

@@ -36,7 +36,7 @@ __all__ = ["ROW_COLUMN", "TEXT_COLUMN", "check_output_folder", "is_uri", "list_i
 
 ROW_COLUMN = "row"  # the 0-based input position, written when there is no id column
 TEXT_COLUMN = "__gpt2clf_text"  # a read row's joined text, between the read tasks and the model actors
-READ_CHUNK_ROWS = 1024  # rows per block a read task hands on
+READ_CHUNK_ROWS = 256  # rows per block a read task hands on, by default: one block is one actor call
 OUTPUT_SUFFIXES = (".parquet",)
 
 
@@ -101,9 +101,11 @@ def list_input_files(path: str) -> list[str]:
     return found
 
 
-def read_rows(batch: dict[str, Any], *, text_columns: Sequence[str], id_column: str | None) -> Iterator[Any]:
+def read_rows(batch: dict[str, Any], *, text_columns: Sequence[str], id_column: str | None,
+              chunk_rows: int = READ_CHUNK_ROWS) -> Iterator[Any]:
     """Ray Data ``map_batches`` function: for each ``path`` (and its first row's position ``offset``) in
-    ``batch``, yield Arrow tables of (``id_column``, or ``row``, and the text) of READ_CHUNK_ROWS rows."""
+    ``batch``, yield Arrow tables of (``id_column``, or ``row``, and the text) of ``chunk_rows`` rows (blocks
+    that size spread over the model actors: an actor takes a whole block)."""
     import pyarrow as pa
 
     for path, offset in zip(batch["path"], batch["offset"], strict=True):
@@ -114,7 +116,7 @@ def read_rows(batch: dict[str, Any], *, text_columns: Sequence[str], id_column: 
             ids.append(row_id if id_column else position)
             texts.append(text)
             position += 1
-            if len(texts) == READ_CHUNK_ROWS:
+            if len(texts) == chunk_rows:
                 yield _rows_table(pa, ids, texts, id_column)
                 ids, texts = [], []
         if texts:
