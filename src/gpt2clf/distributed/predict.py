@@ -338,7 +338,9 @@ def _read_input(ray: Any, files: list[str], text_columns: list[str], id_column: 
     rows = listing.map_batches(read_rows, batch_size=1, fn_kwargs={"text_columns": text_columns,
                                                                    "id_column": id_column,
                                                                    "chunk_rows": chunk_rows})
-    return rows, total
+    # A read task's output is merged into large blocks, and an actor takes a whole block: cut them to one
+    # actor call each (streaming, no shuffle) so that the rows spread over the pool.
+    return rows.repartition(target_num_rows_per_block=chunk_rows), total
 
 
 def _write(predictions: Any, path: str, overwrite: bool) -> None:
