@@ -20,7 +20,7 @@ Three modes, each printing one JSON object on stdout (progress on stderr), each 
 Usage::
 
     python benchmarks/ray_predict.py --docs 200            # GPT-2 small dims: ~4 docs/s on 2 cores
-    python benchmarks/ray_predict.py --two-node --docs 300
+    python benchmarks/ray_predict.py --two-node --tiny --docs 1000
     python benchmarks/ray_predict.py --acceptance
 """
 
@@ -206,7 +206,8 @@ def two_node(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             log(f"two nodes up in {cluster_seconds:.1f} s: {ray.cluster_resources()} ({load()})")
             summary = predict_files(model, str(posts), str(work / "preds"), id_column="id",
                                     cluster=ClusterSettings(engine="ray", address=address),
-                                    options=PredictOptions(precision="32-true", record_worker=True))
+                                    options=PredictOptions(precision="32-true", record_worker=True,
+                                                           rows_per_call=args.rows_per_call))
         workers = pd.read_parquet(work / "preds")["worker"]
     finally:
         stop_nodes(nodes, temp)
@@ -253,6 +254,8 @@ def main() -> int:
     parser.add_argument("--two-node", action="store_true", help="two Ray nodes on this machine")
     parser.add_argument("--node-cpus", type=int, default=2, help="--two-node: CPUs each node offers (default: 2; "
                         "with 1 each the pool is one actor, since a CPU stays free for reading)")
+    parser.add_argument("--rows-per-call", type=int, default=16, help="--two-node: rows per actor call (default: "
+                        "16; small, so that a short job still spreads over actors that start at different times)")
     parser.add_argument("--acceptance", action="store_true", help="tiny model over all 7,532 posts")
     parser.add_argument("--ray-flags", nargs="*", default=[], help="more flags for predict --engine ray")
     parser.add_argument("--data-dir", default=str(SHARED / "data" / "20news-bydate.tar.gz"))

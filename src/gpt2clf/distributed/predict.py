@@ -245,8 +245,8 @@ def predict_dataset(model_dir: str | Path | ShippedModel, dataset: Any, *, text_
     keep = [id_column] if id_column else [c for c in dataset.columns() if c not in text_columns]
     remote_args = {"max_restarts": -1, "max_task_retries": BATCH_RETRIES, **(options.ray_remote_args or {})}
     with warnings.catch_warnings():
-        # Ray 2.60 deprecates these as keyword arguments (named ones come in 2.64) but still obeys them, and
-        # bounding max_task_retries is what stops a batch that kills its actor every time from looping forever.
+        # Ray 2.60 warns that such keyword arguments go in 2.64 (map_batches has no named ones for these) but
+        # obeys them; bounding max_task_retries stops a batch that kills its actor every time looping forever.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
         return dataset.map_batches(
             PredictBatches, fn_constructor_args=(shipped, options, text_columns, keep), batch_format="pyarrow",
