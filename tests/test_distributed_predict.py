@@ -315,3 +315,18 @@ def test_the_pool_leaves_a_cpu_for_reading_and_a_one_cpu_cluster_is_refused() ->
     with pytest.raises(ConfigError, match="GPU"):
         choose_pool_size(None, {"CPU": 4.0}, gpus_per_worker=1.0)
     assert ClusterSettings(engine="ray", workers=2).workers == 2
+
+
+def test_input_files_come_sorted_from_a_folder_or_a_glob_without_hidden_or_other_files(tmp_path: Path) -> None:
+    from gpt2clf.distributed.sources import list_input_files
+    from gpt2clf.errors import DataError
+
+    for name in ["b.csv", "a.jsonl", ".hidden.csv", "_SUCCESS", "notes.txt"]:
+        (tmp_path / name).write_text("text\nx\n")
+    assert list_input_files(str(tmp_path)) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.csv")]
+    assert list_input_files(str(tmp_path / "*.csv")) == [str(tmp_path / "b.csv")]
+    assert list_input_files(str(tmp_path / "b.csv")) == [str(tmp_path / "b.csv")]
+    with pytest.raises(DataError, match="no such file"):
+        list_input_files(str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="no CSV"):
+        list_input_files(str(tmp_path / "*.txt"))
