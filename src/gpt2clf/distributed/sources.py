@@ -31,7 +31,7 @@ from typing import Any
 from gpt2clf.data.corpora import data_format, iter_id_text_rows
 from gpt2clf.errors import DataError, UserError, first_line
 
-__all__ = ["ROW_COLUMN", "TEXT_COLUMN", "check_output_folder", "is_uri", "list_input_files", "open_file",
+__all__ = ["ROW_COLUMN", "TEXT_COLUMN", "check_output_folder", "count_rows", "is_uri", "list_input_files", "open_file",
            "read_rows", "row_offsets"]
 
 ROW_COLUMN = "row"  # the 0-based input position, written when there is no id column
