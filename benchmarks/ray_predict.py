@@ -19,7 +19,7 @@ Three modes, each printing one JSON object on stdout (progress on stderr), each 
 
 Usage::
 
-    python benchmarks/ray_predict.py --docs 200            # GPT-2 small dims: ~4 docs/s on 2 cores
+    python benchmarks/ray_predict.py --docs 200            # GPT-2 small dims; minutes per 100 posts on 2 cores
     python benchmarks/ray_predict.py --two-node --tiny --docs 1000
     python benchmarks/ray_predict.py --acceptance
 """
