@@ -291,6 +291,7 @@ def test_without_ray_the_command_says_how_to_install_it_in_one_line(tiny_model_d
     assert not (tmp_path / "out").exists()
 
 
+@deadline(30)
 def test_output_folder_with_other_files_is_never_replaced(tmp_path: Path) -> None:
     from gpt2clf.distributed.sources import check_output_folder
 
@@ -302,6 +303,7 @@ def test_output_folder_with_other_files_is_never_replaced(tmp_path: Path) -> Non
     check_output_folder(str(tmp_path / "new"), overwrite=False)  # a new folder is fine
 
 
+@deadline(30)
 def test_the_pool_leaves_a_cpu_for_reading_and_a_one_cpu_cluster_is_refused() -> None:
     from gpt2clf.distributed.cluster import choose_pool_size
 
@@ -317,6 +319,7 @@ def test_the_pool_leaves_a_cpu_for_reading_and_a_one_cpu_cluster_is_refused() ->
     assert ClusterSettings(engine="ray", workers=2).workers == 2
 
 
+@deadline(30)
 def test_input_files_come_sorted_from_a_folder_or_a_glob_without_hidden_or_other_files(tmp_path: Path) -> None:
     from gpt2clf.distributed.sources import list_input_files
     from gpt2clf.errors import DataError
