@@ -103,7 +103,8 @@ from gpt2clf.training.plan import (
     warn_about_slow_settings,
 )
 
-__all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "build_trainer", "fit", "train"]
+__all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "build_trainer", "fit", "prepare_run",
+           "scored_result", "train", "trainer_arguments", "write_run_results"]
 
 # ---------------------------------------------------------------------------------------
 # data
@@ -281,6 +282,12 @@ def monitored_metric(config: Config) -> str:
 def build_trainer(config: Config, run_dir: Path | None, *, enable_progress_bar: bool = True) -> pl.Trainer:
     """The Lightning trainer; without ``run_dir`` (in-memory :func:`fit`), checkpoints go to a temporary folder
     that the caller removes, and nothing is logged."""
+    return pl.Trainer(**trainer_arguments(config, run_dir, enable_progress_bar=enable_progress_bar))
+
+
+def trainer_arguments(config: Config, run_dir: Path | None, *, enable_progress_bar: bool = True) -> dict[str, Any]:
+    """The keyword arguments of :func:`build_trainer`'s ``pl.Trainer`` (callbacks, loggers, loop settings), for
+    callers that run the same training elsewhere (:mod:`gpt2clf.distributed.train` swaps in Ray's strategy)."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
@@ -305,7 +312,7 @@ def build_trainer(config: Config, run_dir: Path | None, *, enable_progress_bar: 
         except ImportError:
             pass
     devices: Any = config.devices
-    return pl.Trainer(
+    return dict(
         accelerator=config.accelerator, devices=devices, strategy=config.strategy, num_nodes=config.num_nodes,
         precision=config.precision, max_epochs=config.epochs, gradient_clip_val=config.gradient_clip,
         accumulate_grad_batches=config.accumulate_grad_batches, callbacks=callbacks, logger=loggers,
@@ -368,19 +375,7 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
         >>> result.metrics["validation"]["accuracy"]                                    # doctest: +SKIP
     """
     check_hardware(config)
-    check_backbone(config)  # a missing backbone or a --max-length past its positions, before any data
-    config = resolved_config(config)
-    warn_about_slow_settings(config)
-    seed_all(config.seed)
-    prepared = prepare_data(config, data)
-    if not len(prepared.train):
-        raise UserError("no training documents; give at least one labelled text per class")
-    if not len(prepared.validation):
-        raise UserError("the validation split is empty; use more data or a larger --validation-ratio")
-    check_fusion_data(config, prepared)
-    warn_about_unread_text(config, prepared)
-    seed_all(config.seed)
-    model = build_model(config, prepared.label_names)
+    config, prepared, model = prepare_run(config, data)
     last = Path(run_dir or ".") / "checkpoints" / "last.ckpt"
     resume_from = last if resume and last.is_file() else None
     estimate = _announce_estimate(config, model, prepared, notify, estimate_report, resume_from)
@@ -425,6 +420,25 @@ def fit(config: Config, data: DatasetSplits | SplitSets | None = None, *, run_di
     finally:
         if run_dir is None:
             shutil.rmtree(trainer.default_root_dir, ignore_errors=True)
+
+
+def prepare_run(config: Config, data: DatasetSplits | SplitSets | None = None
+                ) -> tuple[Config, PreparedData, GPT2Classifier]:
+    """What every training of ``config`` starts from: the resolved config, the tokenized splits (refused when
+    train or validation is empty, or too small for fusion) and the freshly seeded model."""
+    check_backbone(config)  # a missing backbone or a --max-length past its positions, before any data
+    config = resolved_config(config)
+    warn_about_slow_settings(config)
+    seed_all(config.seed)
+    prepared = prepare_data(config, data)
+    if not len(prepared.train):
+        raise UserError("no training documents; give at least one labelled text per class")
+    if not len(prepared.validation):
+        raise UserError("the validation split is empty; use more data or a larger --validation-ratio")
+    check_fusion_data(config, prepared)
+    warn_about_unread_text(config, prepared)
+    seed_all(config.seed)
+    return config, prepared, build_model(config, prepared.label_names)
 
 
 def _announce_estimate(config: Config, model: GPT2Classifier, prepared: PreparedData,
@@ -474,6 +488,13 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
                  notify=None if worker else notify, estimate_report=report and not config.multi_label)
     if not result.metrics:  # a DDP worker process: rank 0 writes
         return {}
+    write_run_results(run_dir, result, report=report)
+    return result.metrics
+
+
+def write_run_results(run_dir: Path, result: FitResult, *, report: bool = True) -> None:
+    """What a finished run adds to its run folder: ``model/``, ``metrics.json`` and (single-label runs with a
+    test set, unless ``report`` is False) ``report.html``."""
     result.save(run_dir / "model")
     atomic_write_json(run_dir / "metrics.json", result.metrics)
     if report and result.test_probabilities is not None and not result.config.multi_label:
@@ -482,7 +503,6 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
         scored = ScoredSplit(result.data.texts["test"], result.data.test.labels, result.test_probabilities,
                              result.data.label_names)
         write_run_report(run_dir, scored=scored)
-    return result.metrics
 
 
 def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData, trainer: pl.Trainer,
@@ -490,21 +510,33 @@ def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData
     """Load the best epoch's weights, score validation and test (fused with TF-IDF, or with tuned thresholds)."""
     checkpoint_cb = trainer.checkpoint_callback
     best_path = checkpoint_cb.best_model_path if checkpoint_cb is not None else ""
-    if best_path and Path(best_path).is_file():
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    best_score = checkpoint_cb.best_model_score if checkpoint_cb is not None else None
+    return scored_result(config, model, data, best_checkpoint=Path(best_path) if best_path else None,
+                         best_score=float(best_score) if best_score is not None else None,
+                         epochs_completed=trainer.current_epoch, train_seconds=train_seconds,
+                         device=trainer.strategy.root_device)
+
+
+def scored_result(config: Config, model: GPT2Classifier, data: PreparedData, *, best_checkpoint: Path | None,
+                  best_score: float | None, epochs_completed: int, train_seconds: float,
+                  device: torch.device) -> FitResult:
+    """The :class:`FitResult` of a finished training: the weights of the Lightning checkpoint ``best_checkpoint``
+    (when it is a file) loaded into ``model``, validation and test scored on ``device`` (fused with TF-IDF, or
+    with tuned thresholds), and the run's figures."""
+    if best_checkpoint is not None and best_checkpoint.is_file():
+        state = torch.load(best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     model = model.to(torch.device("cpu")).float()
-    model.to(trainer.strategy.root_device)
-    logits = {split: split_logits(model, data, config, split, trainer.strategy.root_device)
+    model.to(device)
+    logits = {split: split_logits(model, data, config, split, device)
               for split in ("validation", "test") if len(getattr(data, split))}
     model.to("cpu")
     scored = _multilabel_scores(data, logits) if config.multi_label else _single_label_scores(config, data, logits)
-    best_score = checkpoint_cb.best_model_score if checkpoint_cb is not None else None
     metrics: dict[str, Any] = {
         "validation": _figures(scored.validation),
         "test": _figures(scored.test),
-        f"best_{monitored_metric(config)}": float(best_score) if best_score is not None else None,
-        "epochs_completed": trainer.current_epoch,
+        f"best_{monitored_metric(config)}": best_score,
+        "epochs_completed": epochs_completed,
         "train_seconds": round(train_seconds, 2),
         "parameters": model.parameter_counts(),
         "precision": config.precision,
