@@ -33,6 +33,7 @@ from gpt2clf.config import (
     PRESET_CHOICES,
     SERVE_HOST,
     SERVE_PORT,
+    ClusterSettings,
     Config,
     InferenceSettings,
     ServeSettings,
@@ -82,6 +83,9 @@ examples:
   gpt2clf train --preset blog --dry-run --json
   # continue an interrupted run
   gpt2clf train --output runs/20ng --resume
+  # on a Ray cluster (pip install 'gpt2clf[ray]'): 4 workers with a GPU each, checkpoints in S3
+  gpt2clf train --engine ray --address auto --workers 4 --gpus-per-worker 1 --storage-path s3://bucket/runs \
+      --output runs/ray
 """
 
 EVALUATE_EXAMPLES = """\
@@ -259,6 +263,7 @@ def add_train_parser(commands: Any) -> None:
     run.add_argument("--no-report", action="store_true", help="skip RUN_DIR/report.html at the end of the run")
     for title, names in training_field_groups():
         add_dataclass_flags(train, Config, names, title)
+    add_dataclass_flags(train, ClusterSettings, None, "cluster (--engine ray)")
 
 
 def add_evaluate_parser(commands: Any) -> None:
@@ -417,9 +422,17 @@ def command_train(args: argparse.Namespace) -> int:
     config = resumed_config(args) if args.resume else config_from_args(args, say)
     if not args.output and not args.dry_run:
         raise UserError("train needs --output RUN_DIR (or --dry-run)")
-    result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume, dry_run=args.dry_run,
-                   enable_progress_bar=not args.no_progress, notify=say,
-                   report=not args.no_report)
+    cluster = settings_from_args(ClusterSettings, args)
+    if cluster.engine == "ray":
+        from gpt2clf.distributed.train import plan_on_ray, train_on_ray
+
+        result = (plan_on_ray(config, cluster, output_dir=args.output, report=not args.no_report) if args.dry_run
+                  else train_on_ray(config, args.output, cluster, overwrite=args.overwrite, resume=args.resume,
+                                    notify=say, report=not args.no_report))
+    else:
+        result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume,
+                       dry_run=args.dry_run, enable_progress_bar=not args.no_progress, notify=say,
+                       report=not args.no_report)
     if not result:  # a DDP worker process: rank 0 reports
         return 0
     if args.json:
@@ -473,6 +486,11 @@ def print_plan(plan: dict[str, Any]) -> None:
         steps = plan["optimizer_steps"]
         print(f"steps      {steps['per_epoch']} per epoch, {steps['total']} in all")
         print(f"time       {describe_estimate(plan['estimated_seconds'])}")
+    if "cluster" in plan:
+        where = plan["cluster"]
+        print(f"ray        {where['workers']} worker(s), {where['cpus_per_worker']} CPU and "
+              f"{where['gpus_per_worker']:g} GPU each, on {where['address']}; checkpoints in "
+              f"{where['storage_path']} ({where['estimate_note']})")
 
 
 # evaluate and predict draw a progress bar on stderr once the model has read documents for
