@@ -3,9 +3,11 @@
 A random GPT-2 of the size the flags give (default: 2 layers, 128 wide) is built and saved to a temporary
 folder; each run trains it on the first ``--documents`` 20 Newsgroups posts (``--max-length`` tokens each)
 for ``--epochs`` epochs, fully fine-tuned, float32, and times every epoch on rank 0 (training and its
-validation pass) with a Lightning callback. It also reports Ray's start-up (``ray.init``), the time from
-``train_on_ray`` to the first training step (the worker group starting, data and model reaching the
-workers), and each run's wall time. All runs share one local Ray cluster of ``--cpus`` CPUs.
+validation pass) with a Lightning callback, and the torch threads each process computes with (the local
+run goes twice: torch's default, one thread per core, and one thread, as a 1-CPU Ray worker has). It
+also reports Ray's start-up (``ray.init``), the time from ``train_on_ray`` to the first training step
+(data prepared on the driver, the worker group starting, data and model reaching the workers), and
+each run's wall time. All runs share one local Ray cluster of ``--cpus`` CPUs.
 
 What this can show depends on the machine: on 2 cores, 2 workers share the same cores that 1 worker
 could use, so no speed-up is expected; the figures show what Ray costs (start-up, the gradient
@@ -45,12 +47,13 @@ def epoch_timer(log: Path) -> Any:
     """A Lightning callback that appends each epoch's seconds on rank 0 to ``log`` (JSON lines), and the
     moment training starts. Defined in a function: Ray pickles it by value."""
     import lightning.pytorch as pl
+    import torch
 
     class EpochTimer(pl.Callback):
         def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if trainer.global_rank == 0:
                 with log.open("a") as handle:
-                    handle.write(json.dumps({"train_start": time.time()}) + "\n")
+                    handle.write(json.dumps({"train_start": time.time(), "threads": torch.get_num_threads()}) + "\n")
 
         def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             self.started = time.perf_counter()
@@ -80,6 +83,7 @@ def timed_run(args: argparse.Namespace, backbone: Path, workers: int | None, fol
     from gpt2clf.distributed.train import train_on_ray
     from gpt2clf.training.loop import train
 
+    folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"epochs-{workers or 'local'}.jsonl"
     started_wall, started = time.time(), time.perf_counter()
     if workers is None:
@@ -101,8 +105,9 @@ def timed_run(args: argparse.Namespace, backbone: Path, workers: int | None, fol
                      workers=workers), report=False, callbacks=[epoch_timer(log)])
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     start = next(r["train_start"] for r in rows if "train_start" in r)
-    return {"workers": workers or "local (1 process)", "wall_s": round(time.perf_counter() - started, 1),
-            "to_first_step_s": round(start - started_wall, 1),
+    threads = next(r["threads"] for r in rows if "threads" in r)
+    return {"workers": workers or "local (1 process)", "torch_threads_each": threads,
+            "wall_s": round(time.perf_counter() - started, 1), "to_first_step_s": round(start - started_wall, 1),
             "epoch_s": [round(r["seconds"], 2) for r in rows if "epoch" in r]}
 
 
@@ -134,8 +139,12 @@ def main() -> None:
         print(f"{cpu_model()}, {os.cpu_count()} cores; load {os.getloadavg()[0]:.2f} at start; "
               f"GPT-2 {args.layers} layers x {args.width}; {args.documents} posts x {args.max_length} tokens, "
               f"batch {args.batch_size}, {args.epochs} epochs, float32", flush=True)
-        results = [] if args.no_local else [timed_run(args, folder / "backbone", None, folder)]
-        if results:
+        results = []
+        # The local run with torch's default threads (one per core), then with one thread: a Ray worker
+        # with 1 CPU runs one (Ray sets OMP_NUM_THREADS to the worker's CPUs).
+        for threads in ([] if args.no_local else [torch.get_num_threads(), 1]):
+            torch.set_num_threads(threads)
+            results.append(timed_run(args, folder / "backbone", None, folder / f"threads-{threads}"))
             print(json.dumps(results[-1]), flush=True)
         started = time.perf_counter()
         ray.init(num_cpus=args.cpus, log_to_driver=False)
