@@ -84,7 +84,7 @@ examples:
   # continue an interrupted run
   gpt2clf train --output runs/20ng --resume
   # on a Ray cluster (pip install 'gpt2clf[ray]'): 4 workers with a GPU each, checkpoints in S3
-  gpt2clf train --engine ray --address auto --workers 4 --gpus-per-worker 1 --storage-path s3://bucket/runs \
+  gpt2clf train --engine ray --address auto --workers 4 --gpus-per-worker 1 --storage-path s3://bucket/runs \\
       --output runs/ray
 """
 
