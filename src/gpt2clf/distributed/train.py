@@ -150,8 +150,8 @@ def train_on_ray(config: Config, output_dir: str | Path, cluster: ClusterSetting
 
     ``cluster`` says where (:class:`gpt2clf.config.ClusterSettings`: workers, GPUs each, address, storage
     path). ``overwrite`` and ``resume`` work as in :func:`gpt2clf.training.loop.train`; ``resume`` also picks
-    up the checkpoints a stopped driver left in the storage path. ``notify`` receives progress lines (where
-    the run goes, the checkpoint it resumes from). ``callbacks``: extra Lightning callbacks every worker runs
+    up the checkpoints a stopped driver left in the storage path. ``notify`` receives one line saying how many
+    workers run and where the checkpoints go. ``callbacks``: extra Lightning callbacks every worker runs
     (they must pickle). The metrics are those of a local run, plus ``ray`` (workers, storage, checkpoint).
 
     Example::
