@@ -589,24 +589,29 @@ def test_the_estimate_times_each_pass_on_the_rows_the_real_pass_has_unless_that_
     config = Config(backbone=str(tiny_backbone), batch_size=8, max_length=32, freeze=freeze,
                     long_documents="chunks", precision="32-true", feature_cache=freeze == "backbone")
     model = build_model(config, ["a", "b", "c"])
-    seen: dict[str, set[int]] = {"backbone": set(), "top": set()}
-    for name, part in (("backbone_hidden_states", "backbone"), ("classify_hidden_states", "top")):
-        original = getattr(model, name)
+    from gpt2clf.infer.frozen_pass import FrozenPass
 
-        def recording(hidden: torch.Tensor, *args, original=original, part=part, **kwargs) -> torch.Tensor:
+    seen: dict[str, set[int]] = {"backbone": set(), "top": set(), "cache": set()}
+    for owner, name, part in ((model, "backbone_hidden_states", "backbone"), (model, "classify_hidden_states", "top"),
+                              (FrozenPass, "hidden_states", "cache")):
+        original = getattr(owner, name)
+
+        def recording(*args, original=original, part=part, **kwargs) -> torch.Tensor:
+            hidden = args[1] if part == "cache" else args[0]  # (FrozenPass's self first)
             seen[part].add(hidden.shape[0])
-            return original(hidden, *args, **kwargs)
-        monkeypatch.setattr(model, name, recording)
+            return original(*args, **kwargs)
+        monkeypatch.setattr(owner, name, recording)
 
     rates = preflight._measured_rates(config, model, 32, torch.device("cpu"), full_pass=False,
                                       windows_per_document=2.5)
     assert set(rates) == ({"cache", "train", "eval"} if freeze == "backbone" else {"train", "eval"})
     assert all(rate > 0 for rate in rates.values())
-    # Frozen: the backbone runs once on the small batch to make the cached states, then as the cache pass.
-    assert seen == {"backbone": {4, 16}, "top": {4, 20, 40}} if freeze == "backbone" else \
-        seen == {"backbone": {4, 20, 40}, "top": {4, 20, 40}}
+    # Frozen: the backbone runs once on the small batch to make the cached states, then the cache pass runs
+    # on the path it will take (the frozen pass).
+    assert seen == {"backbone": {4}, "cache": {4, 16}, "top": {4, 20, 40}} if freeze == "backbone" else \
+        seen == {"backbone": {4, 20, 40}, "cache": set(), "top": {4, 20, 40}}
 
     monkeypatch.setattr(preflight, "REAL_BATCH_SECONDS", 0.0)
-    seen = {"backbone": set(), "top": set()}
+    seen = {"backbone": set(), "top": set(), "cache": set()}
     preflight._measured_rates(config, model, 32, torch.device("cpu"), full_pass=False, windows_per_document=2.5)
-    assert seen == {"backbone": {4}, "top": {4}}
+    assert seen == {"backbone": {4}, "top": {4}, "cache": {4} if freeze == "backbone" else set()}

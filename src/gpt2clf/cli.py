@@ -211,7 +211,7 @@ def training_field_groups() -> list[tuple[str, list[str]]]:
                                        "chunk_aggregation"]),
         ("model", ["backbone", "n_embed", "n_heads", "n_blocks", "dropout", "pooling", "freeze", "train_top_layers",
                    "gradient_checkpointing", "compile", "feature_cache", "cache_dir",
-                   "feature_cache_from_lower", "fusion",
+                   "feature_cache_from_lower", "cache_precision", "fusion",
                    "fusion_refit"]),
         ("optimisation", ["batch_size", "eval_batch_size", "epochs", "learning_rate", "head_learning_rate",
                           "weight_decay", "warmup_ratio", "lr_schedule", "gradient_clip", "accumulate_grad_batches",

@@ -67,6 +67,7 @@ from gpt2clf.data.batching import (
 )
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_bytes, atomic_write_json
+from gpt2clf.infer.frozen_pass import FrozenPass, choose_frozen_pass
 from gpt2clf.infer.runtime import batched_inference, logits_in_input_order
 from gpt2clf.model.classifier import GPT2Classifier
 
@@ -326,8 +327,7 @@ def cached_features(
     if any(len(tokens) == 0 for tokens in token_lists):
         raise DataError("every document needs at least one token (tokenize_texts guarantees it)")
     start_layer = _start_layer(model, train_top_layers)
-    fields = cache_key_fields(model, token_lists, tokenizer_name=tokenizer_name, max_length=max_length,
-                              precision=precision, start_layer=start_layer)
+    frozen, fields = _path_and_fields(model, token_lists, tokenizer_name, max_length, precision, start_layer)
     key = cache_key(fields)
     root = cache_root_dir(cache_root)
     folder = root / key
@@ -339,9 +339,20 @@ def cached_features(
         fields = {**fields, "derived_from_layer": lower.start_layer}
         if _read_meta(root / cache_key(fields)) is not None:
             return FeatureDataset(root / cache_key(fields), labels)
+    log.info("feature cache pass: %s", frozen.describe())
     return _compute_cache(model, token_lists, labels, root, fields, batch_size=batch_size, device=device,
-                          precision=precision, start_layer=start_layer, progress=progress,
-                          max_batch_tokens=max_batch_tokens, source=lower)
+                          frozen=frozen, progress=progress, max_batch_tokens=max_batch_tokens, source=lower)
+
+
+def _path_and_fields(model: GPT2Classifier, token_lists: Sequence[Sequence[int]], tokenizer_name: str,
+                     max_length: int | None, precision: str, start_layer: int | None
+                     ) -> tuple[FrozenPass, dict[str, Any]]:
+    """The path the backbone pass takes (:func:`~gpt2clf.infer.frozen_pass.choose_frozen_pass`: body, precision,
+    int8 checked on the first documents) and the cache key fields, which record it."""
+    frozen = choose_frozen_pass(model, precision=precision, start_layer=start_layer, sample=token_lists)
+    fields = cache_key_fields(model, token_lists, tokenizer_name=tokenizer_name, max_length=max_length,
+                              precision=frozen.precision, start_layer=start_layer)
+    return frozen, {**fields, **frozen.key_fields()}
 
 
 def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]], *,
@@ -352,8 +363,7 @@ def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]
     tokens (for time estimates): 0 on a hit, fewer than the frozen part's with ``from_lower`` and a lower cache,
     scaled down by the share of tokens an interrupted run already computed into a partial folder."""
     start_layer = _start_layer(model, train_top_layers)
-    fields = cache_key_fields(model, token_lists, tokenizer_name=tokenizer_name, max_length=max_length,
-                              precision=precision, start_layer=start_layer)
+    _, fields = _path_and_fields(model, token_lists, tokenizer_name, max_length, precision, start_layer)
     root = cache_root_dir(cache_root)
     if _read_meta(root / cache_key(fields)) is not None:
         return 0
@@ -375,11 +385,11 @@ def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]
 def _lower_cache(model: GPT2Classifier, root: Path, fields: dict[str, Any]) -> FeatureDataset | None:
     """The complete cache of the same tokens at the highest split layer below ``fields``' (None: none)."""
     target = fields["start_layer"] if fields["start_layer"] is not None else len(model.backbone_layers())
-    same = ("format_version", "tokenizer", "tokens", "max_length", "precision", "storage_dtype")
+    same = ("format_version", "tokenizer", "tokens", "max_length", "precision", "storage_dtype", "frozen_pass")
     found: set[int] = set()
     for meta_path in root.glob(f"*/{META_FILE}"):
         meta = _read_meta(meta_path.parent)
-        if (meta is not None and all(meta.get(k) == fields[k] for k in same) and "derived_from_layer" not in meta
+        if (meta is not None and all(meta.get(k) == fields.get(k) for k in same) and "derived_from_layer" not in meta
                 and isinstance(meta.get("start_layer"), int) and meta["start_layer"] < target):
             found.add(meta["start_layer"])
     for layer in sorted(found, reverse=True):
@@ -390,8 +400,8 @@ def _lower_cache(model: GPT2Classifier, root: Path, fields: dict[str, Any]) -> F
 
 
 def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: Sequence[Any] | None, root: Path,
-                   fields: dict[str, Any], *, batch_size: int, device: torch.device | str, precision: str,
-                   start_layer: int | None, progress: Callable[[int, int], None] | None,
+                   fields: dict[str, Any], *, batch_size: int, device: torch.device | str, frozen: FrozenPass,
+                   progress: Callable[[int, int], None] | None,
                    max_batch_tokens: int | None, source: FeatureDataset | None = None) -> FeatureDataset:
     """Run the backbone over ``token_lists`` (or its layers above ``source``, a lower cache of them) into a new
     cache folder under ``root``, under a lock; resume the partial folder an interrupted run left, if any."""
@@ -422,9 +432,8 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
                      len(lengths))
         try:
             seconds = _compute_into(partial, key, model, token_lists, lengths, width, done=done, seconds=seconds,
-                                    batch_size=batch_size, device=torch.device(device), precision=precision,
-                                    start_layer=start_layer, progress=progress, max_batch_tokens=max_batch_tokens,
-                                    source=source)
+                                    batch_size=batch_size, device=torch.device(device), frozen=frozen,
+                                    progress=progress, max_batch_tokens=max_batch_tokens, source=source)
         except DataError:  # the same documents would fail the same way: nothing worth resuming
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -516,7 +525,7 @@ def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | N
 
 def _compute_into(folder: Path, key: str, model: GPT2Classifier, token_lists: Sequence[Sequence[int]],
                   lengths: list[int], width: int, *, done: np.ndarray, seconds: float, batch_size: int,
-                  device: torch.device, precision: str, start_layer: int | None,
+                  device: torch.device, frozen: FrozenPass,
                   progress: Callable[[int, int], None] | None, max_batch_tokens: int | None = None,
                   source: FeatureDataset | None = None) -> float:
     """Compute the documents not yet ``done`` into a partial folder; return the seconds spent in all runs.
@@ -536,11 +545,11 @@ def _compute_into(folder: Path, key: str, model: GPT2Classifier, token_lists: Se
         indices = [todo[p] for p in positions]
         if source is not None:  # only the layers above a lower cache of the same documents
             batch = read_states([source[i] for i in indices])
-            return model.adapter.run_layers(batch["hidden_states"].to(device), batch["attention_mask"].to(device),
-                                            int(source.start_layer or 0), start_layer)
+            return frozen.run_layers(batch["hidden_states"].to(device), batch["attention_mask"].to(device),
+                                     int(source.start_layer or 0))
         batch = collate([{"input_ids": token_lists[i], "index": i} for i in indices])
-        return model.backbone_hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                            num_layers=start_layer)
+        # The frozen layers on the path chosen for this machine (native SDPA body, bf16 or int8 where they pay).
+        return frozen.hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
     started = last_saved = time.monotonic()
     unsaved = False
@@ -555,7 +564,8 @@ def _compute_into(folder: Path, key: str, model: GPT2Classifier, token_lists: Se
         progress(int(done.sum()), len(lengths))
     try:
         outputs = batched_inference(model, [lengths[i] for i in todo], run_batch, device=device,
-                                    precision=precision, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+                                    precision=frozen.autocast_precision, batch_size=batch_size,
+                                    max_batch_tokens=max_batch_tokens)
         for positions, states in outputs:
             states = states.float().cpu()
             peak = float(states.abs().max()) if states.numel() else 0.0

@@ -28,6 +28,7 @@ from gpt2clf.data.batching import ReadingCoverage, TokenizedDataset, Windowing, 
 from gpt2clf.data.corpora import DatasetSplits, DataWarning, SplitSets, splits_for
 from gpt2clf.errors import ConfigError
 from gpt2clf.infer.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics
+from gpt2clf.infer.frozen_pass import resolve_cache_precision
 from gpt2clf.infer.predictor import batched_logits
 from gpt2clf.model.backbone import load_backbone_config, use_fused_gelu
 from gpt2clf.model.backbone import max_positions as backbone_max_positions
@@ -38,6 +39,7 @@ __all__ = [
     "PreparedData",
     "attach_features",
     "build_model",
+    "cache_precision",
     "check_backbone",
     "compute_device",
     "data_split",
@@ -120,11 +122,18 @@ def attach_features(data: PreparedData, model: GPT2Classifier, config: Config, *
             cached = cached_features(
                 model, flat, None if windowed else tokens.labels, cache_root=config.cache_dir,
                 tokenizer_name=config.tokenizer_name, batch_size=config.effective_eval_batch_size, device=device,
-                precision=config.precision, max_length=config.max_length, train_top_layers=config.train_top_layers,
+                precision=cache_precision(config, device), max_length=config.max_length,
+                train_top_layers=config.train_top_layers,
                 progress=progress, from_lower=config.feature_cache_from_lower)
             data.features[split] = (WindowedFeatures(cached, [len(doc) for doc in tokens.input_ids], tokens.labels)
                                     if windowed else cached)
     model.to("cpu")
+
+
+def cache_precision(config: Config, device: torch.device) -> str:
+    """The feature cache pass's precision on ``device`` (32-true, bf16-mixed or int8): ``config.cache_precision``
+    with ``auto`` resolved against the run's precision (:func:`~gpt2clf.infer.frozen_pass.resolve_cache_precision`)."""
+    return resolve_cache_precision(config.cache_precision, config.precision, device)
 
 
 def prepare_data(config: Config, data: DatasetSplits | SplitSets | None = None, tokenizer: Any = None) -> PreparedData:

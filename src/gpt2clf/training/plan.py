@@ -29,6 +29,7 @@ import torch
 from gpt2clf.config import Config
 from gpt2clf.data.batching import Windowing
 from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
+from gpt2clf.infer.frozen_pass import FrozenPass, choose_frozen_pass
 from gpt2clf.infer.runtime import autocast_context, cpu_has_native_bf16, resolve_precision
 from gpt2clf.model.classifier import GPT2Classifier
 from gpt2clf.model.fusion import MIN_VALIDATION_DOCUMENTS, TfidfModel
@@ -36,6 +37,7 @@ from gpt2clf.report.run_report import ERROR_STEPS, NUM_ERRORS
 from gpt2clf.training.inputs import (
     PreparedData,
     build_model,
+    cache_precision,
     check_backbone,
     compute_device,
     prepare_data,
@@ -153,8 +155,13 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
         return {}
     device = compute_device(config)
     lengths = sorted(len(w) for w in windows)
+    frozen = None
+    if uses_feature_cache(config, model):  # time the path the cache pass will take (body, precision, int8)
+        start_layer = len(model.backbone_layers()) - config.train_top_layers if config.train_top_layers else None
+        frozen = choose_frozen_pass(model, precision=cache_precision(config, device), start_layer=start_layer,
+                                    sample=windows)
     rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report,
-                            windows_per_document=len(windows) / len(data.train.input_ids))
+                            windows_per_document=len(windows) / len(data.train.input_ids), frozen=frozen)
     tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
     cache_share = {}  # per split, the share of the frozen layers the cache pass still has to run
     if uses_feature_cache(config, model):
@@ -172,6 +179,8 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
         "precision": config.precision,
         "tokens_per_second": {name: round(1 / rate) for name, rate in rates.items() if rate > 0},
     }
+    if frozen is not None:
+        estimate["cache_path"] = frozen.describe()
     estimate["total"] = sum(estimate[part] for part in ESTIMATE_PARTS)
     return estimate
 
@@ -209,18 +218,22 @@ REAL_BATCH_SECONDS = 10.0
 
 
 def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: torch.device, *,
-                    full_pass: bool, windows_per_document: float = 1.0) -> dict[str, float]:
-    """Seconds per token of a training step, an evaluation forward, the cache pass and (``full_pass``) a
-    forward and backward through the whole model, on rows of ``length`` tokens: each timed on a batch
-    shaped like the real pass's (within :data:`REAL_BATCH_SECONDS`), the median of up to three calls."""
+                    full_pass: bool, windows_per_document: float = 1.0, frozen: FrozenPass | None = None
+                    ) -> dict[str, float]:
+    """Seconds per token of a training step, an evaluation forward, the cache pass (on ``frozen``'s path, when
+    the run uses a feature cache) and (``full_pass``) a forward and backward through the whole model, on rows
+    of ``length`` tokens: each timed on a batch shaped like the real pass's (within :data:`REAL_BATCH_SECONDS`),
+    the median of up to three calls."""
     small = min(config.batch_size, 4)
     length = min(length, config.max_length)
     # Any ids the backbone has embeddings for (a small vocabulary may have fewer than 100).
     vocabulary = model.backbone.get_input_embeddings().num_embeddings
     ids = torch.randint(0, min(100, vocabulary), (small, length), device=device)
-    cached = uses_feature_cache(config, model)
-    start_layer = len(model.backbone_layers()) - config.train_top_layers if cached and config.train_top_layers \
-        else None
+    if frozen is None and uses_feature_cache(config, model):  # (estimate_seconds checks int8 on real windows)
+        start_layer = len(model.backbone_layers()) - config.train_top_layers if config.train_top_layers else None
+        frozen = choose_frozen_pass(model, precision=cache_precision(config, device), start_layer=start_layer,
+                                    sample=ids.tolist())
+    start_layer = frozen.start_layer if frozen is not None else None
     model.to(device)
     was_training = model.training
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -236,9 +249,9 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
         return model.classify_hidden_states(hidden, mask)
 
     def timed(call: Callable[[int], Callable[[], Any]], real_rows: float, *, train: bool,
-              grad: bool | None = None) -> float:
+              grad: bool | None = None, precision: str = config.precision) -> float:
         model.train(train)
-        with autocast_context(device, config.precision), \
+        with autocast_context(device, precision), \
                 (torch.enable_grad() if (train if grad is None else grad) else torch.inference_mode()):
             fn = call(small)
             fn()  # warm-up: first-call allocations and kernel selection
@@ -252,19 +265,20 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
     eval_rows = config.effective_eval_batch_size * windows_per_document
     try:
         rates: dict[str, float] = {}
-        if cached:
+        if frozen is not None:
             with torch.no_grad(), autocast_context(device, config.precision):  # no_grad: usable in autograd later
                 hidden = model.backbone_hidden_states(ids, torch.ones_like(ids), num_layers=start_layer)
 
             def cache_call(rows: int) -> Callable[[], Any]:
                 batch = rows_of(ids, rows)
-                return lambda: model.backbone_hidden_states(batch, torch.ones_like(batch), num_layers=start_layer)
+                return lambda: frozen.hidden_states(batch, torch.ones_like(batch))
 
             def top_call(rows: int, backward: bool) -> Callable[[], Any]:
                 batch = rows_of(hidden, rows)
                 return (lambda: top_part(batch).float().sum().backward()) if backward else (lambda: top_part(batch))
 
-            rates["cache"] = timed(cache_call, config.effective_eval_batch_size, train=False)
+            rates["cache"] = timed(cache_call, config.effective_eval_batch_size, train=False,
+                                   precision=frozen.autocast_precision)
             rates["train"] = timed(lambda rows: top_call(rows, True), train_rows, train=True)
             rates["eval"] = timed(lambda rows: top_call(rows, False), eval_rows, train=False)
         else:
@@ -304,7 +318,7 @@ def _cache_layers(config: Config, model: GPT2Classifier, data: PreparedData, spl
     tokens = getattr(data, split)
     flat = [w for doc in tokens.input_ids for w in doc] if config.long_documents == "chunks" else tokens.input_ids
     return layers_to_compute(model, flat, cache_root=config.cache_dir, tokenizer_name=config.tokenizer_name,
-                             precision=config.precision, max_length=config.max_length,
+                             precision=cache_precision(config, compute_device(config)), max_length=config.max_length,
                              train_top_layers=config.train_top_layers, from_lower=config.feature_cache_from_lower)
 
 
