@@ -151,14 +151,15 @@ class FrozenPass:
 
 
 def choose_frozen_pass(model: GPT2Classifier, *, precision: str, start_layer: int | None,
-                       sample: Sequence[Sequence[int]] = (), tolerance: float = INT8_TOLERANCE) -> FrozenPass:
+                       sample: Sequence[Sequence[int]] = (), tolerance: float | None = None) -> FrozenPass:
     """The fastest correct path for the frozen part of ``model``'s backbone at ``precision``
     (from :func:`resolve_cache_precision`, or any precision the run uses).
 
     With ``precision="int8"`` the ``sample`` documents are checked first (see the module docstring);
-    when they differ from float32 by more than ``tolerance``, or there is no sample, the pass runs in
-    float32 and a :class:`~gpt2clf.errors.PerformanceWarning` says why.
+    when they differ from float32 by more than ``tolerance`` (None: :data:`INT8_TOLERANCE`), or there is no
+    sample, the pass runs in float32 and a :class:`~gpt2clf.errors.PerformanceWarning` says why.
     """
+    tolerance = INT8_TOLERANCE if tolerance is None else tolerance
     reason = _native_reason(model, start_layer)
     body = "transformers" if reason else f"native-{model.backbone.config.model_type}"
     if reason:

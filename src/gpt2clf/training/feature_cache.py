@@ -29,8 +29,10 @@ hours survives Ctrl-C, a reboot or the end of a working session. Deleting a part
 once their writer process is gone. The key hashes everything the stored
 values depend on: the backbone's weights and config (only the frozen part), the tokenizer
 name, the exact token ids (which also capture ``max_length`` truncation), ``max_length``,
-the compute precision, the storage dtype, the split layer and :data:`FORMAT_VERSION`; so a
-stale cache is never used. Labels are not part of the key: they are attached on load.
+the compute path (precision, int8 included, and the body unless it is transformers' own:
+:mod:`gpt2clf.infer.frozen_pass`, which runs the pass), the storage dtype, the split layer and
+:data:`FORMAT_VERSION`; so a stale cache is never used, and caches of different paths never mix.
+Labels are not part of the key: they are attached on load.
 
 Root: the ``cache_root`` argument (``Config.cache_dir``), else the environment variable
 ``GPT2CLF_CACHE``, else ``~/.cache/gpt2clf/features``.
