@@ -155,11 +155,7 @@ def estimate_seconds(config: Config, model: GPT2Classifier, data: PreparedData, 
         return {}
     device = compute_device(config)
     lengths = sorted(len(w) for w in windows)
-    frozen = None
-    if uses_feature_cache(config, model):  # time the path the cache pass will take (body, precision, int8)
-        start_layer = len(model.backbone_layers()) - config.train_top_layers if config.train_top_layers else None
-        frozen = choose_frozen_pass(model, precision=cache_precision(config, device), start_layer=start_layer,
-                                    sample=windows)
+    frozen = _frozen_pass(config, model, device, windows)  # the path the cache pass will take (body, precision)
     rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report,
                             windows_per_document=len(windows) / len(data.train.input_ids), frozen=frozen)
     tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
@@ -229,10 +225,7 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
     # Any ids the backbone has embeddings for (a small vocabulary may have fewer than 100).
     vocabulary = model.backbone.get_input_embeddings().num_embeddings
     ids = torch.randint(0, min(100, vocabulary), (small, length), device=device)
-    if frozen is None and uses_feature_cache(config, model):  # (estimate_seconds checks int8 on real windows)
-        start_layer = len(model.backbone_layers()) - config.train_top_layers if config.train_top_layers else None
-        frozen = choose_frozen_pass(model, precision=cache_precision(config, device), start_layer=start_layer,
-                                    sample=ids.tolist())
+    frozen = frozen or _frozen_pass(config, model, device, ids.tolist())  # (estimate_seconds: real windows)
     start_layer = frozen.start_layer if frozen is not None else None
     model.to(device)
     was_training = model.training
@@ -298,6 +291,16 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         model.to("cpu")
+
+
+def _frozen_pass(config: Config, model: GPT2Classifier, device: torch.device, sample: list[list[int]]
+                 ) -> FrozenPass | None:
+    """The path the feature cache's pass takes (int8 checked on ``sample``), or None when the run uses no cache."""
+    if not uses_feature_cache(config, model):
+        return None
+    start_layer = len(model.backbone_layers()) - config.train_top_layers if config.train_top_layers else None
+    return choose_frozen_pass(model, precision=cache_precision(config, device), start_layer=start_layer,
+                              sample=sample)
 
 
 def _backward_to_inputs(model: GPT2Classifier, ids: torch.Tensor, mask: torch.Tensor) -> None:
