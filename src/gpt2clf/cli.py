@@ -43,6 +43,7 @@ from gpt2clf.config import (
     field_help,
     field_sections,
 )
+from gpt2clf.distributed.settings import ClusterSettings
 from gpt2clf.errors import PerformanceWarning, SecurityWarning, UserError
 
 __all__ = ["build_parser", "config_from_args", "main", "settings_from_args", "user_error_message"]
@@ -101,6 +102,7 @@ examples:
   gpt2clf predict runs/20ng/model --input corpus.jsonl --int8 --json > predictions.jsonl
   # through ONNX Runtime, with the file 'gpt2clf export' wrote (default MODEL_DIR/model.onnx)
   gpt2clf predict runs/20ng/model --runtime onnx --input corpus.jsonl --json > predictions.jsonl
+  gpt2clf predict runs/20ng/model --engine ray --input posts/ --id-column id --output preds/  # Ray: to Parquet
 """
 
 EXPORT_EXAMPLES = """\
@@ -177,11 +179,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, names: Seque
         shown = ",".join(default) if isinstance(default, list) else default
         text = f"{helps.get(name, '')} (default: {shown})".replace("%", "%%")  # argparse formats help with %
         if hints[name] is bool:
-            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
-                               help=text)
+            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif typing.get_origin(hints[name]) is list:  # repeatable: --text-column a --text-column b
-            group.add_argument(flag(name), dest=name, action="append", default=None, metavar=name.upper(),
-                               help=text)
+            group.add_argument(flag(name), dest=name, action="append", default=None, metavar=name.upper(), help=text)
         else:
             group.add_argument(flag(name), dest=name, default=None, metavar=name.upper(), help=text)
 
@@ -268,8 +268,8 @@ def add_predict_parser(commands: Any) -> None:
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="documents to classify")
     predict.add_argument("--file", action="append", default=[], metavar="F",
                          help="a text file to classify as one document (repeatable)")
-    predict.add_argument("--input", metavar="CORPUS", help="a .jsonl, .csv or .tsv file: one document per row, "
-                         "streamed in batches")
+    predict.add_argument("--input", metavar="CORPUS", help="a .jsonl, .csv, .tsv or .parquet file: one document "
+                         "per row, streamed in batches (--engine ray: also a folder, glob or URI)")
     predict.add_argument("--text-column", action="append", default=None, metavar="COLUMN",
                          help="column of --input holding the text; repeat for several fields, joined as in "
                          "training (default: text)")
@@ -284,6 +284,12 @@ def add_predict_parser(commands: Any) -> None:
                          help="torch, or onnx: ONNX Runtime on the CPU with an exported file (default: torch)")
     predict.add_argument("--onnx-model", metavar="PATH", help="the ONNX file for --runtime onnx "
                          "(default: MODEL_DIR/model.onnx, where 'gpt2clf export' writes it)")
+    cluster = predict.add_argument_group("beyond one machine (--engine ray: --input files to Parquet files)")
+    cluster.add_argument("--output", metavar="DIR", help="the folder (or s3://... URI) for the Parquet files")
+    cluster.add_argument("--id-column", metavar="COLUMN", help="column of --input naming each row, written beside "
+                         "its prediction (default: a 'row' column, the row's 0-based position in the input)")
+    cluster.add_argument("--overwrite", action="store_true", help="replace the Parquet files in a non-empty --output")
+    add_dataclass_flags(cluster, ClusterSettings, ["engine", "workers", "gpus_per_worker", "address"])
 
 
 def add_export_parser(commands: Any) -> None:
@@ -488,6 +494,9 @@ def command_predict(args: argparse.Namespace) -> int:
     from gpt2clf.report.progress_bar import ProgressBar
 
     inference = settings_from_args(InferenceSettings, args)
+    cluster = settings_from_args(ClusterSettings, args)
+    if cluster.engine == "ray" or args.output or args.id_column:
+        return command_predict_ray(args, inference, cluster)
     if not (args.texts or args.file or args.input):
         raise UserError("nothing to classify: give TEXT arguments, --file F or --input CORPUS")
     if args.runtime == "onnx":
@@ -520,6 +529,20 @@ def command_predict(args: argparse.Namespace) -> int:
                 ranked = "  ".join(f"{name} {p:.3f}" for name, p in prediction.top_k)
                 shown = prediction.label if prediction.labels is None else "|".join(prediction.labels) or "(none)"
                 progress.echo(f"{doc_id}\t{shown}\t{ranked}")
+    return 0
+
+
+def command_predict_ray(args: argparse.Namespace, inference: InferenceSettings, cluster: ClusterSettings) -> int:
+    from gpt2clf.distributed.predict import PredictOptions, predict_files
+
+    if cluster.engine != "ray" or args.texts or args.file or not (args.input and args.output):
+        raise UserError("--engine ray classifies --input CORPUS into --output DIR (both needed; no TEXT or --file), "
+                        "and --output and --id-column go with it")
+    options = PredictOptions(batch_size=inference.batch_size, precision=inference.precision, device=inference.device,
+                             int8=args.int8, runtime=args.runtime, onnx_model=args.onnx_model)
+    summary = predict_files(args.model_dir, args.input, args.output, text_column=args.text_column or ["text"],
+                            id_column=args.id_column, cluster=cluster, options=options, overwrite=args.overwrite)
+    print(json.dumps(summary.to_dict()) if args.json else summary.line())
     return 0
 
 

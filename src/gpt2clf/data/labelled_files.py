@@ -21,15 +21,15 @@ import io
 import json
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gpt2clf.data.text_dataset import DataWarning
 from gpt2clf.errors import DataError, first_line
 
-__all__ = ["MULTI_LABEL_SEPARATOR", "RecordRows", "collect_rows", "column_list", "iter_documents", "iter_text_column",
-           "join_fields", "load_labelled_file", "read_text_file"]
+__all__ = ["MULTI_LABEL_SEPARATOR", "RecordRows", "collect_rows", "column_list", "data_format", "iter_documents",
+           "iter_id_text_rows", "iter_text_column", "join_fields", "load_labelled_file", "read_text_file"]
 
 _FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".parquet": "parquet"}
@@ -166,12 +166,35 @@ def iter_documents(texts: Sequence[str], files: Sequence[str | Path] = (), corpu
             yield f"{corpus}:{i}", text
 
 
+def iter_id_text_rows(name: str, open_binary: Callable[[], BinaryIO], text_column: str | Sequence[str] = "text",
+                      id_column: str | None = None) -> Iterator[tuple[str | None, str | None]]:
+    """``(id, text)`` of each row of a CSV, TSV, JSONL or Parquet file opened by ``open_binary``, in file order.
+
+    For prediction on files that are not on a local disk (a Ray worker reading ``s3://...``): ``name``
+    (a path or URI) gives the format by its extension and names the file in errors. Formats, decoding,
+    joining several text columns and errors are those of :func:`iter_text_column`, but a null or
+    missing text stays None. The id is read as :func:`load_labelled_file` reads a label (text,
+    surrounding whitespace removed, JSON numbers as written); None without ``id_column``.
+    """
+    reader = _RowReader(name, data_format(name), column_list(text_column), id_column, opener=open_binary)
+    for _where, doc, row_id in reader:
+        yield row_id, doc  # type: ignore[misc]
+    reader.warn_replaced()
+
+
+def data_format(path: str | Path) -> str:
+    """csv, tsv, jsonl or parquet, from the extension of ``path``; :class:`DataError` for another."""
+    suffix = Path(str(path)).suffix.lower()
+    fmt = _FILE_FORMATS.get(suffix)
+    if fmt is None:
+        raise DataError(f"{path}: unsupported file type {suffix or '(no extension)'!r}; "
+                        f"use one of {', '.join(_FILE_FORMATS)}")
+    return fmt
+
+
 def _check_data_file(path: str | Path) -> tuple[Path, str]:
     path = Path(path).expanduser()
-    fmt = _FILE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r}; "
-                        f"use one of {', '.join(_FILE_FORMATS)}")
+    fmt = data_format(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     if not path.is_file():
@@ -187,20 +210,22 @@ class _RowReader:
     counted and replaced by U+FFFD in the values handed out.
     """
 
-    def __init__(self, path: Path, fmt: str, text_columns: list[str], label_column: str | None, *,
-                 multi_label: bool = False) -> None:
-        self.path, self.fmt = path, fmt
+    def __init__(self, path: Path | str, fmt: str, text_columns: list[str], label_column: str | None, *,
+                 multi_label: bool = False, opener: Callable[[], BinaryIO] | None = None) -> None:
+        self.path, self.fmt, self.opener = path, fmt, opener  # opener: the file's bytes (default: open path)
         self.text_columns, self.label_column = text_columns, label_column
         self.multi_label = multi_label
         self.replaced = 0
 
     def __iter__(self) -> Iterator[tuple[str, str | None, Label | None]]:
         if self.fmt == "parquet":
+            source = self.opener() if self.opener else self.path
             yield from RecordRows(str(self.path), self.text_columns, self.label_column, self.multi_label,
-                                   _parquet_columns(self.path, self.text_columns, self.label_column))
+                                  _parquet_columns(self.path, self.text_columns, self.label_column, source))
             return
         # utf-8-sig drops a byte-order mark (spreadsheet exports often start with one).
-        with open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        raw = self.opener() if self.opener else open(self.path, "rb")  # noqa: SIM115 (closed with handle)
+        with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             rows = self._jsonl(handle) if self.fmt == "jsonl" else self._delimited(handle)
             for where, doc, label in rows:
                 if isinstance(label, list):
@@ -335,12 +360,16 @@ def _json_scalar(path: Path | str, where: str, value: Any, column: str, *, multi
                     f"expected a string or number{hint}")
 
 
-def _parquet_columns(path: Path, text_columns: list[str], label_column: str | None) -> dict[str, list[Any]]:
-    """The wanted columns of a Parquet file as lists (column name -> values)."""
+def _parquet_columns(path: Path | str, text_columns: list[str], label_column: str | None,
+                     source: Any = None) -> dict[str, list[Any]]:
+    """The wanted columns of a Parquet file (read from ``source``, a path or binary file; default ``path``)
+    as lists (column name -> values)."""
+    source = path if source is None else source
     try:
         import pyarrow.parquet as pq
 
-        names = pq.read_schema(path).names
+        parquet = pq.ParquetFile(source)
+        names = parquet.schema_arrow.names
     except ImportError as err:
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from err
     except Exception as err:  # pyarrow raises ArrowInvalid (a ValueError) and OSError subclasses
@@ -351,7 +380,7 @@ def _parquet_columns(path: Path, text_columns: list[str], label_column: str | No
         raise DataError(f"{path}: no column {missing[0]!r}; the Parquet file has columns "
                         f"{', '.join(map(repr, names))} (choose with --text-column/--label-column)")
     try:
-        table = pq.read_table(path, columns=list(dict.fromkeys(wanted)))
+        table = parquet.read(columns=list(dict.fromkeys(wanted)))
     except Exception as err:
         raise DataError(f"{path} is not a readable Parquet file ({first_line(err)})") from err
     return {name: table.column(name).to_pylist() for name in dict.fromkeys(wanted)}
