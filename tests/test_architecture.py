@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "gpt2clf"
 # The foundation (errors, files, config) and the entry points (estimator, cli) sit at the package's top level.
 STAGES: list[set[str]] = [
     {"errors"}, {"files"}, {"config"},
+    {"flags"},  # command-line flags from the dataclasses of config
     {"data"},  # text -> tokens, windows, batches
     {"model"},  # token ids -> logits; the model-folder format
     {"infer"},  # logits -> probabilities and metrics

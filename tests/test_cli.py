@@ -243,8 +243,8 @@ def test_train_flag_groups_are_the_config_sections(capsys, monkeypatch) -> None:
     names; the sections are read from config.py, so a new field needs no list kept by hand."""
     import dataclasses
 
-    from gpt2clf.cli import training_field_groups
     from gpt2clf.config import Config
+    from gpt2clf.flags import training_field_groups
 
     groups = dict(training_field_groups())
     assert list(groups) == ["data", "tokenization and batching", "model", "optimisation",

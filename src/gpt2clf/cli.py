@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import os
 import sys
-import typing
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -39,12 +37,15 @@ from gpt2clf.config import (
     ServeAccess,
     ServeSettings,
     choose_preset,
-    coerce_fields,
-    field_help,
-    field_sections,
 )
 from gpt2clf.distributed.settings import ClusterSettings
 from gpt2clf.errors import PerformanceWarning, SecurityWarning, UserError
+from gpt2clf.flags import (
+    add_dataclass_flags,
+    config_overrides,
+    settings_from_args,
+    training_field_groups,
+)
 
 __all__ = ["build_parser", "config_from_args", "main", "settings_from_args", "user_error_message"]
 
@@ -72,7 +73,7 @@ examples:
   gpt2clf train --backbone ./gpt2 --data-dir ./20news-bydate.tar.gz --output runs/offline
   # your own data
   gpt2clf train --train-file reviews.csv --text-column body --label-column stars --output runs/reviews
-  # several text fields, joined as "subject: ...\n\nbody: ..."; Parquet files work like CSV
+  # several text fields, joined as "subject: ...\\n\\nbody: ..."; Parquet files work like CSV
   gpt2clf train --train-file mail.parquet --text-column subject --text-column body --output runs/mail
   # several labels per document (CSV cells like sports|politics, JSON lists in JSONL)
   gpt2clf train --train-file tags.csv --multi-label --output runs/tags
@@ -83,6 +84,9 @@ examples:
   gpt2clf train --preset blog --dry-run --json
   # continue an interrupted run
   gpt2clf train --output runs/20ng --resume
+  # on a Ray cluster (pip install 'gpt2clf[ray]'): 4 workers with a GPU each, checkpoints in S3
+  gpt2clf train --engine ray --address auto --workers 4 --gpus-per-worker 1 \\
+      --storage-path s3://bucket/runs --output runs/ray
 """
 
 EVALUATE_EXAMPLES = """\
@@ -160,54 +164,6 @@ examples:
 # ---------------------------------------------------------------------------------------
 # parsing
 # ---------------------------------------------------------------------------------------
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] | None = None,
-                        title: str | None = None) -> None:
-    """Add one flag per field of dataclass ``cls`` in ``names`` (default: every field), in a group
-    ``title``: ``--field-name``, its help the field's docstring and default. A bool field gets
-    ``--x``/``--no-x``, a list field a repeatable flag. Unset flags stay None (not applied);
-    :func:`flag_values` collects the set ones."""
-    group = parser.add_argument_group(title) if title else parser
-    hints = typing.get_type_hints(cls)
-    helps = field_help(cls)
-    defaults = cls()
-    for name in names or [f.name for f in dataclasses.fields(cls)]:
-        default = getattr(defaults, name)
-        shown = ",".join(default) if isinstance(default, list) else default
-        text = f"{helps.get(name, '')} (default: {shown})".replace("%", "%%")  # argparse formats help with %
-        if hints[name] is bool:
-            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif typing.get_origin(hints[name]) is list:  # repeatable: --text-column a --text-column b
-            group.add_argument(flag(name), dest=name, action="append", default=None, metavar=name.upper(), help=text)
-        else:
-            group.add_argument(flag(name), dest=name, default=None, metavar=name.upper(), help=text)
-
-
-def flag_values(args: argparse.Namespace, cls: type, names: Sequence[str] | None = None) -> dict[str, Any]:
-    """The fields of dataclass ``cls`` (those in ``names``) set explicitly on the command line, as typed."""
-    names = names or [f.name for f in dataclasses.fields(cls)]
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-
-
-def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Dataclass ``cls`` with its defaults, overlaid with its flags that were set (converted and checked)."""
-    return cls(**coerce_fields(cls, flag_values(args, cls)))
-
-
-def config_overrides(args: argparse.Namespace, names: Sequence[str] | None = None) -> dict[str, Any]:
-    """The Config fields set explicitly on the command line."""
-    return flag_values(args, Config, names)
-
-
-def training_field_groups() -> list[tuple[str, list[str]]]:
-    """train's flag groups: Config's sections (its ``# --- title ---`` comments), every field in one;
-    the recipe section's --preset has its own flag in the run group."""
-    return [(title, names) for title, names in field_sections(Config).items() if title != "recipe"]
-
-
 def command_parser(commands: Any, name: str, help_text: str, description: str, examples: str
                    ) -> argparse.ArgumentParser:
     """A subcommand's parser: its help line, description, examples epilog and ``--debug``."""
@@ -241,6 +197,7 @@ def add_train_parser(commands: Any) -> None:
     run.add_argument("--no-report", action="store_true", help="skip RUN_DIR/report.html at the end of the run")
     for title, names in training_field_groups():
         add_dataclass_flags(train, Config, names, title)
+    add_dataclass_flags(train, ClusterSettings, None, "cluster (--engine ray)")
 
 
 def add_evaluate_parser(commands: Any) -> None:
@@ -407,9 +364,17 @@ def command_train(args: argparse.Namespace) -> int:
     config = asked_resume_config(args) if args.resume else config_from_args(args, say)
     if not args.output and not args.dry_run:
         raise UserError("train needs --output RUN_DIR (or --dry-run)")
-    result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume, dry_run=args.dry_run,
-                   enable_progress_bar=not args.no_progress, notify=say,
-                   report=not args.no_report)
+    cluster = settings_from_args(ClusterSettings, args)
+    if cluster.engine == "ray":
+        from gpt2clf.distributed.train import plan_on_ray, train_on_ray
+
+        result = (plan_on_ray(config, cluster, output_dir=args.output, report=not args.no_report) if args.dry_run
+                  else train_on_ray(config, args.output, cluster, overwrite=args.overwrite, resume=args.resume,
+                                    notify=say, report=not args.no_report))
+    else:
+        result = train(config, args.output or ".", overwrite=args.overwrite, resume=args.resume,
+                       dry_run=args.dry_run, enable_progress_bar=not args.no_progress, notify=say,
+                       report=not args.no_report)
     if not result:  # a DDP worker process: rank 0 reports
         return 0
     if args.json:
@@ -464,6 +429,11 @@ def print_plan(plan: dict[str, Any]) -> None:
         steps = plan["optimizer_steps"]
         print(f"steps      {steps['per_epoch']} per epoch, {steps['total']} in all")
         print(f"time       {describe_estimate(plan['estimated_seconds'])}")
+    if "cluster" in plan:
+        where = plan["cluster"]
+        print(f"ray        {where['workers']} worker(s), {where['cpus_per_worker']} CPU and "
+              f"{where['gpus_per_worker']:g} GPU each, on {where['address']}; checkpoints in "
+              f"{where['storage_path']} ({where['estimate_note']})")
 
 
 def command_evaluate(args: argparse.Namespace) -> int:

@@ -47,10 +47,12 @@ def import_ray() -> Any:
 
 
 @contextlib.contextmanager
-def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[Any]:
+def ray_cluster(address: str | None = None, *, num_cpus: int | None = None,
+                env_vars: dict[str, str] | None = None) -> Iterator[Any]:
     """Yield ``ray``, connected: to the cluster this process already joined, else to ``address``
     (``host:6379``, ``ray://host:10001`` or ``auto``), else to a new local cluster of ``num_cpus`` CPUs
-    (default: this machine's). Only a connection made here is shut down on exit."""
+    (default: this machine's). ``env_vars`` are set in this job's workers (a remote cluster's workers do not
+    inherit this process's environment). Only a connection made here is shut down on exit."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
@@ -60,7 +62,7 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
     try:
         # log_to_driver=False: the terminal keeps Ray Data's progress and our summary, not worker logs.
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, runtime_env={"env_vars": env_vars} if env_vars else None)
     except Exception as err:  # Ray raises ConnectionError, AuthenticationError, RuntimeError, ValueError
         raise UserError(_init_failure(address, err)) from err
     try:

@@ -27,7 +27,8 @@ class ClusterSettings:
     """local (this process) or ray (a Ray cluster: the one at --address, else a new one on this machine)."""
     workers: int | None = None
     """With --engine ray: model actors (predict) or training workers (train); None: as many as the cluster's
-    CPUs allow, leaving one for reading the data."""
+    CPUs allow (predict leaves one for reading the data; train takes one per CPU, or per --gpus-per-worker
+    of its GPUs)."""
     gpus_per_worker: float = 0.0
     """With --engine ray: GPUs each worker takes (0: CPU only; a fraction shares a GPU between workers)."""
     address: str | None = None

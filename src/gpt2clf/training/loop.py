@@ -93,7 +93,8 @@ from gpt2clf.training.plan import (
     set_up_run,
 )
 
-__all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "build_trainer", "fit", "fit_run", "train"]
+__all__ = ["ClassificationDataModule", "ClassificationModule", "FitResult", "build_trainer", "fit", "fit_run",
+           "monitored_metric", "scored_result", "train", "trainer_arguments", "write_run_results"]
 
 # ---------------------------------------------------------------------------------------
 # data
@@ -154,6 +155,7 @@ class ClassificationModule(pl.LightningModule):
         self.inputs: InputPipeline = inputs if inputs is not None else TokenInputs()
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
+        self._val_index: list[torch.Tensor] = []
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.inputs.logits(self.model, batch)
@@ -173,17 +175,18 @@ class ClassificationModule(pl.LightningModule):
         logits = self(batch).float()
         self._val_logits.append(logits)
         self._val_labels.append(batch["labels"])
+        self._val_index.append(batch["index"])
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_logits:
             return
-        logits = torch.cat(self._val_logits)
-        labels = torch.cat(self._val_labels)
-        self._val_logits.clear()
-        self._val_labels.clear()
-        if self.trainer.world_size > 1:  # score every rank's share together
-            logits = self.all_gather(logits).flatten(0, 1)
-            labels = self.all_gather(labels).flatten(0, 1)
+        logits, labels, index = (torch.cat(parts) for parts in (self._val_logits, self._val_labels, self._val_index))
+        for parts in (self._val_logits, self._val_labels, self._val_index):
+            parts.clear()
+        if self.trainer.world_size > 1:  # score every rank's share together, each document once
+            logits, labels, index = (self.all_gather(part).flatten(0, 1) for part in (logits, labels, index))
+            once = first_occurrences(index)  # the sampler pads the ranks' shares by repeating documents
+            logits, labels = logits[once], labels[once]
         if self.config.multi_label:
             loss = float(F.binary_cross_entropy_with_logits(logits.cpu(), labels.cpu().float()))
             result = compute_multilabel_metrics(torch.sigmoid(logits.cpu()), labels.cpu().long().tolist(),
@@ -255,6 +258,18 @@ class ClassificationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def first_occurrences(index: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each distinct value of ``index``, in order of the values.
+
+    >>> first_occurrences(torch.tensor([3, 1, 3, 0, 1])).tolist()
+    [3, 1, 0]
+    """
+    values, inverse = torch.unique(index, return_inverse=True)
+    positions = torch.arange(len(index), device=index.device)
+    first = torch.full((len(values),), len(index), dtype=positions.dtype, device=index.device)
+    return first.scatter_reduce(0, inverse, positions, reduce="amin")
+
+
 # ---------------------------------------------------------------------------------------
 # the whole job
 # ---------------------------------------------------------------------------------------
@@ -269,6 +284,12 @@ def monitored_metric(config: Config) -> str:
 def build_trainer(config: Config, run_dir: Path | None, *, enable_progress_bar: bool = True) -> pl.Trainer:
     """The Lightning trainer; without ``run_dir`` (in-memory :func:`fit`), checkpoints go to a temporary folder
     that the caller removes, and nothing is logged."""
+    return pl.Trainer(**trainer_arguments(config, run_dir, enable_progress_bar=enable_progress_bar))
+
+
+def trainer_arguments(config: Config, run_dir: Path | None, *, enable_progress_bar: bool = True) -> dict[str, Any]:
+    """The keyword arguments of :func:`build_trainer`'s ``pl.Trainer`` (callbacks, loggers, loop settings), for
+    callers that run the same training elsewhere (:mod:`gpt2clf.distributed.train` swaps in Ray's strategy)."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
@@ -293,7 +314,7 @@ def build_trainer(config: Config, run_dir: Path | None, *, enable_progress_bar: 
         except ImportError:
             pass
     devices: Any = config.devices
-    return pl.Trainer(
+    return dict(
         accelerator=config.accelerator, devices=devices, strategy=config.strategy, num_nodes=config.num_nodes,
         precision=config.precision, max_epochs=config.epochs, gradient_clip_val=config.gradient_clip,
         accumulate_grad_batches=config.accumulate_grad_batches, callbacks=callbacks, logger=loggers,
@@ -454,6 +475,13 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
                      notify=None if worker else notify)
     if not result.metrics:  # a DDP worker process: rank 0 writes
         return {}
+    write_run_results(run_dir, result, report=report)
+    return result.metrics
+
+
+def write_run_results(run_dir: Path, result: FitResult, *, report: bool = True) -> None:
+    """What a finished run adds to its run folder: ``model/``, ``metrics.json`` and (single-label runs with a
+    test set, unless ``report`` is False) ``report.html``."""
     result.save(run_dir / "model")
     atomic_write_json(run_dir / "metrics.json", result.metrics)
     if report and result.test_probabilities is not None and not result.config.multi_label:
@@ -462,7 +490,6 @@ def train(config: Config, output_dir: str | Path, *, overwrite: bool = False, re
         scored = ScoredSplit(result.data.texts["test"], result.data.test.labels, result.test_probabilities,
                              result.data.label_names)
         write_run_report(run_dir, scored=scored)
-    return result.metrics
 
 
 def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData, trainer: pl.Trainer,
@@ -470,21 +497,33 @@ def _best_model_result(config: Config, model: GPT2Classifier, data: PreparedData
     """Load the best epoch's weights, score validation and test (fused with TF-IDF, or with tuned thresholds)."""
     checkpoint_cb = trainer.checkpoint_callback
     best_path = checkpoint_cb.best_model_path if checkpoint_cb is not None else ""
-    if best_path and Path(best_path).is_file():
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    best_score = checkpoint_cb.best_model_score if checkpoint_cb is not None else None
+    return scored_result(config, model, data, best_checkpoint=Path(best_path) if best_path else None,
+                         best_score=float(best_score) if best_score is not None else None,
+                         epochs_completed=trainer.current_epoch, train_seconds=train_seconds,
+                         device=trainer.strategy.root_device)
+
+
+def scored_result(config: Config, model: GPT2Classifier, data: PreparedData, *, best_checkpoint: Path | None,
+                  best_score: float | None, epochs_completed: int, train_seconds: float,
+                  device: torch.device) -> FitResult:
+    """The :class:`FitResult` of a finished training: the weights of the Lightning checkpoint ``best_checkpoint``
+    (when it is a file) loaded into ``model``, validation and test scored on ``device`` (fused with TF-IDF, or
+    with tuned thresholds), and the run's figures."""
+    if best_checkpoint is not None and best_checkpoint.is_file():
+        state = torch.load(best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     model = model.to(torch.device("cpu")).float()
-    model.to(trainer.strategy.root_device)
-    logits = {split: split_logits(model, data, config, split, trainer.strategy.root_device)
+    model.to(device)
+    logits = {split: split_logits(model, data, config, split, device)
               for split in ("validation", "test") if len(getattr(data, split))}
     model.to("cpu")
     scored = _multilabel_scores(data, logits) if config.multi_label else _single_label_scores(config, data, logits)
-    best_score = checkpoint_cb.best_model_score if checkpoint_cb is not None else None
     metrics: dict[str, Any] = {
         "validation": _figures(scored.validation),
         "test": _figures(scored.test),
-        f"best_{monitored_metric(config)}": float(best_score) if best_score is not None else None,
-        "epochs_completed": trainer.current_epoch,
+        f"best_{monitored_metric(config)}": best_score,
+        "epochs_completed": epochs_completed,
         "train_seconds": round(train_seconds, 2),
         "parameters": model.parameter_counts(),
         "precision": config.precision,

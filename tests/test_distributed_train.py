@@ -1,0 +1,179 @@
+"""Training on Ray Train (``gpt2clf train --engine ray``) on a local two-CPU Ray cluster, with a tiny random GPT-2.
+
+One cluster serves the module (``ray.init(num_cpus=2)``: a one-CPU cluster can starve Ray's own tasks). The
+command-line run joins it through ``--address``, as a user joins an existing cluster. Every test has a
+timeout: the subprocess's own, or SIGALRM for the runs in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from gpt2clf.cli import main  # noqa: E402
+from gpt2clf.config import Config  # noqa: E402
+from gpt2clf.distributed.settings import ClusterSettings  # noqa: E402
+from gpt2clf.infer.predictor import Predictor  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_run_args(tiny_backbone: Path, tokenizer_path: Path, archive_path: Path) -> Callable[..., list[str]]:
+    """``train`` arguments for a run small enough for two workers sharing two cores: 160 posts, 32 tokens each,
+    the tiny random GPT-2 (``tiny_run_args(output, *extra, epochs=1)``)."""
+    def arguments(output: Path, *extra: str, epochs: int = 1) -> list[str]:
+        return run_args(tiny_backbone, tokenizer_path, archive_path, output, *extra, epochs=epochs)
+
+    return arguments
+
+
+def run_args(backbone: Path, tokenizer: Path, archive: Path, output: Path, *extra: str, epochs: int) -> list[str]:
+    return ["train", "--preset", "none", "--backbone", str(backbone), "--tokenizer", str(tokenizer),
+            "--data-dir", str(archive), "--max-train-samples", "160", "--max-eval-samples", "60",
+            "--max-length", "32", "--epochs", str(epochs), "--learning-rate", "1e-3", "--head-learning-rate",
+            "3e-3", "--n-embed", "64", "--n-heads", "2", "--n-blocks", "1", "--batch-size", "16", "--pooling", "mean",
+            "--precision", "32-true", "--no-progress", "--no-report", "--output", str(output), *extra]
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail the test (TimeoutError) if its body runs longer than ``seconds`` (SIGALRM; Ray's waits are Python)."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster with two CPUs for the module; yields its address. Shut down afterwards."""
+    with deadline(120):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def test_two_cpu_workers_write_a_run_folder_that_predict_and_evaluate_read(
+        ray_cluster: str, tiny_run_args: Callable[..., list[str]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "ray-run"
+    # The frozen backbone's feature cache: the workers compute it once (under the cache's lock) and read it.
+    args = tiny_run_args(run_dir, "--freeze", "backbone", "--cache-dir", str(tmp_path / "cache"),
+                         "--engine", "ray", "--workers", "2", "--address", ray_cluster)
+    done = subprocess.run([sys.executable, "-m", "gpt2clf.cli", *args], capture_output=True, text=True,
+                          timeout=420, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "training on Ray: 2 worker(s)" in done.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["ray"]["workers"] == 2 and metrics["epochs_completed"] == 1
+    assert metrics["test"]["documents"] == 60
+    # The workers' validation accuracy (each rank scores half; the sampler pads the halves by repeating posts)
+    # counts every post once: it equals the driver's score of the same checkpoint.
+    assert metrics["best_val_acc"] == pytest.approx(metrics["validation"]["accuracy"], abs=1e-9)
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "logs" / "metrics.csv").is_file()
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # train, validation, test: computed once, not per worker
+    checkpoints = list((run_dir / "checkpoints").rglob("checkpoint.ckpt"))
+    assert len(checkpoints) == 1 and Path(metrics["ray"]["best_checkpoint"]) == checkpoints[0].parent
+
+    predictor = Predictor.from_folder(run_dir / "model")
+    probabilities = predictor.predict_proba(["a post about hockey", "a post about space"])
+    assert probabilities.shape == (2, 20)
+    assert main(["evaluate", str(run_dir / "model"), "--json", "--precision", "32-true"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["num_documents"] == 60
+    # The saved model runs the backbone from tokens; the run scored from fp16-stored features.
+    assert abs(evaluated["accuracy"] - metrics["test"]["accuracy"]) <= 0.05
+
+
+def exit_once_callback(marker: Path, attempts: Path, *, epoch: int, step: int, rank: int) -> object:
+    """A Lightning callback that kills its worker process (``os._exit``) at ``step`` of ``epoch`` on ``rank``,
+    once (the ``marker`` file remembers), and notes on rank 0 the epoch each attempt starts from.
+
+    Defined in a function so that Ray pickles the class by value (the test module is not importable there)."""
+    import lightning.pytorch as pl
+
+    class ExitOnce(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.global_rank == 0:
+                with attempts.open("a") as handle:
+                    handle.write(f"{trainer.current_epoch}\n")
+
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object,
+                               batch: object, batch_idx: int) -> None:
+            if (trainer.current_epoch, batch_idx, trainer.global_rank) == (epoch, step, rank) and not marker.exists():
+                marker.write_text("killed")
+                os._exit(1)
+
+    return ExitOnce()
+
+
+def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint_and_finishes(
+        ray_cluster: str, tiny_run_args: Callable[..., list[str]], tmp_path: Path) -> None:
+    from gpt2clf.cli import build_parser, config_from_args
+    from gpt2clf.distributed.train import train_on_ray
+
+    run_dir = tmp_path / "killed"
+    config: Config = config_from_args(build_parser().parse_args(tiny_run_args(run_dir, epochs=2)))
+    marker, attempts = tmp_path / "killed.marker", tmp_path / "attempts.txt"
+    with deadline(420):
+        metrics = train_on_ray(config, run_dir, ClusterSettings(engine="ray", workers=2),
+                               callbacks=[exit_once_callback(marker, attempts, epoch=1, step=2, rank=1)])
+    assert marker.exists()  # the worker was killed in the second epoch...
+    assert attempts.read_text().split() == ["0", "1"]  # ...and the restarted group began at the second epoch
+    assert metrics["epochs_completed"] == 2
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    with (run_dir / "logs" / "metrics.csv").open() as handle:
+        validated = {row["epoch"] for row in csv.DictReader(handle) if row.get("val_acc")}
+    assert validated == {"0", "1"}  # the first attempt's rows survive the restart
+    Predictor.from_folder(run_dir / "model")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--workers", "0"], "--workers must be a whole number of at least 1"),
+    (["--workers", "3"], "use fewer --workers"),
+    (["--devices", "2"], "Ray places the training processes"),
+])
+def test_impossible_cluster_settings_are_refused_in_one_line(
+        ray_cluster: str, tiny_run_args: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        extra: list[str], message: str) -> None:
+    with deadline(120):
+        code = main(tiny_run_args(tmp_path / "refused", "--engine", "ray", *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert message in err[-1] and err[-1].startswith("gpt2clf: error")
+    assert not (tmp_path / "refused" / "model").exists()
+
+
+def test_dry_run_says_what_would_run_where(tiny_run_args: Callable[..., list[str]], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with deadline(120):
+        code = main([*tiny_run_args(tmp_path / "planned", "--engine", "ray", "--workers", "4",
+                                    "--gpus-per-worker", "0.5", "--storage-path", "s3://bucket/runs",
+                                    "--address", "ray://head:10001"), "--dry-run", "--json"])
+    assert code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["cluster"]["workers"] == 4 and plan["cluster"]["gpus_per_worker"] == 0.5
+    assert plan["cluster"]["address"] == "ray://head:10001" and plan["cluster"]["storage_path"] == "s3://bucket/runs"
+    assert plan["cluster"]["accelerator"] == "gpu"  # the workers' (the estimate is this machine's)
+    assert plan["estimated_seconds"]["total"] > 0
+    assert not (tmp_path / "planned").exists()
