@@ -634,14 +634,7 @@ def test_signal_finishes_in_flight_requests_then_exits_0(tiny_model_dir: Path, s
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        def ready() -> bool:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                return httpx.get(f"{base}/readyz", timeout=5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, "the server to be ready")
+        wait_for_readyz(server, base)
         results: list[httpx.Response] = []
         request = threading.Thread(target=lambda: results.append(
             httpx.post(f"{base}/v1/classify", json={"texts": ["in flight"]}, timeout=WAIT_GUARD_S)))
@@ -818,6 +811,7 @@ def test_a_public_address_without_a_key_is_refused_before_anything_listens(
 
 
 def wait_for_readyz(server: subprocess.Popen, base: str) -> None:
+    """Wait until ``server`` answers 200 on /readyz (failing at once, with its output, if it exits)."""
     def ready() -> bool:
         assert server.poll() is None, server.stdout.read()
         try:
