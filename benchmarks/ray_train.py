@@ -79,8 +79,7 @@ def run_config(args: argparse.Namespace, backbone: Path) -> Any:
 
 def timed_run(args: argparse.Namespace, backbone: Path, workers: int | None, folder: Path) -> dict[str, Any]:
     """One run (``workers`` None: the local one-process ``train``); its epochs and wall times."""
-    from gpt2clf.config import ClusterSettings
-    from gpt2clf.distributed.train import train_on_ray
+    from gpt2clf.distributed import ClusterSettings, train_on_ray
     from gpt2clf.training.loop import train
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,7 @@ def train_on_ray(config: Config, output_dir: str | Path, cluster: ClusterSetting
     Example::
 
         >>> from gpt2clf import Config
-        >>> from gpt2clf.config import ClusterSettings
+        >>> from gpt2clf.distributed import ClusterSettings
         >>> from gpt2clf.distributed.train import train_on_ray
         >>> train_on_ray(Config(backbone="gpt2", epochs=1), "runs/ray",
         ...              ClusterSettings(engine="ray", workers=2))  # doctest: +SKIP
