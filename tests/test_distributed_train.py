@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -25,26 +26,27 @@ from gpt2clf.cli import main  # noqa: E402
 from gpt2clf.config import Config  # noqa: E402
 from gpt2clf.distributed.settings import ClusterSettings  # noqa: E402
 from gpt2clf.infer.predictor import Predictor  # noqa: E402
+from keyword_corpus import keyword_texts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+KEYWORDS = {"space": "rocket", "hockey": "puck", "music": "guitar"}
 
 
 @pytest.fixture
 def tiny_run_args(tiny_backbone: Path, tokenizer_path: Path, archive_path: Path) -> Callable[..., list[str]]:
-    """``train`` arguments for a run small enough for two workers sharing two cores: 160 posts, 32 tokens each,
-    the tiny random GPT-2 (``tiny_run_args(output, *extra, epochs=1)``)."""
-    def arguments(output: Path, *extra: str, epochs: int = 1) -> list[str]:
-        return run_args(tiny_backbone, tokenizer_path, archive_path, output, *extra, epochs=epochs)
+    """``train`` arguments for a run small enough for two workers sharing two cores, with the tiny random GPT-2:
+    ``tiny_run_args(output, *extra, epochs=1, data=None)``; ``data`` replaces the default data flags (160
+    20 Newsgroups posts for training and validation, 60 for test), 32 tokens per document."""
+    def arguments(output: Path, *extra: str, epochs: int = 1, data: list[str] | None = None) -> list[str]:
+        if data is None:
+            data = ["--data-dir", str(archive_path), "--max-train-samples", "160", "--max-eval-samples", "60"]
+        return ["train", "--preset", "none", "--backbone", str(tiny_backbone), "--tokenizer", str(tokenizer_path),
+                *data, "--max-length", "32", "--epochs", str(epochs), "--learning-rate", "1e-3",
+                "--head-learning-rate", "3e-3", "--n-embed", "64", "--n-heads", "2", "--n-blocks", "1",
+                "--batch-size", "16", "--pooling", "mean", "--precision", "32-true", "--no-progress", "--no-report",
+                "--output", str(output), *extra]
 
     return arguments
-
-
-def run_args(backbone: Path, tokenizer: Path, archive: Path, output: Path, *extra: str, epochs: int) -> list[str]:
-    return ["train", "--preset", "none", "--backbone", str(backbone), "--tokenizer", str(tokenizer),
-            "--data-dir", str(archive), "--max-train-samples", "160", "--max-eval-samples", "60",
-            "--max-length", "32", "--epochs", str(epochs), "--learning-rate", "1e-3", "--head-learning-rate",
-            "3e-3", "--n-embed", "64", "--n-heads", "2", "--n-blocks", "1", "--batch-size", "16", "--pooling", "mean",
-            "--precision", "32-true", "--no-progress", "--no-report", "--output", str(output), *extra]
 
 
 @contextlib.contextmanager
@@ -73,34 +75,42 @@ def ray_cluster() -> Iterator[str]:
         ray.shutdown()
 
 
-def test_two_cpu_workers_write_a_run_folder_that_predict_and_evaluate_read(
+def write_keyword_csv(path: Path, n: int, seed: int) -> None:
+    """``n`` labelled rows (text, label) of three classes, each text holding its class's keyword."""
+    texts, labels = keyword_texts(n, KEYWORDS, length=12, seed=seed)
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+
+
+def test_two_cpu_workers_train_on_a_csv_and_write_a_run_folder_that_predict_and_evaluate_read(
         ray_cluster: str, tiny_run_args: Callable[..., list[str]], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "ray-run"
+    write_keyword_csv(tmp_path / "train.csv", 150, seed=0)
+    write_keyword_csv(tmp_path / "test.csv", 30, seed=1)
+    data = ["--train-file", str(tmp_path / "train.csv"), "--test-file", str(tmp_path / "test.csv")]
     # The frozen backbone's feature cache: the workers compute it once (under the cache's lock) and read it.
     args = tiny_run_args(run_dir, "--freeze", "backbone", "--cache-dir", str(tmp_path / "cache"),
-                         "--engine", "ray", "--workers", "2", "--address", ray_cluster)
+                         "--engine", "ray", "--workers", "2", "--address", ray_cluster, data=data)
     done = subprocess.run([sys.executable, "-m", "gpt2clf.cli", *args], capture_output=True, text=True,
                           timeout=420, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     assert "training on Ray: 2 worker(s)" in done.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["ray"]["workers"] == 2 and metrics["epochs_completed"] == 1
-    assert metrics["test"]["documents"] == 60
+    assert metrics["test"]["documents"] == 30 and metrics["validation"]["documents"] == 30  # 20% of 150
     # The workers' validation accuracy (each rank scores half; the sampler pads the halves by repeating posts)
-    # counts every post once: it equals the driver's score of the same checkpoint.
-    assert metrics["best_val_acc"] == pytest.approx(metrics["validation"]["accuracy"], abs=1e-9)
+    # counts every document once: it equals the driver's score of the same checkpoint.
+    assert metrics["best_val_acc"] == pytest.approx(metrics["validation"]["accuracy"], abs=1e-6)  # float32
     assert (run_dir / "config.yaml").is_file() and (run_dir / "logs" / "metrics.csv").is_file()
     assert len(list((tmp_path / "cache").iterdir())) == 3  # train, validation, test: computed once, not per worker
     checkpoints = list((run_dir / "checkpoints").rglob("checkpoint.ckpt"))
     assert len(checkpoints) == 1 and Path(metrics["ray"]["best_checkpoint"]) == checkpoints[0].parent
 
     predictor = Predictor.from_folder(run_dir / "model")
-    probabilities = predictor.predict_proba(["a post about hockey", "a post about space"])
-    assert probabilities.shape == (2, 20)
+    assert predictor.predict_proba(["a rocket", "a puck"]).shape == (2, 3)
     assert main(["evaluate", str(run_dir / "model"), "--json", "--precision", "32-true"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert evaluated["num_documents"] == 60
+    assert evaluated["num_documents"] == 30
     # The saved model runs the backbone from tokens; the run scored from fp16-stored features.
     assert abs(evaluated["accuracy"] - metrics["test"]["accuracy"]) <= 0.05
 
