@@ -29,6 +29,7 @@ from transformers import GPT2Config, GPT2Model
 import gpt2clf.training.feature_cache as features
 from gpt2clf.data.batching import PaddingCollator
 from gpt2clf.errors import ConfigError, DataError
+from gpt2clf.infer.frozen_pass import FrozenPass
 from gpt2clf.infer.predictor import batched_logits
 from gpt2clf.model.classifier import ClassifierSpec, GPT2Classifier
 from gpt2clf.training.feature_cache import (
@@ -80,14 +81,15 @@ def full_logits(model: GPT2Classifier, tokens: list[list[int]]) -> torch.Tensor:
 
 
 def count_backbone_runs(model: GPT2Classifier, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the cache pass's backbone batches (it runs the backbone through a FrozenPass, whatever its path)."""
     calls: list[int] = []
-    original = model.backbone_hidden_states
+    original = FrozenPass.hidden_states
 
-    def counted(*args, **kwargs):
+    def counted(self, *args, **kwargs):
         calls.append(1)
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(model, "backbone_hidden_states", counted)
+    monkeypatch.setattr(FrozenPass, "hidden_states", counted)
     return calls
 
 
@@ -153,6 +155,7 @@ def test_second_call_is_a_hit_that_never_runs_the_backbone(tmp_path: Path, monke
         raise AssertionError("the backbone ran on a cache hit")
 
     monkeypatch.setattr(model, "backbone_hidden_states", boom)
+    monkeypatch.setattr(FrozenPass, "hidden_states", boom)
     monkeypatch.setattr(model.backbone, "forward", boom)
     second = cache(model, tokens, tmp_path, labels=[0] * len(tokens))
     assert second.folder == first.folder
@@ -206,7 +209,7 @@ def test_our_blocks_and_head_do_not_change_the_key(tmp_path: Path, monkeypatch) 
 def test_leftover_temporary_folder_is_never_used(tmp_path: Path) -> None:
     model = tiny_model()
     tokens = token_lists()
-    key = features.cache_key(features.cache_key_fields(model, tokens, tokenizer_name=TOKENIZER))
+    key = cache_spec(model, tmp_path).locate(model, tokens).key
     # A crashed writer on another host (so it is kept): a full-looking but temporary folder.
     leftover = tmp_path / f".{key}.elsewhere.123.tmp"
     leftover.mkdir()
@@ -253,17 +256,18 @@ def test_truncated_hidden_file_is_not_a_hit(tmp_path: Path, monkeypatch) -> None
 
 def crash_after(model: GPT2Classifier, monkeypatch: pytest.MonkeyPatch, batches: int,
                 error: type[BaseException] = KeyboardInterrupt) -> list[int]:
-    """Make the backbone raise ``error`` when asked for batch ``batches + 1``; returns the batch sizes it ran."""
-    original = model.backbone_hidden_states
+    """Make the cache pass's backbone raise ``error`` when asked for batch ``batches + 1``; returns the batch sizes
+    it ran."""
+    original = FrozenPass.hidden_states
     sizes: list[int] = []
 
-    def crash(input_ids, *args, **kwargs):
+    def crash(self, input_ids, *args, **kwargs):
         if len(sizes) == batches:
             raise error("killed")
         sizes.append(len(input_ids))
-        return original(input_ids, *args, **kwargs)
+        return original(self, input_ids, *args, **kwargs)
 
-    monkeypatch.setattr(model, "backbone_hidden_states", crash)
+    monkeypatch.setattr(FrozenPass, "hidden_states", crash)
     return sizes
 
 
@@ -275,7 +279,7 @@ def test_an_interrupted_computation_resumes_where_it_stopped(tmp_path: Path, mon
         first_sizes = crash_after(model, patch, batches=2, error=error)
         with pytest.raises(error, match="killed"):
             cache(model, tokens, tmp_path)
-    key = features.cache_key(features.cache_key_fields(model, tokens, tokenizer_name=TOKENIZER))
+    key = cache_spec(model, tmp_path).locate(model, tokens).key
     partial = tmp_path / f".{key}{features.PARTIAL_SUFFIX}"
     assert [p.name for p in tmp_path.iterdir()] == [partial.name]  # nothing that reads as a cache
     progress = json.loads((partial / features.PROGRESS_FILE).read_text())
@@ -283,14 +287,14 @@ def test_an_interrupted_computation_resumes_where_it_stopped(tmp_path: Path, mon
     # The time spent before the interruption carries into the total: say it was 1000 s.
     (partial / features.PROGRESS_FILE).write_text(json.dumps({**progress, "compute_seconds": 1000.0}))
 
-    original = model.backbone_hidden_states
+    original = FrozenPass.hidden_states
     second_sizes: list[int] = []
 
-    def counted(input_ids, *args, **kwargs):
+    def counted(self, input_ids, *args, **kwargs):
         second_sizes.append(len(input_ids))
-        return original(input_ids, *args, **kwargs)
+        return original(self, input_ids, *args, **kwargs)
 
-    monkeypatch.setattr(model, "backbone_hidden_states", counted)
+    monkeypatch.setattr(FrozenPass, "hidden_states", counted)
     reported: list[tuple[int, int]] = []
     dataset = cache(model, tokens, tmp_path, progress=lambda done, total: reported.append((done, total)))
     assert sum(second_sizes) == len(tokens) - 8  # only the documents not done before
@@ -350,8 +354,8 @@ def test_a_partial_folder_that_does_not_match_is_recomputed_from_scratch(tmp_pat
 
 def test_values_beyond_float16_leave_nothing_to_resume(tmp_path: Path, monkeypatch) -> None:
     model = tiny_model()
-    original = model.backbone_hidden_states
-    monkeypatch.setattr(model, "backbone_hidden_states", lambda *a, **k: original(*a, **k) * 1e6)
+    original = FrozenPass.hidden_states
+    monkeypatch.setattr(FrozenPass, "hidden_states", lambda *a, **k: original(*a, **k) * 1e6)
     with pytest.raises(DataError, match="float16"):
         cache(model, token_lists(), tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -527,13 +531,13 @@ def test_from_lower_runs_only_the_layers_above_a_top_layers_cache(tmp_path: Path
     assert layers_to_compute(model, tokens, cache_spec(model, tmp_path, from_lower=True)) == 2
     assert layers_to_compute(model, tokens, cache_spec(model, tmp_path)) == 3
     ran: list[int] = []
-    original = model.adapter.run_layers
+    original = FrozenPass.run_layers
 
-    def counted(hidden, mask, start, stop=None):
+    def counted(self, hidden, mask, start):
         ran.append(start)
-        return original(hidden, mask, start, stop)
+        return original(self, hidden, mask, start)
 
-    monkeypatch.setattr(model.adapter, "run_layers", counted)
+    monkeypatch.setattr(FrozenPass, "run_layers", counted)
     backbone_runs = count_backbone_runs(model, monkeypatch)
     derived = cache(model, tokens, tmp_path, from_lower=True)
     assert ran and set(ran) == {1} and not backbone_runs  # layers 1 and 2 only, from the stored states

@@ -329,11 +329,15 @@ def test_top_layers_train_from_the_cache_of_the_frozen_ones(small_train_args, ti
     run_dir = tmp_path / "top1"
     args = small_train_args(tiny_backbone, run_dir, "--train-top-layers", "1", "--cache-dir", str(tmp_path / "cache"))
     assert main([*args, "--dry-run", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["feature_cache"] is True
+    plan = json.loads(capsys.readouterr().out)
+    # The estimate times the path the cache pass takes: the native body (the cached layer 0 is frozen).
+    assert plan["feature_cache"] is True
+    assert plan["estimated_seconds"]["cache_path"] == f"native-gpt2 body, {plan['config']['precision']}"
     assert main(args) == 0
     capsys.readouterr()
     caches = [json.loads((folder / "meta.json").read_text()) for folder in (tmp_path / "cache").iterdir()]
     assert len(caches) == 3 and all(meta["start_layer"] == 1 for meta in caches)  # layer 0's output, cached
+    assert all(meta["frozen_pass"] == "native-gpt2" for meta in caches)  # the key records the path that ran
     before = load_file(tiny_backbone / "model.safetensors")
     after = {k.removeprefix("backbone."): v for k, v in load_file(run_dir / "model" / "model.safetensors").items()
              if k.startswith("backbone.")}
@@ -593,30 +597,38 @@ def test_the_estimate_times_each_pass_on_the_rows_the_real_pass_has_unless_that_
     batch (8 documents x 2.5 windows each), the evaluation batch (16 x 2.5), the cache pass (16 windows).
     With no time to spare for the real-shaped batch, only the small one is timed."""
     from gpt2clf import Config
+    from gpt2clf.infer.frozen_pass import FrozenPass
     from gpt2clf.training import plan as preflight
-    from gpt2clf.training.inputs import build_model
+    from gpt2clf.training.inputs import build_model, feature_cache_spec
 
     config = Config(backbone=str(tiny_backbone), batch_size=8, max_length=32, freeze=freeze,
                     long_documents="chunks", precision="32-true", feature_cache=freeze == "backbone")
     model = build_model(config, ["a", "b", "c"])
-    seen: dict[str, set[int]] = {"backbone": set(), "top": set()}
-    for name, part in (("backbone_hidden_states", "backbone"), ("classify_hidden_states", "top")):
-        original = getattr(model, name)
+    cache = feature_cache_spec(config, model)
+    frozen = None if cache is None else cache.frozen_pass(model, [])  # the cache pass's path (None: no cache)
 
-        def recording(hidden: torch.Tensor, *args, original=original, part=part, **kwargs) -> torch.Tensor:
+    seen: dict[str, set[int]] = {"backbone": set(), "top": set(), "cache": set()}
+    for owner, name, part in ((model, "backbone_hidden_states", "backbone"), (model, "classify_hidden_states", "top"),
+                              (FrozenPass, "hidden_states", "cache")):
+        original = getattr(owner, name)
+
+        def recording(*args, original=original, part=part, **kwargs) -> torch.Tensor:
+            hidden = args[1] if part == "cache" else args[0]  # (FrozenPass's self first)
             seen[part].add(hidden.shape[0])
-            return original(hidden, *args, **kwargs)
-        monkeypatch.setattr(model, name, recording)
+            return original(*args, **kwargs)
+        monkeypatch.setattr(owner, name, recording)
 
     rates = preflight._measured_rates(config, model, 32, torch.device("cpu"), full_pass=False,
-                                      windows_per_document=2.5)
+                                      windows_per_document=2.5, frozen=frozen)
     assert set(rates) == ({"cache", "train", "eval"} if freeze == "backbone" else {"train", "eval"})
     assert all(rate > 0 for rate in rates.values())
-    # Frozen: the backbone runs once on the small batch to make the cached states, then as the cache pass.
-    assert seen == {"backbone": {4, 16}, "top": {4, 20, 40}} if freeze == "backbone" else \
-        seen == {"backbone": {4, 20, 40}, "top": {4, 20, 40}}
+    # Frozen: the backbone runs once on the small batch to make the cached states, then the cache pass runs
+    # on the path it will take (the frozen pass).
+    assert seen == {"backbone": {4}, "cache": {4, 16}, "top": {4, 20, 40}} if freeze == "backbone" else \
+        seen == {"backbone": {4, 20, 40}, "cache": set(), "top": {4, 20, 40}}
 
     monkeypatch.setattr(preflight, "REAL_BATCH_SECONDS", 0.0)
-    seen = {"backbone": set(), "top": set()}
-    preflight._measured_rates(config, model, 32, torch.device("cpu"), full_pass=False, windows_per_document=2.5)
-    assert seen == {"backbone": {4}, "top": {4}}
+    seen = {"backbone": set(), "top": set(), "cache": set()}
+    preflight._measured_rates(config, model, 32, torch.device("cpu"), full_pass=False, windows_per_document=2.5,
+                              frozen=frozen)
+    assert seen == {"backbone": {4}, "top": {4}, "cache": {4} if freeze == "backbone" else set()}

@@ -34,7 +34,7 @@ import yaml
 from gpt2clf.errors import ConfigError
 
 __all__ = [
-    "API_KEY_ENV", "CHUNK_AGGREGATIONS", "DATASET_FIELDS", "FREEZE_CHOICES", "FUSION_CHOICES",
+    "API_KEY_ENV", "CACHE_PRECISIONS", "CHUNK_AGGREGATIONS", "DATASET_FIELDS", "FREEZE_CHOICES", "FUSION_CHOICES",
     "LONG_DOCUMENT_CHOICES", "PADDING_SIDES", "POOLING_CHOICES", "PRECISIONS", "PRESETS", "PRESET_CHOICES",
     "RECIPE_FIELDS", "SCHEDULES", "SERVE_HOST", "SERVE_PORT", "STRIP_CHOICES", "Config",
     "InferenceSettings", "ServeAccess", "ServeSettings", "check_batch_size", "check_dataset_choice",
@@ -49,6 +49,7 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 LONG_DOCUMENT_CHOICES = ("truncate", "head-tail", "chunks")
 CHUNK_AGGREGATIONS = ("mean", "sum", "max", "logsumexp", "max-pool", "attention")
 FUSION_CHOICES = ("none", "tfidf")
+CACHE_PRECISIONS = ("auto", "float32", "bf16", "int8")
 STRIP_CHOICES = ("headers", "footers", "quotes")  # the order in which scikit-learn applies them
 # The Config fields that name a dataset and its columns: train, evaluate and data stats take them as flags
 # to point at data (gpt2clf.data.splits.DataSource holds them, with how the data is split).
@@ -157,6 +158,12 @@ class Config:
     """When the cache of the same documents' lower backbone layers exists (a train_top_layers run's), compute
     only the layers above it: hours less on a CPU, but the states then differ from a full pass by float16
     rounding, so it is off unless asked for."""
+    cache_precision: str = "auto"
+    """How the feature cache's backbone pass computes: auto (the run's precision: bf16 autocast where the CPU
+    or GPU has native bf16, float32 elsewhere), float32, bf16, or int8 (CPU only: PyTorch dynamic int8, checked
+    against float32 on a sample first; it falls back to float32, saying so, beyond its tolerance). The pass
+    runs gpt2clf's own SDPA body for GPT-2 and MPNet backbones whenever the cached layers are frozen. Caches
+    of different paths never mix."""
 
     # --- optimisation -----------------------------------------------------------------
     batch_size: int = 16
@@ -288,7 +295,8 @@ class Config:
             raise ConfigError(f"preset must be one of none, {', '.join(PRESETS)}; got {self.preset!r}")
         choices = {"pooling": POOLING_CHOICES, "freeze": FREEZE_CHOICES, "padding_side": PADDING_SIDES,
                    "lr_schedule": SCHEDULES, "precision": PRECISIONS, "long_documents": LONG_DOCUMENT_CHOICES,
-                   "chunk_aggregation": CHUNK_AGGREGATIONS, "fusion": FUSION_CHOICES}
+                   "chunk_aggregation": CHUNK_AGGREGATIONS, "fusion": FUSION_CHOICES,
+                   "cache_precision": CACHE_PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")

@@ -46,6 +46,7 @@ __all__ = [
     "batched_inference",
     "cpu_has_native_bf16",
     "inference_context",
+    "int8_copy",
     "logits_in_input_order",
     "quantize_for_cpu_inference",
     "resolve_device",
@@ -227,17 +228,33 @@ def quantize_for_cpu_inference(model: GPT2Classifier) -> GPT2Classifier:
     On a 2-core AVX2 EPYC it runs GPT-2 small about 1.5x faster; predictions move slightly,
     see BENCHMARKS.md.
     """
+    quantized = copy.deepcopy(model).to("cpu").float().eval()
+    return _quantize_linears(quantized, {"backbone": quantized.backbone, "blocks": quantized.blocks})
+
+
+def int8_copy(module: nn.Module) -> nn.Module:
+    """An int8 copy of any module for CPU inference: every ``nn.Linear`` (and GPT-2 ``Conv1D``, turned into
+    one first) gets int8 weights and per-batch int8 activations, as :func:`quantize_for_cpu_inference` does.
+
+    Used for a frozen backbone alone (the feature cache's pass, :mod:`gpt2clf.infer.frozen_pass`); the
+    original is not modified."""
+    quantized = copy.deepcopy(module).to("cpu").float().eval()
+    return _quantize_linears(quantized, {"": quantized})
+
+
+def _quantize_linears(root: nn.Module, parts: dict[str, nn.Module]) -> nn.Module:
+    """``root`` with the ``nn.Linear`` layers inside ``parts`` (name prefix -> submodule of ``root``) quantized
+    dynamically to int8, in place (Conv1D layers are turned into Linear ones first)."""
     import warnings
 
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
-    quantized = copy.deepcopy(model).to("cpu").float().eval()
-    conv1d_to_linear(quantized.backbone)
     targets = {}
-    for prefix, module in (("backbone", quantized.backbone), ("blocks", quantized.blocks)):
+    for prefix, module in parts.items():
+        conv1d_to_linear(module)
         for name, sub in module.named_modules():
             if isinstance(sub, nn.Linear):
-                targets[f"{prefix}.{name}"] = default_dynamic_qconfig
+                targets[".".join(p for p in (prefix, name) if p)] = default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        return quantize_dynamic(quantized, targets, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(root, targets, dtype=torch.qint8, inplace=True)

@@ -42,6 +42,8 @@ __all__ = [
     "load_backbone_config",
     "load_pretrained_backbone",
     "max_positions",
+    "native_body",
+    "native_body_class",
     "position_ids_from_mask",
     "use_fused_gelu",
 ]
@@ -121,7 +123,7 @@ def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
         ModelLoadError: the config names an unknown or unusable architecture.
     """
     if native:
-        body = _native_body(backbone_config)
+        body = native_body(backbone_config)
         if body is not None:
             return body
     from transformers import AutoConfig, AutoModel
@@ -146,14 +148,21 @@ def backbone_from_config(backbone_config: dict[str, Any], *, origin: str,
     return _base_model(model)
 
 
-def _native_body(backbone_config: dict[str, Any]) -> nn.Module | None:
-    """The plain-PyTorch body for this saved config (GPT-2, MPNet), or None when none can run it."""
+def native_body(backbone_config: dict[str, Any]) -> nn.Module | None:
+    """The plain-PyTorch body for this saved config (:class:`~gpt2clf.model.gpt2_body.GPT2Body`,
+    :class:`~gpt2clf.model.mpnet_body.MPNetBody`) with uninitialised weights, or None when none can run it."""
+    body = native_body_class(backbone_config)
+    return None if body is None else body(backbone_config)
+
+
+def native_body_class(backbone_config: dict[str, Any]) -> type[nn.Module] | None:
+    """The class of :func:`native_body` for this saved config, or None (builds nothing)."""
     from gpt2clf.model.gpt2_body import GPT2Body, native_gpt2_reason
     from gpt2clf.model.mpnet_body import MPNetBody, native_mpnet_reason
 
     for reason, body in ((native_gpt2_reason, GPT2Body), (native_mpnet_reason, MPNetBody)):
         if reason(backbone_config) is None:
-            return body(backbone_config)
+            return body
     return None
 
 

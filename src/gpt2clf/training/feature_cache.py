@@ -29,8 +29,10 @@ hours survives Ctrl-C, a reboot or the end of a working session. Deleting a part
 once their writer process is gone. The key hashes everything the stored
 values depend on: the backbone's weights and config (only the frozen part), the tokenizer
 name, the exact token ids (which also capture ``max_length`` truncation), ``max_length``,
-the compute precision, the storage dtype, the split layer and :data:`FORMAT_VERSION`; so a
-stale cache is never used. Labels are not part of the key: they are attached on load.
+the compute path (precision, int8 included, and the body unless it is transformers' own:
+:mod:`gpt2clf.infer.frozen_pass`, which runs the pass), the storage dtype, the split layer and
+:data:`FORMAT_VERSION`; so a stale cache is never used, and caches of different paths never mix.
+Labels are not part of the key: they are attached on load.
 
 Root: ``cache_root`` (``Config.cache_dir``), else the environment variable ``GPT2CLF_CACHE``, else
 ``~/.cache/gpt2clf/features``.
@@ -39,7 +41,7 @@ A :class:`FeatureCacheSpec` holds what a run's caches are of and where they live
 split layer, precision, ``max_length``, whether to start from a lower cache) and how the pass runs;
 :func:`gpt2clf.training.inputs.feature_cache_spec` builds it once from a Config and the model (None
 when the run uses no cache), and :meth:`FeatureCacheSpec.locate` is the one place that turns it and a dataset's tokens
-into a key, a folder and a lower cache to start from.
+into a key, a folder, a lower cache to start from and the path of the pass (:meth:`FeatureCacheSpec.frozen_pass`).
 
 Size: 2 bytes x width per token, about 1.5 KB per GPT-2 small token: the whole 20 Newsgroups
 corpus at 512 tokens (6.8 M tokens) takes about 10 GB.
@@ -73,6 +75,7 @@ from gpt2clf.data.batching import (
 )
 from gpt2clf.errors import ConfigError, DataError
 from gpt2clf.files import atomic_write_bytes, atomic_write_json
+from gpt2clf.infer.frozen_pass import FrozenPass, choose_frozen_pass
 from gpt2clf.infer.runtime import batched_inference, logits_in_input_order
 from gpt2clf.model.classifier import GPT2Classifier
 from gpt2clf.training.folder_lock import exclusive_lock, remove_abandoned_temporaries
@@ -227,8 +230,9 @@ class FeatureCacheSpec:
     Built once per run (:func:`~gpt2clf.training.inputs.feature_cache_spec` from a Config, or :meth:`for_model`); the
     cache functions take it instead of the settings one by one. ``start_layer`` is the backbone
     layer the stored states feed (the top ``train_top_layers`` run above them), None when the
-    cache holds the backbone's final output. ``batch_size`` and ``max_batch_tokens`` shape the
-    pass only, never the stored values.
+    cache holds the backbone's final output. ``precision`` is the pass's: ``32-true``, ``bf16-mixed``
+    (autocast) or ``int8`` (:func:`~gpt2clf.infer.frozen_pass.resolve_cache_precision` of
+    ``Config.cache_precision``). ``batch_size`` and ``max_batch_tokens`` shape the pass only, never the stored values.
     """
 
     root: Path
@@ -254,29 +258,37 @@ class FeatureCacheSpec:
         """How many backbone layers a cache's states come out of (what a full cache pass runs)."""
         return self.start_layer if self.start_layer is not None else self.backbone_layers
 
+    def frozen_pass(self, model: GPT2Classifier, sample: Sequence[Sequence[int]]) -> FrozenPass:
+        """The path the backbone pass takes (:func:`~gpt2clf.infer.frozen_pass.choose_frozen_pass`: the native
+        body where the cached layers are frozen, at ``precision``; int8 checked on ``sample``'s first documents)."""
+        return choose_frozen_pass(model, precision=self.precision, start_layer=self.start_layer, sample=sample)
+
     def locate(self, model: GPT2Classifier, token_lists: Sequence[Sequence[int]]) -> CacheLocation:
-        """Where the cache of ``token_lists`` is, or goes: its key, and (``from_lower``, on a miss) the
-        lower cache of the same tokens to start from, whose layer then is part of the key."""
-        fields = cache_key_fields(model, token_lists, tokenizer_name=self.tokenizer_name,
-                                  max_length=self.max_length, precision=self.precision,
-                                  start_layer=self.start_layer)
-        found = CacheLocation(self.root, fields)
+        """Where the cache of ``token_lists`` is, or goes: its key (which records the pass's path, see
+        :meth:`frozen_pass`), and (``from_lower``, on a miss) the lower cache of the same tokens to start
+        from, whose layer then is part of the key."""
+        frozen = self.frozen_pass(model, token_lists)
+        fields = {**cache_key_fields(model, token_lists, tokenizer_name=self.tokenizer_name,
+                                     max_length=self.max_length, precision=frozen.precision,
+                                     start_layer=self.start_layer), **frozen.key_fields()}
+        found = CacheLocation(self.root, fields, frozen=frozen)
         if found.complete or not (self.from_lower and self.root.is_dir()):
             return found
         lower = _lower_cache(model, self, fields)
         if lower is None:
             return found
-        return CacheLocation(self.root, {**fields, "derived_from_layer": lower.start_layer}, lower)
+        return CacheLocation(self.root, {**fields, "derived_from_layer": lower.start_layer}, lower, frozen)
 
 
 @dataclasses.dataclass(frozen=True)
 class CacheLocation:
-    """One dataset's cache under ``root``: what its key hashes (``fields``), and the lower cache it is
-    computed from (None: from the tokens)."""
+    """One dataset's cache under ``root``: what its key hashes (``fields``), the lower cache it is
+    computed from (None: from the tokens) and the path of the pass that computes it (``frozen``)."""
 
     root: Path
     fields: dict[str, Any]
     lower: FeatureDataset | None = None
+    frozen: FrozenPass | None = None
 
     @property
     def key(self) -> str:
@@ -419,11 +431,11 @@ def layers_to_compute(model: GPT2Classifier, token_lists: Sequence[Sequence[int]
 
 def _lower_cache(model: GPT2Classifier, spec: FeatureCacheSpec, fields: dict[str, Any]) -> FeatureDataset | None:
     """The complete cache of the same tokens at the highest split layer below ``spec``'s (None: none)."""
-    same = ("format_version", "tokenizer", "tokens", "max_length", "precision", "storage_dtype")
+    same = ("format_version", "tokenizer", "tokens", "max_length", "precision", "storage_dtype", "frozen_pass")
     found: set[int] = set()
     for meta_path in spec.root.glob(f"*/{META_FILE}"):
         meta = _read_meta(meta_path.parent)
-        if (meta is not None and all(meta.get(k) == fields[k] for k in same) and "derived_from_layer" not in meta
+        if (meta is not None and all(meta.get(k) == fields.get(k) for k in same) and "derived_from_layer" not in meta
                 and isinstance(meta.get("start_layer"), int) and meta["start_layer"] < spec.frozen_layers):
             found.add(meta["start_layer"])
     for layer in sorted(found, reverse=True):
@@ -463,8 +475,8 @@ def _compute_cache(model: GPT2Classifier, token_lists: list[list[int]], labels: 
             log.info("resuming the feature cache in %s: %d of %d documents were done", partial.folder,
                      int(partial.done.sum()), len(lengths))
         try:
-            seconds = _compute_into(partial, model, token_lists, spec, device=torch.device(device),
-                                    progress=progress, source=found.lower)
+            seconds = _compute_into(partial, model, token_lists, spec, found, device=torch.device(device),
+                                    progress=progress)
         except DataError:  # the same documents would fail the same way: nothing worth resuming
             shutil.rmtree(partial.folder, ignore_errors=True)
             raise
@@ -568,9 +580,10 @@ def _start_layer(model: GPT2Classifier, train_top_layers: int | None) -> int | N
 
 
 def _compute_into(partial: _PartialCache, model: GPT2Classifier, token_lists: Sequence[Sequence[int]],
-                  spec: FeatureCacheSpec, *, device: torch.device, progress: Callable[[int, int], None] | None,
-                  source: FeatureDataset | None = None) -> float:
-    """Compute the documents not yet done into a partial folder; return the seconds spent in all runs.
+                  spec: FeatureCacheSpec, found: CacheLocation, *, device: torch.device,
+                  progress: Callable[[int, int], None] | None) -> float:
+    """Compute the documents not yet done into a partial folder, on ``found.frozen``'s path (from
+    ``found.lower``'s states when it is set); return the seconds spent in all runs.
 
     ``partial.done`` is updated in place, and saved with the hidden states flushed before it at least every
     :data:`CHECKPOINT_SECONDS` and when an exception (Ctrl-C included) leaves, so a rerun resumes
@@ -578,7 +591,8 @@ def _compute_into(partial: _PartialCache, model: GPT2Classifier, token_lists: Se
     padding makes irrelevant to the values.
     """
     folder, lengths, width, done = partial.folder, partial.lengths, partial.width, partial.done
-    start_layer = spec.start_layer
+    source, frozen = found.lower, found.frozen or spec.frozen_pass(model, token_lists)
+    log.info("feature cache pass: %s", frozen.describe())
     offsets = np.fromfile(folder / OFFSETS_FILE, dtype=np.int64)
     hidden = np.memmap(folder / HIDDEN_FILE, dtype=STORAGE_DTYPE, mode="r+", shape=(int(offsets[-1]), width))
     collate = PaddingCollator(pad_token_id=0, padding_side="right")  # the pad id is masked: any id will do
@@ -589,11 +603,10 @@ def _compute_into(partial: _PartialCache, model: GPT2Classifier, token_lists: Se
         indices = [todo[p] for p in positions]
         if source is not None:  # only the layers above a lower cache of the same documents
             batch = read_states([source[i] for i in indices])
-            return model.adapter.run_layers(batch["hidden_states"].to(device), batch["attention_mask"].to(device),
-                                            int(source.start_layer or 0), start_layer)
+            return frozen.run_layers(batch["hidden_states"].to(device), batch["attention_mask"].to(device),
+                                     int(source.start_layer or 0))
         batch = collate([{"input_ids": token_lists[i], "index": i} for i in indices])
-        return model.backbone_hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                            num_layers=start_layer)
+        return frozen.hidden_states(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
     started = last_saved = time.monotonic()
     unsaved = False
@@ -608,7 +621,7 @@ def _compute_into(partial: _PartialCache, model: GPT2Classifier, token_lists: Se
         progress(int(done.sum()), len(lengths))
     try:
         outputs = batched_inference(model, [lengths[i] for i in todo], run_batch, device=device,
-                                    precision=spec.precision, batch_size=spec.batch_size,
+                                    precision=frozen.autocast_precision, batch_size=spec.batch_size,
                                     max_batch_tokens=spec.max_batch_tokens)
         for positions, states in outputs:
             states = states.float().cpu()

@@ -39,6 +39,7 @@ from gpt2clf.data.splits import SplitSets, splits_for
 from gpt2clf.data.text_dataset import DatasetSplits, DataWarning
 from gpt2clf.errors import ConfigError
 from gpt2clf.infer.evaluation import EvaluationResult, compute_metrics, compute_multilabel_metrics
+from gpt2clf.infer.frozen_pass import resolve_cache_precision
 from gpt2clf.infer.predictor import batched_logits
 from gpt2clf.model.backbone import load_backbone_config, use_fused_gelu
 from gpt2clf.model.backbone import max_positions as backbone_max_positions
@@ -188,7 +189,9 @@ def feature_cache_spec(config: Config, model: GPT2Classifier) -> FeatureCacheSpe
 
     The frozen part gives the same hidden states every epoch: the whole backbone with
     ``freeze=backbone``, the layers below the top ``K`` with ``train_top_layers=K`` (when at least
-    one layer is frozen). ``feature_cache`` off: None.
+    one layer is frozen). ``feature_cache`` off: None. The pass's precision is ``config.cache_precision``
+    with ``auto`` resolved against the run's precision on :func:`compute_device`
+    (:func:`~gpt2clf.infer.frozen_pass.resolve_cache_precision`; int8 elsewhere than on the CPU is refused).
     """
     if not config.feature_cache:
         return None
@@ -200,7 +203,8 @@ def feature_cache_spec(config: Config, model: GPT2Classifier) -> FeatureCacheSpe
         return None
     return FeatureCacheSpec.for_model(
         model, cache_root=config.cache_dir, train_top_layers=config.train_top_layers,
-        tokenizer_name=config.tokenizer_name, max_length=config.max_length, precision=config.precision,
+        tokenizer_name=config.tokenizer_name, max_length=config.max_length,
+        precision=resolve_cache_precision(config.cache_precision, config.precision, compute_device(config)),
         from_lower=config.feature_cache_from_lower, batch_size=config.effective_eval_batch_size)
 
 

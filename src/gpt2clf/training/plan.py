@@ -34,6 +34,7 @@ from gpt2clf.data.batching import Windowing
 from gpt2clf.data.splits import SplitSets
 from gpt2clf.data.text_dataset import DatasetSplits
 from gpt2clf.errors import ConfigError, PerformanceWarning, UserError
+from gpt2clf.infer.frozen_pass import FrozenPass
 from gpt2clf.infer.runtime import autocast_context, cpu_has_native_bf16, resolve_precision
 from gpt2clf.model.classifier import GPT2Classifier
 from gpt2clf.model.fusion import MIN_VALIDATION_DOCUMENTS, TfidfModel
@@ -46,7 +47,6 @@ from gpt2clf.training.inputs import (
     check_backbone,
     choose_inputs,
     compute_device,
-    feature_cache_spec,
     prepare_data,
     seed_all,
     warn_about_unread_text,
@@ -150,7 +150,8 @@ def estimate_seconds(setup: RunSetup, *, epochs_done: int = 0) -> dict[str, Any]
     rows the real pass has (within :data:`REAL_BATCH_SECONDS` a call): forward and backward as a
     training step computes it (from cached backbone states when the run uses a feature cache),
     forward alone as evaluation computes it, and the frozen part of the backbone alone (the one-off
-    feature-cache pass, counted only for splits not cached yet).
+    feature-cache pass, on the path it will take: ``cache_path``, from
+    :meth:`~gpt2clf.training.feature_cache.FeatureCacheSpec.frozen_pass`; counted only for splits not cached yet).
     Seconds per token then scale to every epoch's training tokens, the validation passes (one per
     epoch and one at the end), the test pass, the feature cache and, when ``setup.report``, the
     integrated-gradients pass over the report's ten test errors; TF-IDF fusion is timed on a
@@ -164,10 +165,12 @@ def estimate_seconds(setup: RunSetup, *, epochs_done: int = 0) -> dict[str, Any]
         return {}
     device = compute_device(config)
     lengths = sorted(len(w) for w in windows)
-    rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report,
-                            windows_per_document=len(windows) / len(data.train))
-    tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
     cache = setup.inputs.cache
+    # The path the cache pass will take (body, precision; int8 checked on the training windows as it will be).
+    frozen = None if cache is None else cache.frozen_pass(model, windows)
+    rates = _measured_rates(config, model, lengths[len(lengths) // 2], device, full_pass=report,
+                            windows_per_document=len(windows) / len(data.train), frozen=frozen)
+    tokens = {split: sum(getattr(data, split).lengths) for split in ("train", "validation", "test")}
     cache_share = {}  # per split, the share of the frozen layers the cache pass still has to run
     if cache is not None:
         cache_share = {split: layers_to_compute(model, getattr(data, split).windows, cache) / cache.frozen_layers
@@ -184,6 +187,8 @@ def estimate_seconds(setup: RunSetup, *, epochs_done: int = 0) -> dict[str, Any]
         "precision": config.precision,
         "tokens_per_second": {name: round(1 / rate) for name, rate in rates.items() if rate > 0},
     }
+    if frozen is not None:
+        estimate["cache_path"] = frozen.describe()
     estimate["total"] = sum(estimate[part] for part in ESTIMATE_PARTS)
     return estimate
 
@@ -221,18 +226,18 @@ REAL_BATCH_SECONDS = 10.0
 
 
 def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: torch.device, *,
-                    full_pass: bool, windows_per_document: float = 1.0) -> dict[str, float]:
-    """Seconds per token of a training step, an evaluation forward, the cache pass and (``full_pass``) a
-    forward and backward through the whole model, on rows of ``length`` tokens: each timed on a batch
-    shaped like the real pass's (within :data:`REAL_BATCH_SECONDS`), the median of up to three calls."""
+                    full_pass: bool, windows_per_document: float = 1.0, frozen: FrozenPass | None = None
+                    ) -> dict[str, float]:
+    """Seconds per token of a training step, an evaluation forward, the cache pass (on ``frozen``'s path:
+    the run uses a feature cache; None: it does not) and (``full_pass``) a forward and backward through the
+    whole model, on rows of ``length`` tokens: each timed on a batch shaped like the real pass's (within
+    :data:`REAL_BATCH_SECONDS`), the median of up to three calls."""
     small = min(config.batch_size, 4)
     length = min(length, config.max_length)
     # Any ids the backbone has embeddings for (a small vocabulary may have fewer than 100).
     vocabulary = model.backbone.get_input_embeddings().num_embeddings
     ids = torch.randint(0, min(100, vocabulary), (small, length), device=device)
-    cache = feature_cache_spec(config, model)
-    cached = cache is not None
-    start_layer = cache.start_layer if cache is not None else None
+    start_layer = frozen.start_layer if frozen is not None else None
     model.to(device)
     was_training = model.training
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -248,9 +253,9 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
         return model.classify_hidden_states(hidden, mask)
 
     def timed(call: Callable[[int], Callable[[], Any]], real_rows: float, *, train: bool,
-              grad: bool | None = None) -> float:
+              grad: bool | None = None, precision: str = config.precision) -> float:
         model.train(train)
-        with autocast_context(device, config.precision), \
+        with autocast_context(device, precision), \
                 (torch.enable_grad() if (train if grad is None else grad) else torch.inference_mode()):
             fn = call(small)
             fn()  # warm-up: first-call allocations and kernel selection
@@ -264,19 +269,20 @@ def _measured_rates(config: Config, model: GPT2Classifier, length: int, device: 
     eval_rows = config.effective_eval_batch_size * windows_per_document
     try:
         rates: dict[str, float] = {}
-        if cached:
+        if frozen is not None:
             with torch.no_grad(), autocast_context(device, config.precision):  # no_grad: usable in autograd later
                 hidden = model.backbone_hidden_states(ids, torch.ones_like(ids), num_layers=start_layer)
 
             def cache_call(rows: int) -> Callable[[], Any]:
                 batch = rows_of(ids, rows)
-                return lambda: model.backbone_hidden_states(batch, torch.ones_like(batch), num_layers=start_layer)
+                return lambda: frozen.hidden_states(batch, torch.ones_like(batch))
 
             def top_call(rows: int, backward: bool) -> Callable[[], Any]:
                 batch = rows_of(hidden, rows)
                 return (lambda: top_part(batch).float().sum().backward()) if backward else (lambda: top_part(batch))
 
-            rates["cache"] = timed(cache_call, config.effective_eval_batch_size, train=False)
+            rates["cache"] = timed(cache_call, config.effective_eval_batch_size, train=False,
+                                   precision=frozen.autocast_precision)
             rates["train"] = timed(lambda rows: top_call(rows, True), train_rows, train=True)
             rates["eval"] = timed(lambda rows: top_call(rows, False), eval_rows, train=False)
         else:
