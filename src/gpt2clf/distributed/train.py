@@ -22,8 +22,9 @@ Guarantees:
   node sees or a URI such as s3://bucket/runs; default ``RUN_DIR/checkpoints``) under a name made
   from the run folder's path. Ray keeps the latest and the best. A worker that dies (a crash, an
   out-of-memory kill, a lost node) makes Ray restart the whole worker group from the latest
-  checkpoint, up to :data:`MAX_FAILURES` times; ``--resume`` after the driver itself stopped
-  continues from the same checkpoints.
+  checkpoint it has registered, up to :data:`MAX_FAILURES` times (Ray registers a report at its
+  next poll of the workers, every 2 s: a worker that dies within that window restarts from the
+  checkpoint before); ``--resume`` after the driver itself stopped continues from the same checkpoints.
 * Ray Train's current API generation (``RAY_TRAIN_V2_ENABLED``, on by default in Ray 2.60) is the
   one used; the older one is refused in one line. The cluster connection (a new local cluster, or
   ``--address`` with this machine's token) is :func:`gpt2clf.distributed.cluster.ray_cluster`'s.
