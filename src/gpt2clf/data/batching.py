@@ -220,21 +220,28 @@ def encode_and_measure(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
 def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing, batch_size: int,
             lengths: list[int] | None) -> list[Any]:
     """The encoding of :func:`encode_documents`; appends each text's untruncated body length to ``lengths``."""
-    if windowing.mode == "truncate":
-        if lengths is not None:
-            lengths += body_lengths(texts, tokenizer, batch_size)
+    if windowing.mode == "truncate" and lengths is None:
         return tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)
     if isinstance(texts, str):
         raise TypeError("encode_documents takes a sequence of texts, not a single string")
     prefix, suffix = special_tokens_around(tokenizer)
     body = windowing.max_length - len(prefix) - len(suffix)
-    if body < 2:
+    if windowing.mode == "truncate" and (body < 1 or getattr(tokenizer, "truncation_side", "right") != "right"):
+        # the tokenizer's own truncation decides where it cannot be a slice of the body
+        lengths += body_lengths(texts, tokenizer, batch_size)
+        return tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)
+    if body < 2 and windowing.mode != "truncate":
         raise ValueError(f"max_length {windowing.max_length} leaves no room beside "
                          f"{len(prefix) + len(suffix)} special tokens")
     filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
 
     def finish(ids: list[int]) -> list[int]:
-        return [*prefix, *ids, *suffix] or [filler]
+        window = [*prefix, *ids, *suffix]
+        if window:
+            return window
+        if filler is None:
+            raise ValueError("a text gave no tokens and the tokenizer has no eos or pad token")
+        return [filler]
 
     out: list[Any] = []
     for batch in _encode_batches(texts, tokenizer, batch_size, truncation=False, add_special_tokens=False):
@@ -242,7 +249,11 @@ def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing:
             ids = list(ids)
             if lengths is not None:
                 lengths.append(len(ids))
-            if windowing.mode == "head-tail":
+            if windowing.mode == "truncate":
+                # tokenize_texts's result from the same untruncated pass: a tokenizer truncates after encoding,
+                # so one pass gives the lengths and the windows (it halves the tokenizing of a training run)
+                out.append(finish(ids[:body]))
+            elif windowing.mode == "head-tail":
                 head = body // 4
                 out.append(finish(ids if len(ids) <= body else ids[:head] + ids[len(ids) - (body - head):]))
             else:
