@@ -38,19 +38,22 @@ def small_train_args(quick_train_args):
     other rather than with chance. No report: it has tests of its own, and here it would only cost time (about
     10 s a run)."""
     return lambda backbone, output, *extra: quick_train_args(backbone, output, "--no-report", *extra,
-                                                             documents=600, max_length=64, epochs=2)
+                                                             documents=300, eval_documents=150, max_length=64,
+                                                             epochs=2)
 
 
 def _quick_train_args(archive_path: Path, tokenizer_path: Path, backbone: Path, output: Path, *extra: str,
-                      documents: int = 2000, max_length: int = 128, epochs: int = 3) -> list[str]:
+                      documents: int = 2000, eval_documents: int = 300, max_length: int = 128,
+                      epochs: int = 3) -> list[str]:
     """A small but real 20 Newsgroups run: a tiny random GPT-2 learns from the first tokens of each post.
 
     A random backbone has to learn its token embeddings from scratch, hence the high learning
     rates (pretrained GPT-2 wants the defaults)."""
     return [
         "train", "--backbone", str(backbone), "--tokenizer", str(tokenizer_path), "--data-dir", str(archive_path),
-        "--max-train-samples", str(documents), "--max-eval-samples", "300", "--max-length", str(max_length),
-        "--epochs", str(epochs), "--learning-rate", "1e-3", "--head-learning-rate", "3e-3", "--n-embed", "64",
+        "--max-train-samples", str(documents), "--max-eval-samples", str(eval_documents),
+        "--max-length", str(max_length), "--epochs", str(epochs), "--learning-rate", "1e-3",
+        "--head-learning-rate", "3e-3", "--n-embed", "64",
         "--n-heads", "2", "--n-blocks", "1", "--batch-size", "16", "--pooling", "mean", "--no-progress",
         "--precision", "32-true", "--output", str(output), *extra,
     ]
