@@ -226,11 +226,12 @@ def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing:
         raise TypeError("encode_documents takes a sequence of texts, not a single string")
     prefix, suffix = special_tokens_around(tokenizer)
     body = windowing.max_length - len(prefix) - len(suffix)
-    if windowing.mode == "truncate" and (body < 1 or getattr(tokenizer, "truncation_side", "right") != "right"):
-        # the tokenizer's own truncation decides where it cannot be a slice of the body
-        lengths += body_lengths(texts, tokenizer, batch_size)
-        return tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)
-    if body < 2 and windowing.mode != "truncate":
+    if windowing.mode == "truncate":
+        if body < 1 or getattr(tokenizer, "truncation_side", "right") != "right":
+            # the tokenizer's own truncation decides where it cannot be a slice of the body
+            lengths += body_lengths(texts, tokenizer, batch_size)
+            return tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)
+    elif body < 2:
         raise ValueError(f"max_length {windowing.max_length} leaves no room beside "
                          f"{len(prefix) + len(suffix)} special tokens")
     filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
