@@ -367,7 +367,7 @@ def worker(name: str, payload: dict[str, Any]) -> dict[str, Any]:
         if name == "gpt2clf":
             model.set_trainable("none")
             collate = PaddingCollator(pad_id)
-            dataset = TokenizedDataset(tokens, labels)
+            dataset = TokenizedDataset.from_token_lists(tokens, labels)
             batches = []
             for indices in order:
                 b = collate([dataset[i] for i in indices])

@@ -243,7 +243,7 @@ def test_tokenize_any_unicode(tokenizer, texts: list[str], max_length: int) -> N
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_padding_collator(side: str) -> None:
-    ds = TokenizedDataset([[5, 6, 7], [8], [9, 10]], labels=[2, 0, 1])
+    ds = TokenizedDataset.from_token_lists([[5, 6, 7], [8], [9, 10]], labels=[2, 0, 1])
     batch = PaddingCollator(pad_token_id=99, padding_side=side)([ds[1], ds[2]])
     assert batch["input_ids"].shape == (2, 2)  # the batch's longest, not max_length
     assert all(t.dtype == torch.long for t in batch.values())
@@ -260,7 +260,7 @@ def test_padding_collator(side: str) -> None:
 
 
 def test_collator_without_labels() -> None:
-    ds = TokenizedDataset([[1, 2], [3]])
+    ds = TokenizedDataset.from_token_lists([[1, 2], [3]])
     assert ds.lengths == [2, 1] and "labels" not in ds[0]
     batch = PaddingCollator(0)([ds[0], ds[1]])
     assert set(batch) == {"input_ids", "attention_mask", "index"}
@@ -305,7 +305,7 @@ def test_length_grouped_sampler_single_replica() -> None:
 
 def test_dataloader_batches_are_the_grouped_batches() -> None:
     lengths = [(i * 37) % 50 + 1 for i in range(203)]
-    ds = TokenizedDataset([[1] * n for n in lengths], labels=[0] * len(lengths))
+    ds = TokenizedDataset.from_token_lists([[1] * n for n in lengths], labels=[0] * len(lengths))
     sampler = LengthGroupedSampler(ds.lengths, batch_size=8, seed=3, megabatch_factor=4)
     loader = DataLoader(ds, batch_size=8, sampler=sampler, collate_fn=PaddingCollator(0))
     assert [b["index"].tolist() for b in loader] == sampler.batches()

@@ -77,7 +77,7 @@ def test_sorted_prediction_batches_come_back_in_input_order(gpt2_dir: Path, side
 def test_length_grouped_dynamic_padding_matches_max_length_padding(gpt2_dir: Path) -> None:
     model = make_model(gpt2_dir)
     tokens = token_lists(n=24)
-    dataset = TokenizedDataset(tokens, [i % 5 for i in range(len(tokens))])
+    dataset = TokenizedDataset.from_token_lists(tokens, [i % 5 for i in range(len(tokens))])
     sampler = LengthGroupedSampler(dataset.lengths, batch_size=4, shuffle=True, group_by_length=True, seed=3,
                                    megabatch_factor=3)
     loader = DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=PaddingCollator(PAD))

@@ -61,7 +61,7 @@ def test_truncation_measured_in_one_pass_equals_the_tokenizers_own(name: str, to
     texts = ["", "   ", "one", *load_20newsgroups("test", archive_path).texts[:60]]
     for max_length in (1, 2, 3, 16, 128):
         items, coverage = encode_and_measure(texts, chosen, Windowing(max_length, "truncate"))
-        assert items == tokenize_texts(texts, chosen, max_length), (name, max_length)
+        assert items == [[ids] for ids in tokenize_texts(texts, chosen, max_length)], (name, max_length)
         assert coverage.tokens == sum(body_lengths(texts, chosen))
 
 
@@ -73,7 +73,7 @@ def test_windows_cover_the_whole_document_with_special_tokens(tokenizer) -> None
     assert window_starts(20, 8, windowing) == [0, 7, 12]
     assert window_starts(100, 8, windowing) == [0, 31, 61, 92]  # capped: spread evenly, first to last token
     assert encode_documents(["short one"], tokenizer, windowing) == [[tokenizer("short one")["input_ids"]]]
-    head_tail = encode_documents([" ".join(str(i) for i in range(40))], tokenizer, Windowing(8, "head-tail"))[0]
+    (head_tail,) = encode_documents([" ".join(str(i) for i in range(40))], tokenizer, Windowing(8, "head-tail"))[0]
     assert len(head_tail) == 8 and tokenizer.decode(head_tail).split() == ["0", "1", "34", "35", "36", "37", "38",
                                                                             "39"]
 
@@ -166,18 +166,33 @@ def test_window_aggregations_compute_their_formula_per_document(aggregation: str
     torch.testing.assert_close(together[1], model.head(pooled[3]))
 
 
-def test_every_document_is_also_seen_as_windows() -> None:
-    """A windowed dataset's documents are lists of windows; an unwindowed one's are one window each; whether
-    a dataset is windowed is said once (by its encoder, else by its items), also when it is empty."""
-    windowed = TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]], labels=[0, 1])
-    assert windowed.windowed and windowed.windows == [[1, 2, 3], [4, 5], [6]] and windowed.window_counts == [2, 1]
-    plain = TokenizedDataset([[1, 2, 3], [6]], labels=[0, 1])
+def test_every_document_is_a_list_of_windows_and_the_encoder_says_whether_the_model_aggregates_them(
+        tokenizer) -> None:
+    """Every encoding gives each document as windows (truncation: one); whether the model reads them as one
+    document's windows is said by whoever chose the windowing, never read off the token lists' shape."""
+    texts = ["short one", " ".join(["word"] * 20)]
+    for mode in ("truncate", "head-tail", "chunks"):
+        windowing = Windowing(8, mode, max_chunks=4)
+        documents = encode_documents(texts, tokenizer, windowing)
+        assert [len(d) for d in documents] == ([1, 3] if mode == "chunks" else [1, 1]), mode
+        dataset = TokenizedDataset(documents, labels=[0, 1], windowed=windowing.windowed)
+        assert dataset.windowed == (mode == "chunks") and dataset.windows == [w for d in documents for w in d]
+        assert set(dataset[1]) == ({"windows", "index", "labels"} if mode == "chunks" else
+                                   {"input_ids", "index", "labels"})
+    windowed = TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]], labels=[0, 1], windowed=True)
+    assert windowed.windows == [[1, 2, 3], [4, 5], [6]] and windowed.window_counts == [2, 1]
+    one_each = TokenizedDataset([[[1, 2, 3]], [[6]]], windowed=True)  # windowed, though no document is cut
+    assert one_each.windowed and one_each[0] == {"windows": [[1, 2, 3]], "index": 0}
+    plain = TokenizedDataset.from_token_lists([[1, 2, 3], [6]], labels=[0, 1])
     assert not plain.windowed and plain.windows == [[1, 2, 3], [6]] and plain.window_counts == [1, 1]
+    assert plain[0] == {"input_ids": [1, 2, 3], "index": 0, "labels": 0}
     assert TokenizedDataset([], windowed=True).windowed and not TokenizedDataset([]).windowed
+    with pytest.raises(ValueError, match="document 0 has 2 windows but the dataset is not windowed"):
+        TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]])
 
 
 def test_collated_windows_carry_their_document() -> None:
-    dataset = TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]], labels=[0, 1])
+    dataset = TokenizedDataset([[[1, 2, 3], [4, 5]], [[6]]], labels=[0, 1], windowed=True)
     assert dataset.lengths == [5, 1]
     batch = PaddingCollator(pad_token_id=0)([dataset[0], dataset[1]])
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0], [6, 0, 0]]

@@ -1,9 +1,11 @@
 """Tokens and batches: tokenizer loading, tokenized datasets, collators and samplers.
 
-Texts (from :mod:`gpt2clf.data.splits`) become token id lists (:func:`tokenize_texts`), then
-padded batches that waste little compute on padding:
+Texts (from :mod:`gpt2clf.data.splits`) become documents of token-id windows (:func:`encode_documents`
+under a :class:`Windowing`; truncation gives one window), then padded batches that waste little
+compute on padding:
 
-* :class:`TokenizedDataset` holds token id lists (and labels);
+* :class:`TokenizedDataset` holds the documents (and labels), and says whether the model reads a
+  document's windows as one document (``chunks``);
 * :class:`PaddingCollator` pads a batch to its own longest document, left or right, with an
   attention mask;
 * :class:`LengthGroupedSampler` (training) groups documents of similar length while still
@@ -200,16 +202,17 @@ class Windowing:
 
 
 def encode_documents(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing,
-                     batch_size: int = 1000) -> list[list[int]] | list[list[list[int]]]:
-    """Token ids per document under ``windowing``: a token list each, or (``chunks``) a list of windows each.
+                     batch_size: int = 1000) -> list[list[list[int]]]:
+    """Every document as its windows under ``windowing``: a list of token lists per text.
 
-    ``truncate`` gives exactly :func:`tokenize_texts`. Every window has at least one token.
+    ``truncate`` and ``head-tail`` give one window per document (``truncate``'s is exactly
+    :func:`tokenize_texts`'s); ``chunks`` gives one or more. Every window has at least one token.
     """
     return _encode(texts, tokenizer, windowing, batch_size, None)
 
 
 def encode_and_measure(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing,
-                       batch_size: int = 1000) -> tuple[list[Any], ReadingCoverage]:
+                       batch_size: int = 1000) -> tuple[list[list[list[int]]], ReadingCoverage]:
     """:func:`encode_documents`, and what the windows leave unread of the texts (:func:`reading_coverage`)."""
     lengths: list[int] = []
     items = _encode(texts, tokenizer, windowing, batch_size, lengths)
@@ -218,10 +221,10 @@ def encode_and_measure(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
 
 
 def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing, batch_size: int,
-            lengths: list[int] | None) -> list[Any]:
+            lengths: list[int] | None) -> list[list[list[int]]]:
     """The encoding of :func:`encode_documents`; appends each text's untruncated body length to ``lengths``."""
     if windowing.mode == "truncate" and lengths is None:
-        return tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)
+        return [[ids] for ids in tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)]
     if isinstance(texts, str):
         raise TypeError("encode_documents takes a sequence of texts, not a single string")
     prefix, suffix = special_tokens_around(tokenizer)
@@ -230,7 +233,7 @@ def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing:
         if body < 1 or getattr(tokenizer, "truncation_side", "right") != "right":
             # the tokenizer's own truncation decides where it cannot be a slice of the body
             lengths += body_lengths(texts, tokenizer, batch_size)
-            return tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)
+            return [[ids] for ids in tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)]
     elif body < 2:
         raise ValueError(f"max_length {windowing.max_length} leaves no room beside "
                          f"{len(prefix) + len(suffix)} special tokens")
@@ -244,7 +247,7 @@ def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing:
             raise ValueError("a text gave no tokens and the tokenizer has no eos or pad token")
         return [filler]
 
-    out: list[Any] = []
+    out: list[list[list[int]]] = []
     for batch in _encode_batches(texts, tokenizer, batch_size, truncation=False, add_special_tokens=False):
         for ids in batch:
             ids = list(ids)
@@ -253,10 +256,10 @@ def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing:
             if windowing.mode == "truncate":
                 # tokenize_texts's result from the same untruncated pass: a tokenizer truncates after encoding,
                 # so one pass gives the lengths and the windows (it halves the tokenizing of a training run)
-                out.append(finish(ids[:body]))
+                out.append([finish(ids[:body])])
             elif windowing.mode == "head-tail":
                 head = body // 4
-                out.append(finish(ids if len(ids) <= body else ids[:head] + ids[len(ids) - (body - head):]))
+                out.append([finish(ids if len(ids) <= body else ids[:head] + ids[len(ids) - (body - head):])])
             else:
                 out.append([finish(ids[start:start + body]) for start in window_starts(len(ids), body, windowing)])
     return out
@@ -344,11 +347,6 @@ def body_lengths(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, batch
                                                   add_special_tokens=False) for ids in batch]
 
 
-def token_count(item: list[int] | list[list[int]]) -> int:
-    """Tokens of one encoded document: a token list, or the sum over its windows."""
-    return sum(len(w) for w in item) if _is_windowed(item) else len(item)
-
-
 def token_lengths(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
                    batch_size: int = 1000) -> list[int]:
     """Untruncated token count per text (0 for texts that give no tokens)."""
@@ -373,43 +371,59 @@ def _encode_batches(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, ba
 
 
 class TokenizedDataset(Dataset):
-    """Encoded documents (and optionally labels) as a map-style dataset.
+    """Encoded documents (and optionally labels) as a map-style dataset; every document is a list of windows.
 
-    Item ``i`` is ``{"input_ids": ..., "labels": int, "index": i}`` (``labels`` only when given; a
-    multi-hot tuple for multi-label data): a token list, or, when the dataset is ``windowed``
-    (``--long-documents chunks``), the document's list of windows. ``windowed`` is given by whoever
-    encoded the documents (:attr:`Windowing.windowed`), else read off the items. Every document is
-    also seen as windows, one for an unwindowed document: :attr:`windows` (all of them, in document
-    order) and :attr:`window_counts`. ``lengths`` holds every document's token count, for
-    length-aware samplers.
+    ``documents`` is what :func:`encode_documents` returns: one window per document under ``truncate``
+    and ``head-tail``, one or more under ``chunks``. ``windowed`` (:attr:`Windowing.windowed`, given by
+    whoever chose the windowing) says whether the model reads a document as several windows and
+    aggregates them; an unwindowed dataset must hold exactly one window per document. The shape of the
+    token lists never decides it.
+
+    Item ``i`` says which it is by its key: ``{"input_ids": window, "index": i}`` for an unwindowed
+    document, ``{"windows": [window, ...], "index": i}`` for a windowed one, plus ``"labels"`` when
+    given (an int class index, or a multi-hot tuple for multi-label data). :attr:`windows` lists all
+    windows in document order, :attr:`window_counts` how many each document has, and :attr:`lengths`
+    every document's token count, for length-aware samplers.
     """
 
-    def __init__(self, input_ids: list[list[int]] | list[list[list[int]]], labels: Sequence[Any] | None = None,
-                 windowed: bool | None = None) -> None:
-        if labels is not None and len(labels) != len(input_ids):
-            raise ValueError(f"TokenizedDataset got {len(input_ids)} token lists but {len(labels)} labels")
-        self.input_ids = input_ids
+    def __init__(self, documents: Sequence[Sequence[list[int]]], labels: Sequence[Any] | None = None, *,
+                 windowed: bool = False) -> None:
+        if labels is not None and len(labels) != len(documents):
+            raise ValueError(f"TokenizedDataset got {len(documents)} documents but {len(labels)} labels")
+        if not windowed:
+            several = next((i for i, windows in enumerate(documents) if len(windows) != 1), None)
+            if several is not None:
+                raise ValueError(f"document {several} has {len(documents[several])} windows but the dataset is not "
+                                 "windowed; pass windowed=True (--long-documents chunks), or "
+                                 "TokenizedDataset.from_token_lists for plain token lists")
+        self.documents = [list(windows) for windows in documents]
         self.labels = None if labels is None else [label_value(label) for label in labels]
-        self.windowed: bool = (bool(input_ids) and _is_windowed(input_ids[0])) if windowed is None else windowed
-        self.lengths: list[int] = [token_count(ids) for ids in input_ids]
+        self.windowed = bool(windowed)
+        self.lengths: list[int] = [sum(len(window) for window in windows) for windows in self.documents]
+
+    @classmethod
+    def from_token_lists(cls, token_lists: Sequence[list[int]], labels: Sequence[Any] | None = None
+                         ) -> TokenizedDataset:
+        """An unwindowed dataset of one token list per document (as :func:`tokenize_texts` gives)."""
+        return cls([[ids] for ids in token_lists], labels)
 
     @property
     def windows(self) -> list[list[int]]:
-        """Every document's windows, in document order (the documents themselves when not windowed)."""
-        if not self.windowed:
-            return self.input_ids
-        return [window for document in self.input_ids for window in document]
+        """Every document's windows, in document order."""
+        return [window for document in self.documents for window in document]
 
     @property
     def window_counts(self) -> list[int]:
         """How many of :attr:`windows` each document has (1 each when not windowed)."""
-        return [len(document) for document in self.input_ids] if self.windowed else [1] * len(self.input_ids)
+        return [len(document) for document in self.documents]
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.documents)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"input_ids": self.input_ids[i], "index": i}
+        item: dict[str, Any] = ({"windows": self.documents[i]} if self.windowed
+                                else {"input_ids": self.documents[i][0]})
+        item["index"] = i
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item
@@ -420,7 +434,8 @@ class PaddingCollator:
 
     Returns long tensors ``input_ids`` (B x longest), ``attention_mask`` (1 for real tokens,
     0 for padding), ``index`` and, when the items have them, ``labels``. Padding goes on
-    the right or the left (``padding_side``).
+    the right or the left (``padding_side``). Items of windowed documents (key ``windows``) give
+    a row per window and a ``document_index`` tensor (see :func:`flatten_windows`).
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
@@ -433,7 +448,7 @@ class PaddingCollator:
         self.padding_side = padding_side
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        windows, document_index = flatten_windows([f["input_ids"] for f in features])
+        windows, document_index = flatten_windows(features, "input_ids")
         sequences = [torch.as_tensor(w, dtype=torch.long).reshape(-1) for w in windows]
         width = max((len(s) for s in sequences), default=0)
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
@@ -451,23 +466,18 @@ class PaddingCollator:
         return batch
 
 
-def flatten_windows(items: Sequence[Any]) -> tuple[list[Any], torch.Tensor | None]:
-    """Rows of a batch from its documents, and which document each row belongs to.
+def flatten_windows(features: Sequence[dict[str, Any]], row_key: str) -> tuple[list[Any], torch.Tensor | None]:
+    """The rows of a batch, and which document each row belongs to.
 
-    Items that are lists of windows (long documents cut into chunks) become one row per window
-    with a ``document_index`` tensor; single sequences stay one row each, with None.
+    An item holds one row under ``row_key`` (then the owners are None: row ``r`` is document ``r``),
+    or, under ``windows``, a windowed document's rows; those become one row per window, with a
+    ``document_index`` tensor naming each row's document. A batch holds one kind of item.
     """
-    if not items or not _is_windowed(items[0]):
-        return list(items), None
-    rows = [window for item in items for window in item]
-    owners = [doc for doc, item in enumerate(items) for _ in item]
+    if not features or "windows" not in features[0]:
+        return [f[row_key] for f in features], None
+    rows = [window for f in features for window in f["windows"]]
+    owners = [doc for doc, f in enumerate(features) for _ in f["windows"]]
     return rows, torch.tensor(owners, dtype=torch.long)
-
-
-def _is_windowed(item: Any) -> bool:
-    if isinstance(item, torch.Tensor):
-        return False
-    return bool(len(item)) and isinstance(item[0], (list, tuple, torch.Tensor)) and not isinstance(item[0], int)
 
 
 def label_value(label: Any) -> int | tuple[int, ...]:

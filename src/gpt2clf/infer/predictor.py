@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from gpt2clf.config import InferenceSettings, check_batch_size
-from gpt2clf.data.batching import PaddingCollator, Windowing, encode_documents, load_tokenizer, token_count
+from gpt2clf.data.batching import PaddingCollator, TokenizedDataset, Windowing, encode_documents, load_tokenizer
 from gpt2clf.data.json_tokenizer import load_json_tokenizer
 from gpt2clf.errors import ConfigError, ModelLoadError
 from gpt2clf.infer.runtime import (
@@ -43,7 +43,7 @@ __all__ = ["Prediction", "Predictor", "batched_logits"]
 
 def batched_logits(
     model: GPT2Classifier,
-    token_lists: Sequence[list[int]] | Sequence[list[list[int]]],
+    documents: TokenizedDataset | Sequence[list[int]],
     padding: PaddingCollator,
     *,
     batch_size: int,
@@ -54,20 +54,22 @@ def batched_logits(
 ) -> torch.Tensor:
     """Float32 logits (N, num_labels) for tokenized documents, returned in input order.
 
-    A document is a token list, or a list of windows (long documents cut into chunks; the
-    model aggregates them). Batches are formed from length-sorted documents and padded by ``padding`` (the
-    tokenizer's pad token, on its side); padding and batch neighbours do not change a document's logits (the
-    model masks padding), only the speed. ``progress(done, N)`` hears of the documents done after each batch.
+    ``documents`` is a :class:`~gpt2clf.data.batching.TokenizedDataset` (the model reads a windowed
+    document window by window and aggregates the windows), or plain token lists, one unwindowed document
+    each. Batches are formed from length-sorted documents and padded by ``padding`` (the tokenizer's pad
+    token, on its side); padding and batch neighbours do not change a document's logits (the model masks
+    padding), only the speed. ``progress(done, N)`` hears of the documents done after each batch.
     """
     device = torch.device(device)
+    dataset = documents if isinstance(documents, TokenizedDataset) else TokenizedDataset.from_token_lists(documents)
 
     def run_batch(indices: list[int]) -> torch.Tensor:
-        batch = padding([{"input_ids": token_lists[i], "index": i} for i in indices])
+        batch = padding([dataset[i] for i in indices])
         document_index = batch.get("document_index")
         return model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                      None if document_index is None else document_index.to(device))
 
-    return logits_in_input_order(model, [token_count(t) for t in token_lists], run_batch, device=device,
+    return logits_in_input_order(model, dataset.lengths, run_batch, device=device,
                                  precision=precision, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                                  progress=progress)
 
@@ -223,9 +225,10 @@ class Predictor:
 
         ``progress(done, N)`` is called after each batch (see :data:`gpt2clf.infer.runtime.Progress`).
         """
-        token_lists = encode_documents(list(texts), self.tokenizer, self.windowing)
+        documents = TokenizedDataset(encode_documents(list(texts), self.tokenizer, self.windowing),
+                                     windowed=self.windowing.windowed)
         padding = PaddingCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side)
-        return batched_logits(self.model, token_lists, padding, batch_size=self.batch_size, device=self.device,
+        return batched_logits(self.model, documents, padding, batch_size=self.batch_size, device=self.device,
                               precision=self.precision, max_batch_tokens=self.max_batch_tokens, progress=progress)
 
     def predict_proba(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:

@@ -165,7 +165,7 @@ class WindowedFeatures(Dataset):
 
     ``windows`` is a :class:`FeatureDataset` with one entry per window, in document order;
     ``window_counts[i]`` windows belong to document ``i``. Item ``i`` is
-    ``{"hidden_states": [float16 Tensor (T_w, width), ...], "labels": int, "index": i}``.
+    ``{"windows": [float16 Tensor (T_w, width), ...], "labels": int, "index": i}``.
     """
 
     def __init__(self, windows: FeatureDataset, window_counts: Sequence[int], labels: Sequence[Any] | None = None):
@@ -183,18 +183,19 @@ class WindowedFeatures(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rows = range(int(self.starts[i]), int(self.starts[i + 1]))
-        item: dict[str, Any] = {"hidden_states": [self.windows[r]["hidden_states"] for r in rows], "index": i}
+        item: dict[str, Any] = {"windows": [self.windows[r]["hidden_states"] for r in rows], "index": i}
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item
 
 
 class FeatureCollator:
-    """Pads :class:`FeatureDataset` items to the longest in the batch.
+    """Pads :class:`FeatureDataset` (or :class:`WindowedFeatures`) items to the longest in the batch.
 
     Returns ``hidden_states`` float32 (B, T, width), zero in padded slots;
     ``attention_mask`` long (B, T), 1 for real tokens; ``index``; and ``labels`` when the
-    items have them. Padding goes on the right or the left (``padding_side``).
+    items have them; windowed items give a row per window and ``document_index``. Padding goes on
+    the right or the left (``padding_side``).
     """
 
     def __init__(self, padding_side: str = "right") -> None:
@@ -203,7 +204,7 @@ class FeatureCollator:
         self.padding_side = padding_side
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
-        rows, document_index = flatten_windows([f["hidden_states"] for f in features])
+        rows, document_index = flatten_windows(features, "hidden_states")
         states = [torch.as_tensor(s) for s in rows]
         width = max((s.shape[0] for s in states), default=0)
         dim = states[0].shape[-1] if states else 0

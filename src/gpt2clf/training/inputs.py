@@ -96,7 +96,7 @@ class TokenInputs:
     def split_logits(self, model: GPT2Classifier, data: PreparedData, config: Config, split: str,
                      device: torch.device) -> torch.Tensor:
         """Float32 logits (documents, labels) of one split, in split order."""
-        return batched_logits(model, getattr(data, split).input_ids,
+        return batched_logits(model, getattr(data, split),
                               PaddingCollator(data.tokenizer.pad_token_id, config.padding_side),
                               batch_size=config.effective_eval_batch_size, device=device, precision=config.precision)
 
