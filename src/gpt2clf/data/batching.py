@@ -223,18 +223,17 @@ def encode_and_measure(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
 def _encode(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, windowing: Windowing, batch_size: int,
             lengths: list[int] | None) -> list[list[list[int]]]:
     """The encoding of :func:`encode_documents`; appends each text's untruncated body length to ``lengths``."""
-    if windowing.mode == "truncate" and lengths is None:
-        return [[ids] for ids in tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)]
     if isinstance(texts, str):
         raise TypeError("encode_documents takes a sequence of texts, not a single string")
     prefix, suffix = special_tokens_around(tokenizer)
     body = windowing.max_length - len(prefix) - len(suffix)
-    if windowing.mode == "truncate":
-        if body < 1 or getattr(tokenizer, "truncation_side", "right") != "right":
-            # the tokenizer's own truncation decides where it cannot be a slice of the body
+    if windowing.mode == "truncate" and (lengths is None or body < 1
+                                         or getattr(tokenizer, "truncation_side", "right") != "right"):
+        # the tokenizer's own truncation where no lengths are wanted, or where it cannot be a slice of the body
+        if lengths is not None:
             lengths += body_lengths(texts, tokenizer, batch_size)
-            return [[ids] for ids in tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)]
-    elif body < 2:
+        return [[ids] for ids in tokenize_texts(texts, tokenizer, windowing.max_length, batch_size)]
+    if windowing.mode != "truncate" and body < 2:
         raise ValueError(f"max_length {windowing.max_length} leaves no room beside "
                          f"{len(prefix) + len(suffix)} special tokens")
     filler = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
